@@ -1,0 +1,1 @@
+"""Command-line entry points: `fleet` (keys and daemons) and `fleetctl` (admin)."""

@@ -1,0 +1,51 @@
+"""Daemon settings from a TOML file with command-line flags winning over it."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message names file and key."""
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{p}: no such configuration file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: invalid TOML: {exc}") from exc
+
+
+def merge_settings(
+    config_file: str | Path | None,
+    flags: Mapping[str, Any],
+    known: Iterable[str],
+) -> dict[str, Any]:
+    """TOML values overlaid by every flag that was given (None or an empty tuple = not given).
+
+    Keys in TOML use the flag's name with dashes or underscores (`state-dir` or `state_dir`).
+    Unknown keys are an error rather than silently ignored: a typo must not disable a setting.
+    """
+    known_set = set(known)
+    merged: dict[str, Any] = {}
+    if config_file is not None:
+        for key, value in load_toml(config_file).items():
+            norm = key.replace("-", "_")
+            if norm not in known_set:
+                raise ConfigError(
+                    f"{config_file}: unknown setting {key!r}; known: "
+                    + ", ".join(sorted(k.replace("_", "-") for k in known_set))
+                )
+            merged[norm] = value
+    for key, value in flags.items():
+        if value is None or value == ():
+            continue
+        merged[key] = list(value) if isinstance(value, tuple) else value
+    return merged
