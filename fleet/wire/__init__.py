@@ -1,0 +1,1 @@
+"""Layer 2: the wire format (msgpack schemas, framing, signed envelopes)."""
