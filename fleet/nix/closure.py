@@ -40,6 +40,19 @@ class PathInfo:
         )
 
 
+def _entries(data: Any) -> list[dict[str, Any]]:
+    """Nix 2.8 prints a list of objects with "path"; Nix >= 2.19 an object keyed by path
+    (null for an invalid path). Devices run the newer one, so accept both."""
+    if isinstance(data, dict):
+        return [
+            {"path": path, **info} if isinstance(info, dict) else {"path": path, "valid": False}
+            for path, info in data.items()
+        ]
+    if isinstance(data, list):
+        return [entry for entry in data if isinstance(entry, dict)]
+    raise ValueError("neither a list nor an object")
+
+
 async def path_info(
     store: NixStore, paths: Sequence[str], *, recursive: bool = False, timeout: float = 60.0
 ) -> list[PathInfo]:
@@ -50,7 +63,7 @@ async def path_info(
     args += ["--", *(check_store_path(p) for p in paths)]
     done = await run_nix(store, "nix", args, timeout=timeout)
     try:
-        entries = json.loads(done.stdout)
+        entries = _entries(json.loads(done.stdout))
         missing = [str(e["path"]) for e in entries if e.get("valid", True) is False]
         infos = [PathInfo.from_json(e) for e in entries if e.get("valid", True) is not False]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -135,3 +135,13 @@ def test_classify(lines: list[str], expected: type[NixError], reason: str) -> No
     assert "\x1b" not in error.reason
     assert error.returncode == 1
     assert len(error.stderr_tail) == len(lines)
+
+
+def test_path_info_json_of_old_and_new_nix() -> None:
+    from fleet.nix.closure import PathInfo, _entries
+
+    info = {"narHash": "sha256-x", "narSize": 872, "references": [P_DEP], "signatures": ["k:s"]}
+    old = _entries([{"path": P_TOP, **info}, {"path": P_DEP, "valid": False}])
+    new = _entries({P_TOP: info, P_DEP: None})
+    assert old == new
+    assert PathInfo.from_json(new[0]) == PathInfo(P_TOP, "sha256-x", 872, (P_DEP,), ("k:s",))
