@@ -49,10 +49,9 @@ pytestmark = pytest.mark.nix
 MISSING = "/nix/store/" + "0" * 32 + "-nixos-system-fleet-test-missing"
 
 
-async def fetch(
-    agent: NixStore, builder: Builder, cache: NixCache, path: str, **kwargs: object
-) -> None:
-    await fetch_closure(agent, path, [cache.url], [builder.key.public_key], **kwargs)  # type: ignore[arg-type]
+async def fetch(agent: NixStore, builder: Builder, cache: NixCache, path: str) -> None:
+    """Fetch as a correctly configured agent: the test cache, the builder's key."""
+    await fetch_closure(agent, path, [cache.url], [builder.key.public_key])
 
 
 def switch_env(log: Path) -> dict[str, str]:
