@@ -166,13 +166,13 @@ class _NodeId(FieldType):
 
 
 class _Enum(FieldType):
-    def __init__(self, enum: type[Enum]) -> None:
+    def __init__(self, enum: type[Enum], owner: str) -> None:
         self.enum = enum
         self.name = enum.__name__
         value_types = {type(m.value) for m in enum}
         if len(value_types) != 1 or not value_types <= {int, str, bytes}:
             raise SchemaDefinitionError(
-                f"enum {enum.__name__}: values must be all int, all str or all bytes"
+                f"{owner}: enum {enum.__name__} needs values that are all int, all str or all bytes"
             )
         (self.value_type,) = value_types
         self.by_value = {m.value: m for m in enum}
@@ -306,7 +306,7 @@ def field_type(tp: Any, owner: str, nested: Callable[[Any], FieldType | None]) -
     if scalar is not None:
         return scalar
     if isinstance(tp, type) and issubclass(tp, Enum):
-        return _Enum(tp)
+        return _Enum(tp, owner)
     custom = nested(tp)
     if custom is not None:
         return custom
@@ -328,5 +328,9 @@ def field_type(tp: Any, owner: str, nested: Callable[[Any], FieldType | None]) -
 
 
 def short(value: object, limit: int = 40) -> str:
-    text = repr(value)
+    """A value for an error message: its repr, clipped (input may be huge or hostile)."""
+    return clip(repr(value), limit)
+
+
+def clip(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."

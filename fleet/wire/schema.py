@@ -57,6 +57,7 @@ from fleet.wire.fields import (
     FieldType,
     Limits,
     Map,
+    clip,
     enter,
     field_type,
     short,
@@ -190,7 +191,7 @@ class _Codec:
         try:
             return self.cls(**values)
         except ValueError as exc:
-            raise SchemaError(f"rejected by {self.cls.__name__}: {short(str(exc))}") from None
+            raise SchemaError(f"rejected by {self.cls.__name__}: {clip(str(exc))}") from None
 
 
 def _codec(cls: type[Message]) -> _Codec:
@@ -285,7 +286,7 @@ def _unpack(data: bytes, limits: Limits) -> Any:
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         if str(exc) == "Unpack failed: incomplete input":
             raise MalformedMessage("truncated message") from None
-        raise MalformedMessage(f"not valid msgpack ({short(str(exc), 80)})") from None
+        raise MalformedMessage(f"not valid msgpack ({clip(str(exc))})") from None
 
 
 def _no_ext(code: int, data: bytes) -> object:
