@@ -8,7 +8,7 @@ from enum import Enum, IntEnum
 from hypothesis import strategies as st
 
 from fleet.identity import NodeId
-from fleet.wire import Message
+from fleet.wire import Message, SignedEnvelope
 
 
 class Color(Enum):
@@ -129,3 +129,10 @@ class Labels(Message, type="test.labels", version=1):
 
 class Blob(Message, type="test.blob", version=1):
     data: bytes
+
+
+class Forward(Message, type="test.forward", version=1):
+    """Carries someone else's signed envelope, as a gossiping peer would."""
+
+    hops: int
+    envelope: SignedEnvelope
