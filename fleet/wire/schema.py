@@ -281,6 +281,8 @@ def _unpack(data: bytes, limits: Limits) -> Any:
         raise MalformedMessage("trailing bytes after the message") from None
     except msgpack.StackError:
         raise MalformedMessage("msgpack nested too deeply") from None
+    except msgpack.FormatError:
+        raise MalformedMessage("not valid msgpack (reserved type byte)") from None
     except UnicodeDecodeError:
         raise MalformedMessage("text that is not valid UTF-8") from None
     except (ValueError, TypeError, msgpack.UnpackException) as exc:

@@ -159,7 +159,7 @@ PING = encode(Ping(nonce=5))
         (b"", "truncated message"),
         (PING[:-1], "truncated message"),
         (PING + b"\x00", "trailing bytes after the message"),
-        (b"\xc1", "not valid msgpack"),
+        (b"\xc1", "not valid msgpack (reserved type byte)"),
         (b"\x91" * 5000, "msgpack nested too deeply"),
         (bytes.fromhex("93a2fffe0101"), "text that is not valid UTF-8"),
         (PING[:-1] + bytes.fromhex("d40100"), "not valid msgpack"),  # ext type
