@@ -65,7 +65,7 @@ class SchemaError(WireError):
 
 
 class BadEnvelope(WireError):
-    """A signed envelope that cannot be used (its signature or its contents)."""
+    """Base of envelope errors: an envelope that cannot be accepted."""
 
 
 class BadEnvelopeSignature(BadEnvelope):

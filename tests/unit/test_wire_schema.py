@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from datetime import timedelta
 from enum import Enum
 from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 
 from fleet.identity import NodeId
 from fleet.wire import (
@@ -77,6 +78,7 @@ def test_every_field_type_round_trips() -> None:
     assert back.labels == {"a": 1, "b": 2, "ä": 3}
 
 
+@settings(deadline=timedelta(seconds=2))
 @given(everything)
 def test_random_messages_round_trip_canonically(msg: Everything) -> None:
     data = encode(msg)
