@@ -36,6 +36,7 @@ from fleet.relay.url import RelayUrl
 
 log = get_logger("fleet.relay.server")
 
+_LINGER = 2.0  # seconds a closed connection keeps draining input so the Close frame arrives
 _RECV_OVERHEAD = 5 + NODE_ID_LEN  # frame header + source id in front of each packet
 
 
@@ -160,11 +161,18 @@ class _Connection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self.server._closed(self, reason, detail)
-        assert self.transport is not None
-        if self.transport.get_write_buffer_size() > self.server.config.write_high_water:
-            self.transport.abort()  # a client that does not read gets no graceful goodbye
+        transport = self.transport
+        assert transport is not None
+        if (
+            transport.get_write_buffer_size() > self.server.config.write_high_water
+            or not transport.can_write_eof()
+        ):
+            transport.abort()  # a client that does not read gets no graceful goodbye
         else:
-            self.transport.close()
+            # Half-close and linger: closing a socket with unread input sends a TCP reset,
+            # which would destroy the Close frame before the client read why it was cut off.
+            transport.write_eof()
+            self._timer = self.loop.call_later(_LINGER, transport.abort)
 
     # time
 
