@@ -300,7 +300,14 @@ class RelayServerSession:
         view = memoryview(data)
         end_of_data = len(data)
         events: list[ServerEvent] = []
+        append = events.append
         unpack = HEADER.unpack_from
+        pack = HEADER.pack
+        # Hoisted for the hot loop; refreshed after any control frame (login changes them).
+        authenticated = self.state is ServerState.AUTHENTICATED
+        bucket = self._bucket
+        tokens = bucket.refill(now) if bucket is not None else 0.0
+        src = self._src_raw
         off = 0
         while end_of_data - off >= HEADER_LEN:
             frame_type, length = unpack(data, off)
@@ -309,22 +316,33 @@ class RelayServerSession:
             end = off + HEADER_LEN + length
             if end > end_of_data:
                 break
-            bucket = self._bucket
-            if bucket is not None and not bucket.take(HEADER_LEN + length, now):
-                self._over_limit(HEADER_LEN + length, now, events)
-            elif frame_type == _SEND and self.state is ServerState.AUTHENTICATED:
+            if bucket is not None:
+                if tokens < HEADER_LEN + length:
+                    self._over_limit(HEADER_LEN + length, now, events)
+                    off = end
+                    continue
+                tokens -= HEADER_LEN + length
+            if frame_type == _SEND and authenticated:
                 if length < NODE_ID_LEN:
                     raise MalformedFrame("SendPacket shorter than a node id")
                 body = off + HEADER_LEN
-                events.append(
+                append(
                     PacketForward(
                         data[body : body + NODE_ID_LEN],
-                        HEADER.pack(_RECV, length) + self._src_raw + view[body + NODE_ID_LEN : end],
+                        pack(_RECV, length) + src + view[body + NODE_ID_LEN : end],
                     )
                 )
             else:
+                if bucket is not None:
+                    bucket.tokens = tokens
                 self._control(frame_type, view[off + HEADER_LEN : end], now, events)
+                authenticated = self.state is ServerState.AUTHENTICATED
+                bucket = self._bucket
+                tokens = bucket.tokens if bucket is not None else 0.0
+                src = self._src_raw
             off = end
+        if bucket is not None:
+            bucket.tokens = tokens
         if off < end_of_data:
             self._buf += view[off:]
         return events

@@ -6,24 +6,31 @@ from __future__ import annotations
 class TokenBucket:
     """`rate` units per second, at most `burst` saved up. Time is passed in (sans-IO)."""
 
-    __slots__ = ("_burst", "_last", "_rate", "_tokens")
+    __slots__ = ("_burst", "_last", "_rate", "tokens")
 
     def __init__(self, rate: float, burst: float, now: float) -> None:
         if rate <= 0 or burst <= 0:
             raise ValueError("a token bucket needs a positive rate and burst")
         self._rate = rate
         self._burst = burst
-        self._tokens = burst
+        self.tokens = burst
         self._last = now
+
+    def refill(self, now: float) -> float:
+        """Add what accrued since the last call; return the tokens now available.
+
+        Hot loops refill once per batch, spend from a local copy and store `tokens` back.
+        """
+        elapsed = now - self._last
+        if elapsed > 0:
+            self.tokens = min(self._burst, self.tokens + elapsed * self._rate)
+            self._last = now
+        return self.tokens
 
     def take(self, amount: float, now: float) -> bool:
         """Spend `amount` tokens if there are enough; False (and nothing spent) otherwise."""
-        elapsed = now - self._last
-        if elapsed > 0:
-            self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
-            self._last = now
-        if amount <= self._tokens:
-            self._tokens -= amount
+        if amount <= self.refill(now):
+            self.tokens -= amount
             return True
         return False
 

@@ -364,3 +364,31 @@ async def test_abusers_are_cut_off_and_good_clients_do_not_notice(tmp_path: Path
         assert reasons <= logged
     finally:
         assert relay.stop() == 0
+
+
+def test_settings_come_from_toml_and_flags_win(tmp_path: Path) -> None:
+    key = tmp_path / "relay.key"
+    assert run_fleet("keygen", str(key)).returncode == 0
+    config = tmp_path / "relay.toml"
+    config.write_text(f'listen = "0.0.0.0:0"\nkey = "{key}"\ninsecure-no-tls = true\n')
+    refused = run_fleet("relay", "--config", str(config))
+    assert refused.returncode != 0
+    assert "refusing '0.0.0.0'" in refused.stderr
+    config.write_text(f'listen = "127.0.0.1:0"\nkey = "{key}"\nmax-clinets = 5\n')
+    typo = run_fleet("relay", "--config", str(config))
+    assert typo.returncode != 0
+    assert "unknown setting 'max-clinets'" in typo.stderr
+
+
+async def test_flags_override_toml(tmp_path: Path) -> None:
+    key = tmp_path / "relay.key"
+    assert run_fleet("keygen", str(key)).returncode == 0
+    config = tmp_path / "relay.toml"
+    config.write_text(f'listen = "0.0.0.0:0"\nkey = "{key}"\nmax-clients = 1\n')
+    relay = start_relay(tmp_path, "--config", str(config), "--max-clients", "7", metrics=False)
+    try:
+        [listening] = [e for e in relay.logs() if e.get("event") == "relay_listening"]
+        assert listening["address"].startswith("127.0.0.1:")  # start_relay's --listen won
+        assert listening["max_clients"] == 7
+    finally:
+        assert relay.stop() == 0
