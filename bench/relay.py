@@ -98,7 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megabytes", type=float, default=200)
     parser.add_argument("--size", type=int, default=1200)
-    parser.add_argument("--window", type=int, default=512)
+    parser.add_argument("--window", type=int, default=2048)
     parser.add_argument("--insecure", action="store_true", help="plain TCP instead of TLS")
     args = parser.parse_args()
     total = int(args.megabytes * 1e6 / args.size)
