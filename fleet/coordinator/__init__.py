@@ -1,0 +1,1 @@
+"""The coordinator: device registry, durable announcements, delivery to agents, status."""

@@ -1,0 +1,240 @@
+"""The device registry (approved and pending devices) and each device's last reported status."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from fleet.coordinator.announcements import Reader
+from fleet.coordinator.database import Row, Transaction
+from fleet.identity import NodeId
+from fleet.protocol.messages import AgentState, DeviceInfo, Hello, StatusReport, SystemState
+
+# Names and tags appear on command lines and in `tag:NAME` targets: keep them plain.
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+class RegistryError(Exception):
+    """A registry change that cannot be made; `code` is the ErrorReply code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def check_label(text: str, what: str) -> str:
+    if not _LABEL.fullmatch(text):
+        raise RegistryError(
+            "invalid",
+            f"{what} {text[:70]!r} must be 1-63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+        )
+    return text
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    node_id: NodeId
+    name: str | None
+    tags: tuple[str, ...]
+    approved: bool
+    first_seen: float | None
+    last_seen: float | None
+
+    def info(self) -> DeviceInfo:
+        return DeviceInfo(
+            node_id=self.node_id,
+            name=self.name,
+            tags=self.tags,
+            approved=self.approved,
+            first_seen=self.first_seen,
+            last_seen=self.last_seen,
+        )
+
+
+@dataclass(frozen=True)
+class LastReport:
+    """What the device last told us (persisted; progress is not)."""
+
+    state: AgentState
+    state_since: float
+    sequence: int | None
+    desired: str | None
+    current: SystemState
+    error: str | None
+    exit_code: int | None
+    log_tail: str | None
+
+
+def _device(row: Row) -> DeviceRecord:
+    return DeviceRecord(
+        node_id=NodeId.parse(row["node_id"]),
+        name=row["name"],
+        tags=tuple(json.loads(row["tags"])),
+        approved=bool(row["approved"]),
+        first_seen=row["first_seen"],
+        last_seen=row["last_seen"],
+    )
+
+
+def _report(row: Row) -> LastReport:
+    return LastReport(
+        state=AgentState(row["state"]),
+        state_since=float(row["state_since"]),
+        sequence=row["sequence"],
+        desired=row["desired"],
+        current=SystemState(store_path=row["current_path"], generation=row["current_generation"]),
+        error=row["error"],
+        exit_code=row["exit_code"],
+        log_tail=row["log_tail"],
+    )
+
+
+async def get(db: Reader, node: NodeId) -> DeviceRecord | None:
+    row = await db.fetchone("SELECT * FROM devices WHERE node_id = ?", (str(node),))
+    return _device(row) if row is not None else None
+
+
+async def get_by_name(db: Reader, name: str) -> DeviceRecord | None:
+    row = await db.fetchone("SELECT * FROM devices WHERE name = ?", (name,))
+    return _device(row) if row is not None else None
+
+
+async def all_devices(db: Reader) -> list[DeviceRecord]:
+    rows = await db.fetchall(
+        "SELECT * FROM devices ORDER BY approved DESC, name IS NULL, name, node_id"
+    )
+    return [_device(r) for r in rows]
+
+
+async def pending_count(db: Reader) -> int:
+    row = await db.fetchone("SELECT count(*) AS n FROM devices WHERE approved = 0")
+    return int(row["n"]) if row is not None else 0
+
+
+async def record_seen(tx: Transaction, node: NodeId, now: float) -> DeviceRecord:
+    """Note a connection (or disconnection) of `node`; unknown nodes become pending."""
+    await tx.execute(
+        "INSERT INTO devices (node_id, first_seen, last_seen, added_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (node_id) DO UPDATE SET"
+        " first_seen = coalesce(first_seen, excluded.first_seen), last_seen = excluded.last_seen",
+        (str(node), now, now, now),
+    )
+    record = await get(tx, node)
+    assert record is not None
+    return record
+
+
+async def add(
+    tx: Transaction, node: NodeId, name: str, tags: tuple[str, ...], now: float
+) -> DeviceRecord:
+    """Register (or rename and retag) `node` as an approved device named `name`."""
+    check_label(name, "device name")
+    clean_tags = tuple(sorted({check_label(t, "tag") for t in tags}))
+    holder = await get_by_name(tx, name)
+    if holder is not None and holder.node_id != node:
+        raise RegistryError(
+            "conflict", f"the name {name!r} is taken by device {holder.node_id.short()}"
+        )
+    await tx.execute(
+        "INSERT INTO devices (node_id, name, tags, approved, added_at) VALUES (?, ?, ?, 1, ?)"
+        " ON CONFLICT (node_id) DO UPDATE SET"
+        " name = excluded.name, tags = excluded.tags, approved = 1",
+        (str(node), name, json.dumps(list(clean_tags)), now),
+    )
+    record = await get(tx, node)
+    assert record is not None
+    return record
+
+
+async def approve(tx: Transaction, node: NodeId) -> DeviceRecord:
+    if await tx.execute("UPDATE devices SET approved = 1 WHERE node_id = ?", (str(node),)) == 0:
+        raise RegistryError(
+            "not-found", f"no device {node.short()} (it has not connected and was not added)"
+        )
+    record = await get(tx, node)
+    assert record is not None
+    return record
+
+
+async def remove(tx: Transaction, name: str) -> DeviceRecord:
+    record = await get_by_name(tx, name)
+    if record is None:
+        raise RegistryError("not-found", f"no device named {name!r}")
+    await tx.execute("DELETE FROM devices WHERE node_id = ?", (str(record.node_id),))
+    return record
+
+
+async def save_report(tx: Transaction, node: NodeId, report: StatusReport, now: float) -> None:
+    await tx.execute(
+        "INSERT OR REPLACE INTO device_status (node_id, state, state_since, sequence, desired,"
+        " current_path, current_generation, error, exit_code, log_tail, reported_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            str(node),
+            report.state.value,
+            report.since,
+            report.sequence,
+            report.desired,
+            report.current.store_path,
+            report.current.generation,
+            report.error,
+            report.exit_code,
+            report.log_tail,
+            now,
+        ),
+    )
+
+
+async def save_rejection(tx: Transaction, node: NodeId, error: str, now: float) -> None:
+    """Keep the device's last state but show why it refused an announcement."""
+    await tx.execute(
+        "UPDATE device_status SET error = ?, reported_at = ? WHERE node_id = ?",
+        (error, now, str(node)),
+    )
+
+
+async def last_report(db: Reader, node: NodeId) -> LastReport | None:
+    row = await db.fetchone("SELECT * FROM device_status WHERE node_id = ?", (str(node),))
+    return _report(row) if row is not None else None
+
+
+async def last_reports(db: Reader) -> dict[str, LastReport]:
+    rows = await db.fetchall("SELECT * FROM device_status")
+    return {str(r["node_id"]): _report(r) for r in rows}
+
+
+async def save_hello(tx: Transaction, node: NodeId, hello: Hello, now: float) -> None:
+    """What the agent says on connect; an error shown for the same state is kept."""
+    await tx.execute(
+        "INSERT INTO device_status (node_id, state, state_since, sequence, current_path,"
+        " current_generation, reported_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (node_id) DO UPDATE SET"
+        " error = CASE WHEN state = excluded.state AND state_since = excluded.state_since"
+        "   THEN error ELSE NULL END,"
+        " exit_code = CASE WHEN state = excluded.state AND state_since = excluded.state_since"
+        "   THEN exit_code ELSE NULL END,"
+        " log_tail = CASE WHEN state = excluded.state AND state_since = excluded.state_since"
+        "   THEN log_tail ELSE NULL END,"
+        " desired = CASE WHEN state = excluded.state AND state_since = excluded.state_since"
+        "   THEN desired ELSE NULL END,"
+        " state = excluded.state, state_since = excluded.state_since,"
+        " sequence = coalesce(sequence, excluded.sequence),"
+        " current_path = excluded.current_path, current_generation = excluded.current_generation,"
+        " reported_at = excluded.reported_at",
+        (
+            str(node),
+            hello.state.value,
+            hello.state_since,
+            hello.last_sequence or None,
+            hello.current.store_path,
+            hello.current.generation,
+            now,
+        ),
+    )
+
+
+async def touch(tx: Transaction, node: NodeId, now: float) -> None:
+    """Update last_seen of a known device (a removed device is not brought back)."""
+    await tx.execute("UPDATE devices SET last_seen = ? WHERE node_id = ?", (now, str(node)))

@@ -1,0 +1,581 @@
+"""The coordinator's logic, free of network I/O: admin requests, agent sessions, status.
+
+`CoordinatorService` takes a Database and a clock. The mesh adapter (fleet.coordinator.server)
+feeds it decoded input and moves what it queues onto connections; tests drive it directly.
+
+Ordering rules that make acknowledgements trustworthy:
+- an accepted push is stored together with its targets, the request nonce and its audit row
+  in ONE transaction; `handle_admin` returns only after that COMMIT (durable: WAL +
+  synchronous=FULL), and the adapter sends PushAccepted, and only THEN calls `deliver`;
+- an agent that (re)connects gets the latest announcement for it, so a push committed but
+  never delivered (crash, agent offline) reaches it on its next connection;
+- an agent being welcomed parks live pushes until the Welcome is out, so no push accepted
+  while its lookup ran can slip between the lookup and the Welcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from fleet.coordinator import announcements, audit, registry
+from fleet.coordinator.announcements import StoredAnnouncement
+from fleet.coordinator.audit import Outcome
+from fleet.coordinator.database import Database, Transaction
+from fleet.coordinator.registry import DeviceRecord, LastReport, RegistryError
+from fleet.coordinator.sessions import AgentLink, AgentSession, Phase
+from fleet.coordinator.watchers import StatusWatcher
+from fleet.identity import NodeId
+from fleet.log import get_logger
+from fleet.nix.errors import InvalidStorePath
+from fleet.nix.store import check_store_path
+from fleet.protocol.admin import MAX_CLOCK_SKEW, AdminRequestError, OpenedRequest
+from fleet.protocol.admin import open_admin_request as _open_admin_request
+from fleet.protocol.messages import (
+    AgentState,
+    Announcement,
+    AnnouncementRejected,
+    Deliver,
+    DesiredSystem,
+    DeviceAdd,
+    DeviceApprove,
+    DeviceList,
+    DeviceListReply,
+    DeviceRemove,
+    DeviceStatus,
+    ErrorReply,
+    Hello,
+    NextSequence,
+    NextSequenceReply,
+    OkReply,
+    PushAccepted,
+    PushRequest,
+    StatusReport,
+    StatusRequest,
+    StatusSnapshot,
+    Welcome,
+)
+from fleet.wire import Message, SignedEnvelope, Tag, WireError, decode, encode, verify_envelope
+
+log = get_logger(__name__)
+
+MAX_PENDING = 10_000  # unapproved devices remembered; more are turned away unrecorded
+
+ACTIONS: dict[type[Message], str] = {
+    NextSequence: "next-sequence",
+    PushRequest: "push",
+    DeviceAdd: "device-add",
+    DeviceApprove: "device-approve",
+    DeviceRemove: "device-remove",
+    DeviceList: "device-list",
+    StatusRequest: "status",
+}
+# Reads are not administrative actions: only their nonce is kept, no audit row.
+READ_ONLY = (NextSequence, DeviceList, StatusRequest)
+
+
+class Refused(Exception):
+    """An admin request that is answered with ErrorReply(code, message) and audited."""
+
+    def __init__(self, code: str, message: str, **detail: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class AdminResult:
+    """What to do after a request was handled (and, if it changed anything, committed)."""
+
+    reply: Message
+    delivery: StoredAnnouncement | None = None  # deliver after the reply is sent
+    watcher: StatusWatcher | None = None  # keep streaming StatusUpdate rows from it
+
+
+class CoordinatorService:
+    def __init__(
+        self,
+        db: Database,
+        node_id: NodeId,
+        admins: Iterable[NodeId],
+        *,
+        clock: Callable[[], float] = time.time,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
+        self.db = db
+        self.node_id = node_id
+        self.admins = frozenset(admins)
+        self.clock = clock
+        self.max_pending = max_pending
+        self.sessions: dict[NodeId, AgentSession] = {}
+        self.watchers: set[StatusWatcher] = set()
+
+    # ------------------------------------------------------------------ admin requests
+
+    async def handle_admin(self, raw: bytes, connection_id: NodeId) -> AdminResult:
+        """Authenticate, authorize and carry out one admin request (its frame, verbatim).
+
+        Never raises for bad input: every refusal becomes an audited ErrorReply.
+        """
+        now = self.clock()
+        action = "unknown"
+        opened: OpenedRequest | None = None
+        try:
+            opened = self._open(raw, connection_id, now)
+            action = ACTIONS[type(opened.body)]
+            return await self._dispatch(opened, raw, connection_id, now)
+        except Refused as refusal:
+            await self._audit_refusal(refusal, raw, connection_id, action, opened, now)
+            log.info(
+                "admin_refused",
+                actor=connection_id.short(),
+                action=action,
+                code=refusal.code,
+                reason=str(refusal),
+            )
+            return AdminResult(ErrorReply(code=refusal.code, message=str(refusal)))
+
+    def _open(self, raw: bytes, connection_id: NodeId, now: float) -> OpenedRequest:
+        try:
+            envelope = decode(raw, SignedEnvelope)
+        except WireError as exc:
+            raise Refused("invalid", f"not a signed admin request: {exc}") from None
+        try:
+            opened = _open_admin_request(envelope, self.node_id, now=now)
+        except AdminRequestError as exc:
+            raise Refused(exc.code, str(exc), signer=str(envelope.signer)) from None
+        if opened.signer not in self.admins:
+            raise Refused(
+                "unauthorized",
+                f"{opened.signer} is not an admin of this coordinator",
+                signer=str(opened.signer),
+            )
+        if opened.signer != connection_id:
+            raise Refused(
+                "unauthorized",
+                f"request signed by {opened.signer.short()} but sent over a connection "
+                f"authenticated as {connection_id.short()}",
+                signer=str(opened.signer),
+            )
+        if type(opened.body) not in ACTIONS:
+            raise Refused("invalid", f"{opened.body.wire_type} is not an admin request")
+        return opened
+
+    async def _dispatch(
+        self, opened: OpenedRequest, raw: bytes, actor: NodeId, now: float
+    ) -> AdminResult:
+        body = opened.body
+        if isinstance(body, READ_ONLY):
+            async with self.db.transaction() as tx:
+                await self._use_nonce(tx, opened)
+            if isinstance(body, NextSequence):
+                return AdminResult(
+                    NextSequenceReply(sequence=await announcements.max_sequence(self.db) + 1)
+                )
+            if isinstance(body, DeviceList):
+                devices = await registry.all_devices(self.db)
+                return AdminResult(DeviceListReply(devices=tuple(d.info() for d in devices)))
+            assert isinstance(body, StatusRequest)
+            watcher = None
+            if body.watch:
+                # Subscribe before reading the snapshot: an update racing with it arrives
+                # after the snapshot and repeats a full row, which is harmless.
+                watcher = StatusWatcher()
+                self.watchers.add(watcher)
+            return AdminResult(StatusSnapshot(devices=await self.snapshot()), watcher=watcher)
+        if isinstance(body, PushRequest):
+            return await self._push(opened, body, raw, actor, now)
+        return await self._change_device(opened, body, raw, actor, now)
+
+    async def _use_nonce(self, tx: Transaction, opened: OpenedRequest) -> None:
+        """Record the request's nonce; a nonce seen before means a replayed request."""
+        await tx.execute(
+            "DELETE FROM admin_nonces WHERE issued_at < ?",
+            (self.clock() - 2 * MAX_CLOCK_SKEW,),
+        )
+        seen = await tx.fetchone("SELECT 1 FROM admin_nonces WHERE nonce = ?", (opened.nonce,))
+        if seen is not None:
+            raise Refused("replay", "this request was already received (replayed nonce)")
+        await tx.execute(
+            "INSERT INTO admin_nonces (nonce, signer, issued_at) VALUES (?, ?, ?)",
+            (opened.nonce, str(opened.signer), opened.issued_at),
+        )
+
+    async def _audit_refusal(
+        self,
+        refusal: Refused,
+        raw: bytes,
+        actor: NodeId,
+        action: str,
+        opened: OpenedRequest | None,
+        now: float,
+    ) -> None:
+        """Audit a refusal; an authenticated request's nonce is spent even when refused."""
+        async with self.db.transaction() as tx:
+            if opened is not None and refusal.code != "replay":
+                with contextlib.suppress(Refused):
+                    await self._use_nonce(tx, opened)
+            await audit.append(
+                tx,
+                time=now,
+                actor=str(actor),
+                action=action,
+                outcome=Outcome.REFUSED,
+                detail={"code": refusal.code, "reason": str(refusal), **refusal.detail},
+                request=raw,
+            )
+
+    async def _push(
+        self, opened: OpenedRequest, body: PushRequest, raw: bytes, actor: NodeId, now: float
+    ) -> AdminResult:
+        try:
+            signer, ann = verify_envelope(body.announcement, Tag.ANNOUNCEMENT, Announcement)
+        except WireError as exc:
+            raise Refused("invalid", f"announcement refused: {exc}") from None
+        detail: dict[str, Any] = {
+            "sequence": ann.sequence,
+            "store_path": ann.store_path,
+            "action": ann.action.value,
+            "devices": [str(d) for d in ann.devices],
+            "targets": list(ann.targets),
+            "signer": str(signer),
+        }
+        if signer not in self.admins:
+            raise Refused(
+                "unauthorized", f"announcement signed by {signer}, not an admin", **detail
+            )
+        try:
+            check_store_path(ann.store_path)
+        except InvalidStorePath as exc:
+            raise Refused("invalid", str(exc), **detail) from None
+        if ann.valid_until <= now:
+            raise Refused("expired", "the announcement's valid_until has passed", **detail)
+        if ann.issued_at > now + MAX_CLOCK_SKEW:
+            raise Refused("invalid", "the announcement is issued in the future", **detail)
+        async with self.db.transaction() as tx:
+            await self._use_nonce(tx, opened)
+            highest = await announcements.max_sequence(tx)
+            if ann.sequence <= highest:
+                raise Refused(
+                    "conflict",
+                    f"sequence {ann.sequence} is not above the highest stored ({highest}); "
+                    "ask NextSequence again",
+                    highest=highest,
+                    **detail,
+                )
+            for device in dict.fromkeys(ann.devices):
+                record = await registry.get(tx, device)
+                if record is None or not record.approved:
+                    state = "pending approval" if record is not None else "not registered"
+                    raise Refused("not-found", f"target device {device} is {state}", **detail)
+            stored = await announcements.insert(tx, signer, body.announcement, ann, now)
+            await audit.append(
+                tx,
+                time=now,
+                actor=str(actor),
+                action="push",
+                outcome=Outcome.ACCEPTED,
+                detail=detail,
+                request=raw,
+            )
+        log.info(
+            "push_accepted",
+            sequence=stored.sequence,
+            devices=len(stored.devices),
+            store_path=stored.store_path,
+            actor=actor.short(),
+        )
+        return AdminResult(
+            PushAccepted(sequence=stored.sequence, devices=stored.devices), delivery=stored
+        )
+
+    async def _change_device(
+        self, opened: OpenedRequest, body: Message, raw: bytes, actor: NodeId, now: float
+    ) -> AdminResult:
+        action = ACTIONS[type(body)]
+        try:
+            async with self.db.transaction() as tx:
+                await self._use_nonce(tx, opened)
+                if isinstance(body, DeviceAdd):
+                    record = await registry.add(tx, body.node_id, body.name, body.tags, now)
+                elif isinstance(body, DeviceApprove):
+                    record = await registry.approve(tx, body.node_id)
+                else:
+                    assert isinstance(body, DeviceRemove)
+                    record = await registry.remove(tx, body.name)
+                await audit.append(
+                    tx,
+                    time=now,
+                    actor=str(actor),
+                    action=action,
+                    outcome=Outcome.ACCEPTED,
+                    detail={
+                        "node_id": str(record.node_id),
+                        "name": record.name,
+                        "tags": list(record.tags),
+                    },
+                    request=raw,
+                )
+        except RegistryError as exc:
+            raise Refused(exc.code, str(exc)) from None
+        log.info("device_changed", action=action, device=record.node_id.short(), name=record.name)
+        session = self.sessions.get(record.node_id)
+        if isinstance(body, DeviceRemove):
+            if session is not None:
+                self._drop(session, "device removed from the registry")
+        elif session is not None and session.phase is Phase.PENDING:
+            session.phase = Phase.WELCOMING
+            await self._welcome(session, record)
+        await self._publish([record.node_id])
+        return AdminResult(OkReply())
+
+    # ------------------------------------------------------------------ delivery
+
+    async def deliver(self, stored: StoredAnnouncement) -> None:
+        """Send a just-accepted announcement to every targeted device that is connected."""
+        payload = encode(Deliver(announcement=stored.envelope))
+        sent = 0
+        for node in stored.devices:
+            session = self.sessions.get(node)
+            if session is None:
+                continue
+            if session.phase is Phase.LIVE:
+                if stored.sequence > session.delivered:
+                    session.delivered = stored.sequence
+                    session.link.send(payload)
+                    sent += 1
+            elif session.phase is Phase.WELCOMING:
+                session.park(stored)
+        log.info("push_delivered", sequence=stored.sequence, live=sent, targets=len(stored.devices))
+        await self._publish(stored.devices)
+
+    # ------------------------------------------------------------------ agent sessions
+
+    async def agent_hello(self, link: AgentLink, hello: Hello) -> AgentSession | None:
+        """An agent said Hello: record it, welcome it, and send what it is missing.
+
+        Returns None if the agent was turned away (too many pending devices).
+        """
+        node = link.remote_id
+        now = self.clock()
+        session = AgentSession(link, hello)
+        session.phase = Phase.WELCOMING  # park pushes accepted while we look things up
+        previous = self.sessions.get(node)
+        self.sessions[node] = session
+        if previous is not None:
+            self._drop(previous, "replaced by a newer connection from the same device")
+        async with self.db.transaction() as tx:
+            device = await registry.get(tx, node)
+            if device is None and await registry.pending_count(tx) >= self.max_pending:
+                device = None
+                full = True
+            else:
+                full = False
+                device = await registry.record_seen(tx, node, now)
+                if device.approved:
+                    await registry.save_hello(tx, node, hello, now)
+        if full or device is None:
+            log.warning("agent_turned_away", device=node.short(), reason="too many pending")
+            self._drop(session, "too many devices waiting for approval")
+            return None
+        log.info(
+            "agent_hello",
+            device=node.short(),
+            name=device.name,
+            approved=device.approved,
+            last_sequence=hello.last_sequence,
+            path=link.path,
+        )
+        if session.phase is Phase.WELCOMING:
+            if device.approved:
+                await self._welcome(session, device)
+            else:
+                session.phase = Phase.PENDING
+                session.parked = None
+                link.send(encode(Welcome(approved=False, name=None)))
+        await self._publish([node])
+        return session
+
+    async def _welcome(self, session: AgentSession, device: DeviceRecord) -> None:
+        """Welcome(approved=True), then the latest announcement the agent does not have."""
+        if (await registry.last_report(self.db, session.node_id)) is None:
+            # A device approved while connected: what its Hello said becomes its status.
+            async with self.db.transaction() as tx:
+                await registry.save_hello(tx, session.node_id, session.hello, self.clock())
+        latest = await announcements.latest_for(self.db, session.node_id)
+        # No await from here on: the parked push and the lookup are merged atomically.
+        if session.phase is not Phase.WELCOMING:
+            return
+        session.phase = Phase.LIVE
+        session.link.send(encode(Welcome(approved=True, name=device.name)))
+        best = latest
+        if session.parked is not None and (best is None or session.parked.sequence > best.sequence):
+            best = session.parked
+        session.parked = None
+        if best is None:
+            return
+        if best.sequence <= session.delivered:
+            return
+        if best.expired(self.clock()):
+            log.info("announcement_expired", device=session.node_id.short(), seq=best.sequence)
+            return
+        session.delivered = best.sequence
+        session.link.send(encode(Deliver(announcement=best.envelope)))
+        log.info("announcement_sent", device=session.node_id.short(), sequence=best.sequence)
+
+    async def agent_message(self, session: AgentSession, message: Message) -> None:
+        """A StatusReport or AnnouncementRejected from an agent (others are ignored)."""
+        if session.phase is not Phase.LIVE or self.sessions.get(session.node_id) is not session:
+            return  # pending devices get nothing and are not listened to
+        now = self.clock()
+        if isinstance(message, StatusReport):
+            session.progress = message.progress
+            if message.state is AgentState.APPLIED and message.sequence is not None:
+                session.delivered = max(session.delivered, message.sequence)
+            if self._report_changed(session, message):
+                async with self.db.transaction() as tx:
+                    await registry.save_report(tx, session.node_id, message, now)
+            session.last_report = message
+        elif isinstance(message, AnnouncementRejected):
+            log.info(
+                "announcement_rejected",
+                device=session.node_id.short(),
+                sequence=message.sequence,
+                reason=message.reason,
+            )
+            async with self.db.transaction() as tx:
+                await registry.save_rejection(
+                    tx,
+                    session.node_id,
+                    f"announcement {message.sequence} rejected: {message.reason}",
+                    now,
+                )
+        else:
+            return
+        await self._publish([session.node_id])
+
+    @staticmethod
+    def _report_changed(session: AgentSession, report: StatusReport) -> bool:
+        """False for a report that only moves progress forward (not worth a disk write)."""
+        last = session.last_report
+        if last is None:
+            return True
+        return (
+            last.state,
+            last.since,
+            last.sequence,
+            last.desired,
+            last.current,
+            last.error,
+            last.exit_code,
+            last.log_tail,
+        ) != (
+            report.state,
+            report.since,
+            report.sequence,
+            report.desired,
+            report.current,
+            report.error,
+            report.exit_code,
+            report.log_tail,
+        )
+
+    async def agent_gone(self, session: AgentSession) -> None:
+        """The connection ended; only the device's current session marks it offline."""
+        was_current = self.sessions.get(session.node_id) is session
+        session.phase = Phase.GONE
+        if not was_current:
+            return
+        del self.sessions[session.node_id]
+        async with self.db.transaction() as tx:
+            await registry.touch(tx, session.node_id, self.clock())
+        log.info("agent_gone", device=session.node_id.short())
+        await self._publish([session.node_id])
+
+    def _drop(self, session: AgentSession, reason: str) -> None:
+        session.phase = Phase.GONE
+        if self.sessions.get(session.node_id) is session:
+            del self.sessions[session.node_id]
+        session.link.close(reason)
+
+    # ------------------------------------------------------------------ status
+
+    def unwatch(self, watcher: StatusWatcher) -> None:
+        watcher.close()
+        self.watchers.discard(watcher)
+
+    async def snapshot(self) -> tuple[DeviceStatus, ...]:
+        devices = await registry.all_devices(self.db)
+        reports = await registry.last_reports(self.db)
+        desired = await announcements.latest_desired(self.db)
+        return tuple(
+            self._row(d, reports.get(str(d.node_id)), desired.get(str(d.node_id))) for d in devices
+        )
+
+    async def status_of(self, node: NodeId) -> DeviceStatus | None:
+        device = await registry.get(self.db, node)
+        if device is None:
+            return None
+        latest = await announcements.latest_for(self.db, node)
+        report = await registry.last_report(self.db, node)
+        return self._row(device, report, latest.desired() if latest is not None else None)
+
+    def _row(
+        self, device: DeviceRecord, report: LastReport | None, desired: DesiredSystem | None
+    ) -> DeviceStatus:
+        session = self.sessions.get(device.node_id)
+        online = session is not None and session.phase is not Phase.GONE
+        return DeviceStatus(
+            node_id=device.node_id,
+            name=device.name,
+            tags=device.tags,
+            approved=device.approved,
+            online=online,
+            path=session.link.path if online and session is not None else None,
+            last_seen=device.last_seen,
+            state=report.state if report is not None else None,
+            state_since=report.state_since if report is not None else None,
+            current=report.current if report is not None else None,
+            desired=desired,
+            progress=session.progress if online and session is not None else None,
+            error=report.error if report is not None else None,
+        )
+
+    async def _publish(self, nodes: Iterable[NodeId]) -> None:
+        """Send fresh rows for `nodes` to every watcher (only computed if someone watches)."""
+        if not self.watchers:
+            return
+        rows = []
+        for node in dict.fromkeys(nodes):
+            row = await self.status_of(node)
+            if row is None:
+                row = self._removed_row(node)
+            rows.append(row)
+        for watcher in list(self.watchers):
+            for row in rows:
+                if not watcher.offer(row):
+                    self.watchers.discard(watcher)
+                    log.warning("status_watcher_dropped", reason="fell behind")
+                    break
+
+    @staticmethod
+    def _removed_row(node: NodeId) -> DeviceStatus:
+        """A device no longer in the registry: name None, not approved, offline."""
+        return DeviceStatus(
+            node_id=node,
+            name=None,
+            tags=(),
+            approved=False,
+            online=False,
+            path=None,
+            last_seen=None,
+            state=None,
+            state_since=None,
+            current=None,
+            desired=None,
+            progress=None,
+            error=None,
+        )

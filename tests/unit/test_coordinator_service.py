@@ -1,0 +1,491 @@
+"""The coordinator service driven directly: admin requests, agent sessions, status, durability."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from fleet.coordinator import audit
+from fleet.coordinator.database import Database
+from fleet.coordinator.service import AdminResult, CoordinatorService
+from fleet.coordinator.sessions import AgentSession
+from fleet.identity import Identity, NodeId
+from fleet.protocol.admin import make_admin_request
+from fleet.protocol.messages import (
+    Action,
+    AgentState,
+    Announcement,
+    AnnouncementRejected,
+    Deliver,
+    DeviceAdd,
+    DeviceApprove,
+    DeviceList,
+    DeviceListReply,
+    DeviceRemove,
+    DeviceStatus,
+    ErrorReply,
+    Hello,
+    NextSequence,
+    NextSequenceReply,
+    OkReply,
+    PushAccepted,
+    PushRequest,
+    StatusReport,
+    StatusRequest,
+    StatusSnapshot,
+    SystemState,
+    Welcome,
+)
+from fleet.wire import Message, Tag, decode, encode, sign_envelope, verify_envelope
+
+V1 = "/nix/store/" + "a" * 32 + "-nixos-system-v1"
+V2 = "/nix/store/" + "b" * 32 + "-nixos-system-v2"
+NOW = 1_700_000_000.0
+
+
+class FakeLink:
+    """An agent connection that records what the service sends."""
+
+    def __init__(self, node: NodeId, path: str | None = "direct") -> None:
+        self.remote_id = node
+        self.path = path
+        self.sent: list[Message] = []
+        self.closed: str | None = None
+
+    def send(self, payload: bytes) -> None:
+        self.sent.append(decode(payload))
+
+    def close(self, reason: str) -> None:
+        self.closed = reason
+
+    def delivered(self) -> list[int]:
+        out = []
+        for m in self.sent:
+            if isinstance(m, Deliver):
+                _, ann = verify_envelope(m.announcement, Tag.ANNOUNCEMENT, Announcement)
+                out.append(ann.sequence)
+        return out
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def hello(last_sequence: int = 0) -> Hello:
+    return Hello(
+        agent_version="test",
+        current=SystemState(store_path=V1, generation=1),
+        last_sequence=last_sequence,
+        state=AgentState.IDLE,
+        state_since=NOW - 100,
+    )
+
+
+class Harness:
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+        self.coordinator = Identity.generate()
+        self.admin = Identity.generate()
+        self.clock = Clock()
+        self.service: CoordinatorService
+
+    async def start(self) -> None:
+        db = await Database.open(self.db_path)
+        self.service = CoordinatorService(
+            db, self.coordinator.node_id, [self.admin.node_id], clock=self.clock
+        )
+
+    async def restart(self) -> None:
+        await self.service.db.close()
+        await self.start()
+
+    async def request(
+        self, body: Message, *, signer: Identity | None = None, conn: NodeId | None = None
+    ) -> AdminResult:
+        signer = signer or self.admin
+        env = make_admin_request(signer, self.coordinator.node_id, body, now=self.clock.now)
+        return await self.service.handle_admin(encode(env), conn or signer.node_id)
+
+    def announcement(
+        self,
+        devices: list[NodeId],
+        sequence: int,
+        *,
+        signer: Identity | None = None,
+        store_path: str = V2,
+        valid_for: float = 3600,
+    ) -> PushRequest:
+        ann = Announcement(
+            sequence=sequence,
+            devices=tuple(devices),
+            targets=tuple(str(d) for d in devices),
+            store_path=store_path,
+            substituters=("http://cache.example",),
+            action=Action.SWITCH,
+            issued_at=self.clock.now,
+            valid_until=self.clock.now + valid_for,
+        )
+        return PushRequest(announcement=sign_envelope(signer or self.admin, Tag.ANNOUNCEMENT, ann))
+
+    async def push(self, devices: list[NodeId], **kw: object) -> AdminResult:
+        seq = await self.request(NextSequence())
+        assert isinstance(seq.reply, NextSequenceReply)
+        result = await self.request(self.announcement(devices, seq.reply.sequence, **kw))  # type: ignore[arg-type]
+        if result.delivery is not None:
+            await self.service.deliver(result.delivery)
+        return result
+
+    async def add_device(self, name: str, tags: tuple[str, ...] = ()) -> NodeId:
+        node = Identity.generate().node_id
+        result = await self.request(DeviceAdd(node_id=node, name=name, tags=tags))
+        assert isinstance(result.reply, OkReply), result.reply
+        return node
+
+    async def connect(self, node: NodeId, last_sequence: int = 0) -> tuple[FakeLink, AgentSession]:
+        link = FakeLink(node)
+        session = await self.service.agent_hello(link, hello(last_sequence))
+        assert session is not None
+        return link, session
+
+    async def audit_rows(self) -> list[audit.AuditEntry]:
+        rows = await self.service.db.fetchall("SELECT * FROM audit ORDER BY id")
+        return [audit.entry_of_row(r) for r in rows]
+
+
+@pytest.fixture
+async def h(tmp_path: Path) -> AsyncIterator[Harness]:
+    harness = Harness(tmp_path / "state.db")
+    await harness.start()
+    yield harness
+    await harness.service.db.close()
+
+
+def error_code(result: AdminResult) -> str:
+    assert isinstance(result.reply, ErrorReply), result.reply
+    return result.reply.code
+
+
+# ---------------------------------------------------------------- pushes
+
+
+async def test_push_is_stored_and_audited_then_delivered_live(h: Harness) -> None:
+    node = await h.add_device("web1", ("web",))
+    link, _ = await h.connect(node)
+    assert link.sent == [Welcome(approved=True, name="web1")]
+
+    result = await h.push([node])
+
+    assert result.reply == PushAccepted(sequence=1, devices=(node,))
+    assert link.delivered() == [1]
+    rows = await h.audit_rows()
+    assert [(r.action, r.outcome) for r in rows] == [
+        ("device-add", "accepted"),
+        ("push", "accepted"),
+    ]
+    assert rows[1].details()["sequence"] == 1
+    assert rows[1].actor == str(h.admin.node_id)
+    assert audit.verify_chain(rows) == 2
+
+
+async def test_push_and_its_audit_row_commit_together(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = await h.add_device("web1")
+
+    async def broken_append(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(audit, "append", broken_append)
+    with pytest.raises(sqlite3.OperationalError):
+        await h.request(h.announcement([node], 1))
+    monkeypatch.undo()
+
+    # Nothing of the push survived: same sequence is accepted afterwards.
+    stored = await h.service.db.fetchall("SELECT * FROM announcements")
+    assert stored == []
+    result = await h.request(h.announcement([node], 1))
+    assert isinstance(result.reply, PushAccepted)
+
+
+async def test_stale_sequence_is_a_conflict(h: Harness) -> None:
+    node = await h.add_device("web1")
+    assert isinstance((await h.push([node])).reply, PushAccepted)
+    result = await h.request(h.announcement([node], 1))
+    assert error_code(result) == "conflict"
+    seq = await h.request(NextSequence())
+    assert seq.reply == NextSequenceReply(sequence=2)
+    assert (await h.audit_rows())[-1].outcome == "refused"
+
+
+async def test_non_admin_push_refused_and_audited(h: Harness) -> None:
+    node = await h.add_device("web1")
+    mallory = Identity.generate()
+    result = await h.request(h.announcement([node], 1, signer=mallory), signer=mallory)
+    assert error_code(result) == "unauthorized"
+    last = (await h.audit_rows())[-1]
+    assert (last.actor, last.outcome) == (str(mallory.node_id), "refused")
+    assert last.details()["code"] == "unauthorized"
+    assert last.request  # the signed request is kept verbatim
+    assert await h.service.db.fetchall("SELECT * FROM announcements") == []
+
+
+async def test_announcement_signed_by_non_admin_refused(h: Harness) -> None:
+    node = await h.add_device("web1")
+    result = await h.request(h.announcement([node], 1, signer=Identity.generate()))
+    assert error_code(result) == "unauthorized"
+
+
+async def test_signer_must_be_the_connection(h: Harness) -> None:
+    other = Identity.generate().node_id
+    result = await h.request(DeviceList(), conn=other)
+    assert error_code(result) == "unauthorized"
+    assert "connection" in result.reply.message  # type: ignore[attr-defined]
+    last = (await h.audit_rows())[-1]
+    assert (last.actor, last.outcome) == (str(other), "refused")
+
+
+async def test_replayed_request_refused(h: Harness) -> None:
+    env = make_admin_request(h.admin, h.coordinator.node_id, DeviceList(), now=h.clock.now)
+    first = await h.service.handle_admin(encode(env), h.admin.node_id)
+    assert isinstance(first.reply, DeviceListReply)
+    again = await h.service.handle_admin(encode(env), h.admin.node_id)
+    assert error_code(again) == "replay"
+    # Also across a restart: nonces are durable.
+    await h.restart()
+    assert error_code(await h.service.handle_admin(encode(env), h.admin.node_id)) == "replay"
+
+
+async def test_unknown_or_pending_target_refused(h: Harness) -> None:
+    stranger = Identity.generate().node_id
+    assert error_code(await h.request(h.announcement([stranger], 1))) == "not-found"
+    pending = Identity.generate().node_id
+    await h.service.agent_hello(FakeLink(pending), hello())
+    result = await h.request(h.announcement([pending], 1))
+    assert error_code(result) == "not-found"
+    assert "pending" in result.reply.message  # type: ignore[attr-defined]
+
+
+async def test_expired_and_bad_store_path_refused(h: Harness) -> None:
+    node = await h.add_device("web1")
+    stale = h.announcement([node], 1, valid_for=60)
+    h.clock.now += 120
+    assert error_code(await h.request(stale)) == "expired"
+    bad = await h.request(h.announcement([node], 1, store_path="/nix/store/x; rm -rf /"))
+    assert error_code(bad) == "invalid"
+
+
+async def test_garbage_request_refused_and_audited(h: Harness) -> None:
+    result = await h.service.handle_admin(b"\x93garbage", h.admin.node_id)
+    assert error_code(result) == "invalid"
+    last = (await h.audit_rows())[-1]
+    assert (last.action, last.request) == ("unknown", b"\x93garbage")
+
+
+# ---------------------------------------------------------------- agents
+
+
+async def test_pending_device_gets_nothing(h: Harness) -> None:
+    node = Identity.generate().node_id
+    link, session = await h.connect(node)
+    assert link.sent == [Welcome(approved=False, name=None)]
+    devices = (await h.request(DeviceList())).reply
+    assert isinstance(devices, DeviceListReply)
+    (info,) = devices.devices
+    assert (info.node_id, info.approved, info.first_seen) == (node, False, NOW)
+    # Its reports are not listened to either.
+    await h.service.agent_message(session, report(AgentState.APPLIED, 1))
+    assert await h.service.db.fetchall("SELECT * FROM device_status") == []
+    assert link.sent == [Welcome(approved=False, name=None)]
+
+
+async def test_approval_triggers_welcome_and_latest_delivery(h: Harness) -> None:
+    node = Identity.generate().node_id
+    link, _ = await h.connect(node)
+    assert isinstance((await h.request(DeviceApprove(node_id=node))).reply, OkReply)
+    assert link.sent[1:] == [Welcome(approved=True, name=None)]
+    await h.push([node])
+    assert link.delivered() == [1]
+
+    # A device that connected pending while a push for it existed gets it on approval.
+    other = Identity.generate().node_id
+    link2, _ = await h.connect(other)
+    await h.request(DeviceAdd(node_id=other, name="late", tags=()))
+    # (no push to it yet: nothing delivered)
+    assert link2.delivered() == []
+    await h.push([node, other])
+    assert link2.delivered() == [2]
+
+
+async def test_offline_device_gets_latest_on_connect_only_if_newer(h: Harness) -> None:
+    node = await h.add_device("web1")
+    await h.push([node])
+    await h.push([node], store_path=V1)
+    link, _ = await h.connect(node, last_sequence=0)
+    assert link.delivered() == [2]  # only the latest
+    link_b, _ = await h.connect(node, last_sequence=2)
+    assert link_b.delivered() == []
+
+
+async def test_expired_announcement_not_delivered_on_connect(h: Harness) -> None:
+    node = await h.add_device("web1")
+    await h.push([node], valid_for=60)
+    h.clock.now += 120
+    link, _ = await h.connect(node)
+    assert link.delivered() == []
+
+
+async def test_second_connection_replaces_first(h: Harness) -> None:
+    node = await h.add_device("web1")
+    first, s1 = await h.connect(node)
+    second, _ = await h.connect(node)
+    assert first.closed is not None
+    assert "replaced" in first.closed
+    await h.service.agent_gone(s1)  # the old connection's end does not mark it offline
+    (row,) = (await h.request(StatusRequest(watch=False))).reply.devices  # type: ignore[attr-defined]
+    assert row.online
+    await h.push([node])
+    assert second.delivered() == [1]
+    assert first.delivered() == []
+
+
+async def test_push_during_welcome_lookup_is_not_lost(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleet.coordinator import announcements
+
+    node = await h.add_device("web1")
+    real_latest = announcements.latest_for
+    pushed: list[AdminResult] = []
+
+    async def latest_then_push(db: object, n: NodeId) -> object:
+        found = await real_latest(db, n)  # type: ignore[arg-type]
+        if not pushed:  # a push is accepted and delivered after the lookup read the db
+            pushed.append(await h.push([node]))
+        return found
+
+    monkeypatch.setattr(announcements, "latest_for", latest_then_push)
+    link, _ = await h.connect(node)
+    assert isinstance(pushed[0].reply, PushAccepted)
+    assert link.sent[0] == Welcome(approved=True, name="web1")
+    assert link.delivered() == [1]
+
+
+def report(state: AgentState, sequence: int | None, error: str | None = None) -> StatusReport:
+    return StatusReport(
+        state=state,
+        since=NOW,
+        sequence=sequence,
+        desired=V2,
+        current=SystemState(store_path=V2 if state is AgentState.APPLIED else V1, generation=2),
+        progress=None,
+        error=error,
+        exit_code=None,
+        log_tail=None,
+    )
+
+
+# ---------------------------------------------------------------- status
+
+
+async def test_status_snapshot_and_live_updates(h: Harness) -> None:
+    node = await h.add_device("web1", ("web",))
+    result = await h.request(StatusRequest(watch=True))
+    assert isinstance(result.reply, StatusSnapshot)
+    (row,) = result.reply.devices
+    assert (row.name, row.online, row.desired, row.state) == ("web1", False, None, None)
+    watcher = result.watcher
+    assert watcher is not None
+
+    _, session = await h.connect(node)
+    online = await watcher.next(timeout=1)
+    assert (online.online, online.path, online.state) == (True, "direct", AgentState.IDLE)
+
+    await h.push([node])
+    desired = await watcher.next(timeout=1)
+    assert desired.desired is not None
+    assert desired.desired.sequence == 1
+
+    await h.service.agent_message(session, report(AgentState.APPLIED, 1))
+    applied = await watcher.next(timeout=1)
+    assert (applied.state, applied.current) == (
+        AgentState.APPLIED,
+        SystemState(store_path=V2, generation=2),
+    )
+
+    await h.service.agent_message(session, AnnouncementRejected(sequence=1, reason="replayed"))
+    rejected = await watcher.next(timeout=1)
+    assert rejected.error is not None
+    assert "replayed" in rejected.error
+
+    await h.service.agent_gone(session)
+    offline = await watcher.next(timeout=1)
+    assert (offline.online, offline.path) == (False, None)
+    # The last report survives a restart.
+    await h.restart()
+    snap = (await h.request(StatusRequest(watch=False))).reply
+    assert isinstance(snap, StatusSnapshot)
+    assert snap.devices[0].state is AgentState.APPLIED
+    assert "replayed" in (snap.devices[0].error or "")
+
+
+async def test_slow_watcher_is_cut_off_not_waited_for(h: Harness) -> None:
+    node = await h.add_device("web1")
+    result = await h.request(StatusRequest(watch=True))
+    watcher = result.watcher
+    assert watcher is not None
+    watcher._limit = 3  # a small bound for the test
+    _, session = await h.connect(node)
+    for i in range(5):
+        await h.service.agent_message(session, report(AgentState.DOWNLOADING, i + 1))
+    assert watcher.overflowed
+    assert watcher not in h.service.watchers
+
+
+async def test_remove_device_disconnects_it(h: Harness) -> None:
+    node = await h.add_device("web1")
+    link, _ = await h.connect(node)
+    assert isinstance((await h.request(DeviceRemove(name="web1"))).reply, OkReply)
+    assert link.closed is not None
+    assert node not in h.service.sessions
+    listed = (await h.request(DeviceList())).reply
+    assert isinstance(listed, DeviceListReply)
+    assert listed.devices == ()
+
+
+async def test_name_conflict_refused(h: Harness) -> None:
+    await h.add_device("web1")
+    other = Identity.generate().node_id
+    result = await h.request(DeviceAdd(node_id=other, name="web1", tags=()))
+    assert error_code(result) == "conflict"
+    bad = await h.request(DeviceAdd(node_id=other, name="tag:x", tags=()))
+    assert error_code(bad) == "invalid"
+
+
+# ---------------------------------------------------------------- durability
+
+
+async def test_crash_between_commit_and_reply_loses_nothing(h: Harness) -> None:
+    node = await h.add_device("web1")
+    # handle_admin returned: committed. The process dies before replying or delivering.
+    result = await h.request(h.announcement([node], 1))
+    assert isinstance(result.reply, PushAccepted)
+    await h.restart()
+    link, _ = await h.connect(node)
+    assert link.delivered() == [1]
+    assert audit.verify_chain(await h.audit_rows()) == 2
+
+
+async def test_status_rows_are_contract_shaped(h: Harness) -> None:
+    node = await h.add_device("web1")
+    snap = (await h.request(StatusRequest(watch=False))).reply
+    assert isinstance(snap, StatusSnapshot)
+    (row,) = snap.devices
+    assert isinstance(row, DeviceStatus)
+    assert row.node_id == node
