@@ -367,16 +367,19 @@ class CoordinatorService:
         self.sessions[node] = session
         if previous is not None:
             self._drop(previous, "replaced by a newer connection from the same device")
-        async with self.db.transaction() as tx:
-            device = await registry.get(tx, node)
-            if device is None and await registry.pending_count(tx) >= self.max_pending:
-                device = None
-                full = True
-            else:
-                full = False
-                device = await registry.record_seen(tx, node, now)
-                if device.approved:
-                    await registry.save_hello(tx, node, hello, now)
+        try:
+            async with self.db.transaction() as tx:
+                device = await registry.get(tx, node)
+                if device is None and await registry.pending_count(tx) >= self.max_pending:
+                    full = True
+                else:
+                    full = False
+                    device = await registry.record_seen(tx, node, now)
+                    if device.approved:
+                        await registry.save_hello(tx, node, hello, now)
+        except BaseException:
+            self._drop(session, "coordinator error")
+            raise
         if full or device is None:
             log.warning("agent_turned_away", device=node.short(), reason="too many pending")
             self._drop(session, "too many devices waiting for approval")

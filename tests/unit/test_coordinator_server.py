@@ -1,0 +1,245 @@
+"""The coordinator's asyncio adapter over in-memory connections (the mesh is faked here)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fleet.coordinator.database import Database
+from fleet.coordinator.server import CoordinatorServer, ServerLimits
+from fleet.coordinator.service import CoordinatorService
+from fleet.identity import Identity, NodeId
+from fleet.protocol import alpn
+from fleet.protocol.admin import make_admin_request
+from fleet.protocol.messages import (
+    Action,
+    AgentState,
+    Announcement,
+    Deliver,
+    DeviceAdd,
+    Hello,
+    OkReply,
+    PushAccepted,
+    PushRequest,
+    StatusReport,
+    StatusRequest,
+    StatusSnapshot,
+    StatusUpdate,
+    SystemState,
+    Welcome,
+)
+from fleet.protocol.stream import recv_message, send_message
+from fleet.wire import Message, Tag, sign_envelope
+
+V2 = "/nix/store/" + "b" * 32 + "-nixos-system-v2"
+
+
+class PipeWriter:
+    def __init__(self, peer: asyncio.StreamReader) -> None:
+        self.peer = peer
+
+    def write(self, data: bytes) -> None:
+        if not self.peer.at_eof():
+            self.peer.feed_data(data)
+
+    async def drain(self) -> None:
+        await asyncio.sleep(0)
+
+    def write_eof(self) -> None:
+        self.peer.feed_eof()
+
+    def close(self) -> None:
+        self.write_eof()
+
+
+class FakeConnection:
+    """One side's view of an in-memory 'QUIC connection': streams are pipe pairs."""
+
+    def __init__(self, remote_id: NodeId, path: str = "direct") -> None:
+        self.remote_id = remote_id
+        self.path = path
+        self._incoming: asyncio.Queue[tuple[asyncio.StreamReader, PipeWriter] | None] = (
+            asyncio.Queue()
+        )
+        self._readers: list[asyncio.StreamReader] = []
+        self.closed = asyncio.Event()
+
+    def open_bi(self) -> tuple[asyncio.StreamReader, PipeWriter]:
+        """Client side: open a stream the server accepts."""
+        server_reader, client_reader = asyncio.StreamReader(), asyncio.StreamReader()
+        self._readers += [client_reader, server_reader]
+        self._incoming.put_nowait((server_reader, PipeWriter(client_reader)))
+        return client_reader, PipeWriter(server_reader)
+
+    async def accept_bi(
+        self, timeout: float | None = None
+    ) -> tuple[asyncio.StreamReader, PipeWriter]:
+        async with asyncio.timeout(timeout):
+            item = await self._incoming.get()
+        if item is None:
+            self._incoming.put_nowait(None)
+            raise ConnectionError("connection closed")
+        return item
+
+    async def close(self, error_code: int = 0, reason: str = "") -> None:
+        if not self.closed.is_set():
+            self.closed.set()
+            self._incoming.put_nowait(None)
+            for reader in self._readers:
+                if not reader.at_eof():
+                    reader.feed_eof()
+
+
+class FakeListener:
+    def __init__(self) -> None:
+        self.queues: dict[str, asyncio.Queue[FakeConnection]] = {
+            alpn.AGENT: asyncio.Queue(),
+            alpn.ADMIN: asyncio.Queue(),
+        }
+
+    async def accept(self, alpn: str | None = None, timeout: float | None = None) -> FakeConnection:
+        assert alpn is not None
+        async with asyncio.timeout(timeout):
+            return await self.queues[alpn].get()
+
+    def dial(self, name: str, node: NodeId) -> FakeConnection:
+        conn = FakeConnection(node)
+        self.queues[name].put_nowait(conn)
+        return conn
+
+
+@dataclass
+class Running:
+    service: CoordinatorService
+    listener: FakeListener
+    coordinator: Identity
+    admin: Identity
+
+    async def request(self, body: Message) -> tuple[Message, asyncio.StreamReader, PipeWriter]:
+        conn = self.listener.dial(alpn.ADMIN, self.admin.node_id)
+        reader, writer = conn.open_bi()
+        env = make_admin_request(self.admin, self.coordinator.node_id, body)
+        await send_message(writer, env, timeout=5)
+        return await recv_message(reader, timeout=5), reader, writer
+
+    async def agent(
+        self, identity: Identity, last_sequence: int = 0
+    ) -> tuple[FakeConnection, asyncio.StreamReader, PipeWriter]:
+        conn = self.listener.dial(alpn.AGENT, identity.node_id)
+        reader, writer = conn.open_bi()
+        hello = Hello(
+            agent_version="test",
+            current=SystemState(store_path=None, generation=None),
+            last_sequence=last_sequence,
+            state=AgentState.IDLE,
+            state_since=0.0,
+        )
+        await send_message(writer, hello, timeout=5)
+        return conn, reader, writer
+
+    def push_request(self, devices: list[NodeId], sequence: int) -> PushRequest:
+        import time
+
+        ann = Announcement(
+            sequence=sequence,
+            devices=tuple(devices),
+            targets=("tag:all",),
+            store_path=V2,
+            substituters=(),
+            action=Action.SWITCH,
+            issued_at=time.time(),
+            valid_until=time.time() + 600,
+        )
+        return PushRequest(announcement=sign_envelope(self.admin, Tag.ANNOUNCEMENT, ann))
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[Running]:
+    coordinator, admin = Identity.generate(), Identity.generate()
+    db = await Database.open(tmp_path / "state.db")
+    service = CoordinatorService(db, coordinator.node_id, [admin.node_id])
+    listener = FakeListener()
+    server = CoordinatorServer(service, ServerLimits(hello_timeout=0.5, agent_queue=8))
+    task = asyncio.create_task(server.serve(listener))
+    try:
+        yield Running(service, listener, coordinator, admin)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await db.close()
+
+
+async def test_push_reaches_connected_agent_after_the_ack(running: Running) -> None:
+    agent = Identity.generate()
+    reply, _, _ = await running.request(DeviceAdd(node_id=agent.node_id, name="a1", tags=()))
+    assert reply == OkReply()
+    _, reader, _ = await running.agent(agent)
+    assert await recv_message(reader, Welcome, timeout=5) == Welcome(approved=True, name="a1")
+
+    push = running.push_request([agent.node_id], 1)
+    reply, _, _ = await running.request(push)
+    assert reply == PushAccepted(sequence=1, devices=(agent.node_id,))
+    deliver = await recv_message(reader, Deliver, timeout=5)
+    assert deliver.announcement == push.announcement  # forwarded verbatim
+
+
+async def test_misbehaving_agents_are_dropped_without_harming_others(running: Running) -> None:
+    good, silent, noisy = Identity.generate(), Identity.generate(), Identity.generate()
+    for i, node in enumerate((good, silent, noisy)):
+        await running.request(DeviceAdd(node_id=node.node_id, name=f"d{i}", tags=()))
+
+    # Silent: opens nothing within the hello timeout.
+    silent_conn = running.listener.dial(alpn.AGENT, silent.node_id)
+    # Noisy: sends a garbage frame after its Hello.
+    noisy_conn, noisy_reader, noisy_writer = await running.agent(noisy)
+    assert (await recv_message(noisy_reader, Welcome, timeout=5)).approved
+    noisy_writer.write(b"\x00\x00\x00\x03abc")
+
+    _, reader, writer = await running.agent(good)
+    await recv_message(reader, Welcome, timeout=5)
+
+    async with asyncio.timeout(5):
+        await silent_conn.closed.wait()
+        await noisy_conn.closed.wait()
+    assert set(running.service.sessions) == {good.node_id}
+
+    report = StatusReport(
+        state=AgentState.APPLIED,
+        since=1.0,
+        sequence=None,
+        desired=None,
+        current=SystemState(store_path=V2, generation=3),
+        progress=None,
+        error=None,
+        exit_code=None,
+        log_tail=None,
+    )
+    await send_message(writer, report, timeout=5)
+    reply, _, _ = await running.request(running.push_request([good.node_id], 1))
+    assert isinstance(reply, PushAccepted)
+    await recv_message(reader, Deliver, timeout=5)
+    status = running.service.sessions[good.node_id].last_report
+    assert status == report
+
+
+async def test_watch_streams_updates_until_the_admin_leaves(running: Running) -> None:
+    agent = Identity.generate()
+    await running.request(DeviceAdd(node_id=agent.node_id, name="w1", tags=("x",)))
+    snapshot, reader, writer = await running.request(StatusRequest(watch=True))
+    assert isinstance(snapshot, StatusSnapshot)
+    assert [d.online for d in snapshot.devices] == [False]
+    conn, _, _ = await running.agent(agent)
+    update = await recv_message(reader, StatusUpdate, timeout=5)
+    assert (update.device.name, update.device.online, update.device.path) == ("w1", True, "direct")
+    await conn.close()  # the agent goes away
+    update = await recv_message(reader, StatusUpdate, timeout=5)
+    assert not update.device.online
+    writer.write_eof()  # the admin stops watching
+    with pytest.raises(EOFError):
+        await recv_message(reader, timeout=5)
+    assert running.service.watchers == set()
