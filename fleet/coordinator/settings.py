@@ -1,0 +1,94 @@
+"""Settings of `fleet coordinator`, validated once at start-up (flags and TOML merged before)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fleet.identity import InvalidNodeId, NodeId
+from fleet.relay.url import InvalidRelayUrl, RelayUrl
+
+KNOWN = ("key", "listen", "relay", "state_dir", "admin", "log_level")
+DB_NAME = "coordinator.db"
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True)
+class CoordinatorSettings:
+    key: Path
+    listen: tuple[str, int]  # UDP address of the mesh endpoint (port 0: any free port)
+    relays: tuple[RelayUrl, ...]
+    state_dir: Path
+    admins: tuple[NodeId, ...]
+    log_level: str = "info"
+
+    @property
+    def database(self) -> Path:
+        return self.state_dir / DB_NAME
+
+
+def _as_list(value: Any, name: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise SettingsError(f"{name}: expected a string or a list of strings, got {value!r}")
+
+
+def parse_listen(text: Any) -> tuple[str, int]:
+    """IP:PORT or [IPV6]:PORT; a UDP socket binds to an address, not a host name."""
+    if not isinstance(text, str):
+        raise SettingsError(f"listen: expected IP:PORT, got {text!r}")
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port_text = text.rpartition(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise SettingsError(f"listen: {text!r} is not IP:PORT (an IP address to bind)") from None
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise SettingsError(f"listen: {text!r} has no valid port")
+    return host, int(port_text)
+
+
+def from_mapping(settings: Mapping[str, Any]) -> CoordinatorSettings:
+    missing = [k for k in ("key", "listen", "state_dir") if not settings.get(k)]
+    if missing:
+        raise SettingsError(
+            "required: "
+            + ", ".join("--" + m.replace("_", "-") for m in missing)
+            + " (as flags or in --config)"
+        )
+    admins = []
+    for text in _as_list(settings.get("admin", []), "admin"):
+        try:
+            admins.append(NodeId.parse(text))
+        except InvalidNodeId as exc:
+            raise SettingsError(f"admin: {text!r}: {exc}") from None
+    if not admins:
+        raise SettingsError("at least one --admin NODEID is required (who may push)")
+    relays = []
+    for text in _as_list(settings.get("relay", []), "relay"):
+        try:
+            relays.append(RelayUrl.parse(text))
+        except InvalidRelayUrl as exc:
+            raise SettingsError(f"relay: {exc}") from None
+    level = str(settings.get("log_level", "info"))
+    if level not in ("debug", "info", "warning", "error"):
+        raise SettingsError(f"log-level: {level!r} is not debug, info, warning or error")
+    return CoordinatorSettings(
+        key=Path(str(settings["key"])),
+        listen=parse_listen(settings["listen"]),
+        relays=tuple(relays),
+        state_dir=Path(str(settings["state_dir"])),
+        admins=tuple(dict.fromkeys(admins)),
+        log_level=level,
+    )
