@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fleet.coordinator.announcements import Reader
@@ -238,3 +239,20 @@ async def save_hello(tx: Transaction, node: NodeId, hello: Hello, now: float) ->
 async def touch(tx: Transaction, node: NodeId, now: float) -> None:
     """Update last_seen of a known device (a removed device is not brought back)."""
     await tx.execute("UPDATE devices SET last_seen = ? WHERE node_id = ?", (now, str(node)))
+
+
+async def approval_of(db: Reader, nodes: Iterable[NodeId]) -> dict[NodeId, bool]:
+    """node -> approved, for those of `nodes` that are in the registry (batched lookups)."""
+    wanted = list(dict.fromkeys(nodes))
+    found: dict[NodeId, bool] = {}
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        placeholders = ",".join("?" * len(chunk))  # only "?"s: values stay parameters
+        rows = await db.fetchall(
+            f"SELECT node_id, approved FROM devices WHERE node_id IN ({placeholders})",  # noqa: S608
+            [str(n) for n in chunk],
+        )
+        by_text = {str(n): n for n in chunk}
+        for row in rows:
+            found[by_text[row["node_id"]]] = bool(row["approved"])
+    return found

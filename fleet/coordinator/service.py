@@ -266,10 +266,10 @@ class CoordinatorService:
                     highest=highest,
                     **detail,
                 )
+            known = await registry.approval_of(tx, ann.devices)
             for device in dict.fromkeys(ann.devices):
-                record = await registry.get(tx, device)
-                if record is None or not record.approved:
-                    state = "pending approval" if record is not None else "not registered"
+                if known.get(device) is not True:
+                    state = "pending approval" if device in known else "not registered"
                     raise Refused("not-found", f"target device {device} is {state}", **detail)
             stored = await announcements.insert(tx, signer, body.announcement, ann, now)
             await audit.append(
