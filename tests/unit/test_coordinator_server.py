@@ -243,3 +243,15 @@ async def test_watch_streams_updates_until_the_admin_leaves(running: Running) ->
     with pytest.raises(EOFError):
         await recv_message(reader, timeout=5)
     assert running.service.watchers == set()
+
+
+async def test_agent_that_does_not_read_is_dropped_not_waited_for() -> None:
+    from fleet.coordinator.server import MeshAgentLink
+
+    conn = FakeConnection(Identity.generate().node_id)
+    _, writer = conn.open_bi()
+    link = MeshAgentLink(conn, writer, limit=2)
+    for _ in range(3):
+        link.send(b"x")  # never blocks; the third overflows the queue
+    assert link.closed.is_set()
+    assert "queue full" in link.reason
