@@ -35,7 +35,7 @@ from fleet.mesh.disco import Addr
 from fleet.mesh.paths import Path, PathChanged, PeerPaths
 from fleet.mesh.relay import RelayFactory, RelayRunner, RelayTransport
 from fleet.mesh.socket import UdpSocket
-from fleet.mesh.tls_hooks import PinnedQuicConnection, quic_configuration
+from fleet.mesh.tls_hooks import PinnedQuicConnection, kick, quic_configuration
 
 log = get_logger(__name__)
 
@@ -225,13 +225,25 @@ class Endpoint:
                 peer.paths.add_candidate(_normalize_addr(addr), now, "connect")
             except ValueError as exc:
                 raise ConnectError(f"bad address {addr!r}: {exc}") from exc
+        relay: RelayRunner | None = None
+        if relay_url is None and peer.relay is None and self._home_relays:
+            relay_url = self._home_relays[0]
         if relay_url is not None:
-            peer.relay = self._relay_for(str(relay_url))
-        elif peer.relay is None and self._home_relays:
-            peer.relay = self._relay_for(self._home_relays[0])
-        peer.paths.set_relay(peer.relay is not None, now)
+            relay = self._relay_for(str(relay_url))
+        if relay is not None:
+            peer.relay = relay
         if not peer.paths.candidates and peer.relay is None:
             raise ConnectError(f"no address and no relay for node {node_id.short()}")
+        deadline = now + timeout
+        if relay is not None and not relay.connected and not peer.paths.candidates:
+            try:
+                await relay.wait_connected(timeout)
+            except TimeoutError:
+                raise ConnectError(
+                    f"relay {relay_url} not reachable within {timeout:.1f}s"
+                ) from None
+            now = loop.time()
+        peer.paths.set_relay(peer.relay is not None, now)
         config = self._client_configs.get(alpn)
         if config is None:
             config = self._client_configs[alpn] = self._quic_config(True, [alpn])
@@ -241,7 +253,7 @@ class Endpoint:
         quic.connect(peer.vaddr, now)
         self._flush(conn)
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(deadline):
                 await conn.wait_handshake()
         except TimeoutError:
             await conn.close(reason="handshake timeout")
@@ -527,8 +539,12 @@ class Endpoint:
             new=str(change.new) if change.new else None,
             reason=change.reason,
         )
+        now = self._now()
         for conn in peer.connections:
             conn.path_changed(change)
+            if change.old is not None and change.new is not None:
+                kick(conn.quic, now)  # resend what the old path lost, without waiting a PTO
+                self._request_flush(conn)
 
     def _map_addr(self, addr: Addr, node: NodeId) -> None:
         self._addr_node[addr] = node

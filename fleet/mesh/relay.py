@@ -24,6 +24,10 @@ class RelayRunner(RelayTransport, Protocol):
         """Connect and stay connected (reconnecting) until cancelled."""
         ...
 
+    async def wait_connected(self, timeout: float) -> None:
+        """Return once connected; raise TimeoutError after `timeout` seconds."""
+        ...
+
 
 RelayFactory = Callable[
     [str, Identity, Callable[[NodeId, bytes], None], Callable[[NodeId], None]], RelayRunner

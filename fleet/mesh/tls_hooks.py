@@ -3,8 +3,9 @@
 aioquic has no public API for what a mesh needs: the server must *request* a client
 certificate, and each side must pin the peer's certificate key to a node id instead of
 checking it against a CA. We get both by swapping the class of the connection's TLS context
-for a subclass that overrides three private methods; one more private read tells a stream
-writer how much of its data is still unacknowledged (for `drain()` backpressure).
+for a subclass that overrides three private methods. Three more small reaches: how much of a
+stream's data is unacknowledged (`drain()` backpressure), why a connection is closing (to fail
+`connect()` at once), and a retransmit-now kick after the path changed (`kick`).
 
 `check_internals()` runs at import and fails loudly if an aioquic upgrade moved any of it;
 tests/unit/test_tls_hooks.py checks the behaviour end to end.
@@ -22,6 +23,7 @@ from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated
+from aioquic.quic.recovery import QuicPacketRecovery
 from aioquic.quic.stream import QuicStreamSender
 from cryptography.exceptions import InvalidSignature
 
@@ -41,6 +43,7 @@ _HOOKED_METHODS: dict[tuple[type, str], tuple[str, ...]] = {
     (tls.Context, "_server_handle_certificate"): ("self", "input_buf"),
     (tls.Context, "_server_handle_finished"): ("self", "input_buf", "output_buf"),
     (QuicConnection, "_initialize"): ("self", "peer_cid"),
+    (QuicPacketRecovery, "reschedule_data"): ("self", "now", "speed_up_handshake"),
 }
 
 
@@ -68,7 +71,7 @@ def check_internals() -> None:
     if not hasattr(QuicStreamSender(0, True), "_buffer"):
         problems.append("QuicStreamSender has no _buffer")
     init_source = inspect.getsource(QuicConnection.__init__)
-    for attr in ("self._streams", "self._close_event"):
+    for attr in ("self._streams", "self._close_event", "self._loss", "self._handshake_complete"):
         if attr not in init_source:
             problems.append(f"QuicConnection.__init__ sets no {attr}")
     if problems:
@@ -199,3 +202,13 @@ def pending_close(quic: QuicConnection) -> ConnectionTerminated | None:
     ConnectionTerminated after the closing period, up to 3 PTOs later)."""
     event = quic._close_event
     return event if isinstance(event, ConnectionTerminated) else None
+
+
+def kick(quic: QuicConnection, now: float) -> None:
+    """Retransmit the oldest unacknowledged packet and send a probe now.
+
+    Called when the path under a connection changed: packets lost on the dead path would
+    otherwise wait for the next PTO, which has backed off exponentially by then (seconds).
+    """
+    if quic._handshake_complete and quic._close_event is None:
+        quic._loss.reschedule_data(now=now)
