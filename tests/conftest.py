@@ -1,0 +1,66 @@
+"""Shared pytest fixtures. Nix fixtures build on tests/nixlab.py."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fleet.nix import NixStore
+from tests.nixlab import Builder, FakeSystem, agent_store, fill_cache, serve_directory
+
+
+@dataclass(frozen=True)
+class Systems:
+    v1: FakeSystem
+    v2: FakeSystem
+    broken: FakeSystem
+    unsigned: FakeSystem
+
+
+@dataclass(frozen=True)
+class NixCache:
+    url: str
+    directory: Path
+
+
+@pytest.fixture(scope="session")
+def nix_builder(tmp_path_factory: pytest.TempPathFactory) -> Builder:
+    """One builder store per session: builds are deterministic, so tests can share it."""
+    return Builder(tmp_path_factory.mktemp("nix-builder"))
+
+
+@pytest.fixture(scope="session")
+def nix_systems(nix_builder: Builder) -> Systems:
+    return Systems(
+        v1=nix_builder.build("1"),
+        v2=nix_builder.build("2"),
+        broken=nix_builder.build("broken", broken=True),
+        unsigned=nix_builder.build("unsigned", sign=False),
+    )
+
+
+@pytest.fixture
+async def nix_cache(
+    tmp_path: Path, nix_builder: Builder, nix_systems: Systems
+) -> AsyncIterator[NixCache]:
+    """A per-test zstd binary cache with every system, served over HTTP on loopback."""
+    directory = tmp_path / "binary-cache"
+    await fill_cache(
+        nix_builder,
+        directory,
+        nix_systems.v1,
+        nix_systems.v2,
+        nix_systems.broken,
+        nix_systems.unsigned,
+    )
+    with serve_directory(directory) as url:
+        yield NixCache(url, directory)
+
+
+@pytest.fixture
+def nix_agent(tmp_path: Path) -> NixStore:
+    """An empty chroot store + hermetic config for one test agent."""
+    return agent_store(tmp_path / "agent")
