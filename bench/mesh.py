@@ -69,8 +69,8 @@ def _server(seed: bytes, config: MeshConfig, relay: str | None, ready: Any) -> N
 
 
 def _relay_factory() -> Callable[..., Any]:
-    from fleet.relay.client import RelayClient  # noqa: PLC0415 - only when a relay is benched
-    from fleet.relay.url import RelayUrl  # noqa: PLC0415
+    from fleet.relay.client import RelayClient
+    from fleet.relay.url import RelayUrl
 
     def factory(url: str, identity: Identity, on_packet: Any, on_peer_gone: Any) -> Any:
         return RelayClient(RelayUrl.parse(url), identity, on_packet, on_peer_gone)

@@ -353,14 +353,21 @@ class Endpoint:
             self._flush(conn)
 
     def _receive_quic(self, peer: _Peer, data: bytes, *, via_relay: bool) -> Connection | None:
-        try:
-            header = pull_quic_header(Buffer(data=data), host_cid_length=CID_LENGTH)
-        except (ValueError, BufferReadError):
-            self.quic_dropped += 1
-            return None
-        conn = self._by_cid.get(header.destination_cid)
+        """Feed one QUIC datagram to its connection; events are processed at the next flush."""
+        if data[0] & 0xC0 == 0x40 and len(data) > CID_LENGTH:
+            # Short header (the bulk of traffic): the DCID is the next CID_LENGTH bytes.
+            conn = self._by_cid.get(data[1 : 1 + CID_LENGTH])
+            header = None
+        else:
+            try:
+                header = pull_quic_header(Buffer(data=data), host_cid_length=CID_LENGTH)
+            except (ValueError, BufferReadError):
+                self.quic_dropped += 1
+                return None
+            conn = self._by_cid.get(header.destination_cid)
         if conn is None:
-            conn = self._new_server_connection(peer, header, len(data))
+            if header is not None:
+                conn = self._new_server_connection(peer, header, len(data))
             if conn is None:
                 self.quic_dropped += 1
                 return None
@@ -368,7 +375,6 @@ class Endpoint:
             self.quic_dropped += 1  # a packet for another node's connection
             return None
         conn.quic.receive_datagram(data, peer.vaddr, self._now())
-        self._process_events(conn)
         return conn
 
     def _new_server_connection(self, peer: _Peer, header: Any, size: int) -> Connection | None:
@@ -596,6 +602,7 @@ class Endpoint:
             return
         quic = conn.quic
         now = self._now()
+        self._process_events(conn)
         datagrams = quic.datagrams_to_send(now)
         if datagrams:
             paths = peer.paths
