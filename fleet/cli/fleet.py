@@ -6,6 +6,7 @@ import click
 
 from fleet import __version__
 from fleet.cli.common import load_key_or_fail
+from fleet.cli.relay import relay as relay_command
 from fleet.identity import KeyFileError, write_new_key
 
 
@@ -31,3 +32,6 @@ def keygen(path: str) -> None:
 def id_(path: str) -> None:
     """Print the node id of a fleet key file or an OpenSSH ed25519 private key."""
     click.echo(str(load_key_or_fail(path).node_id))
+
+
+main.add_command(relay_command)

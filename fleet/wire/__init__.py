@@ -20,7 +20,15 @@ from fleet.wire.errors import (
     UnsupportedVersion,
     WireError,
 )
-from fleet.wire.framing import MAX_FRAME, FrameDecoder, encode_frame, read_frame, write_frame
+from fleet.wire.framing import (
+    MAX_FRAME,
+    ByteReader,
+    ByteWriter,
+    FrameDecoder,
+    encode_frame,
+    read_frame,
+    write_frame,
+)
 from fleet.wire.schema import (
     DEFAULT_LIMITS,
     Limits,
@@ -36,6 +44,8 @@ __all__ = [
     "MAX_FRAME",
     "BadEnvelope",
     "BadEnvelopeSignature",
+    "ByteReader",
+    "ByteWriter",
     "FrameDecoder",
     "FrameTooLarge",
     "Limits",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from typing import Protocol
 
 from fleet.wire.errors import FrameTooLarge, TruncatedFrame, WireError
 
@@ -82,11 +83,25 @@ class FrameDecoder:
         return f"{len(self._buf)} of {self._need} payload bytes"
 
 
+class ByteReader(Protocol):
+    """What read_frame needs: asyncio.StreamReader, or a mesh stream's reader."""
+
+    async def readexactly(self, n: int) -> bytes: ...
+
+
+class ByteWriter(Protocol):
+    """What write_frame needs: asyncio.StreamWriter, or a mesh stream's writer."""
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+
 async def read_frame(
-    reader: asyncio.StreamReader,
+    reader: ByteReader,
     *,
     cap: int = MAX_FRAME,
-    timeout: float | None,  # noqa: ASYNC109 - required on purpose: every network wait is bounded
+    timeout: float | None,
 ) -> bytes | None:
     """The next frame's payload, or None if the stream ended cleanly between frames.
 
@@ -115,11 +130,11 @@ async def read_frame(
 
 
 async def write_frame(
-    writer: asyncio.StreamWriter,
+    writer: ByteWriter,
     payload: bytes,
     *,
     cap: int = MAX_FRAME,
-    timeout: float | None,  # noqa: ASYNC109 - as in read_frame
+    timeout: float | None,
 ) -> None:
     """Send one frame and wait (at most `timeout` seconds) until the transport takes it."""
     writer.write(encode_frame(payload, cap))

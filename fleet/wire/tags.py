@@ -20,6 +20,8 @@ class Tag(Enum):
     RELAY_AUTH = b"fleet/relay-auth/v1"
     DISCO = b"fleet/disco/v1"
     ENVELOPE = b"fleet/envelope/v1"
+    ANNOUNCEMENT = b"fleet/announcement/v1"
+    ADMIN_REQUEST = b"fleet/admin-request/v1"
 
 
 def signed_bytes(tag: Tag, payload: bytes) -> bytes:

@@ -1,0 +1,79 @@
+"""Relay URLs: `fleet-relay://NODEID@HOST:PORT`, the relay's identity pinned in its address.
+
+The node id is part of the URL because the client must know which key the relay's TLS
+certificate carries before it connects: that is the whole of the relay's authentication.
+Plain TCP needs the explicit scheme `fleet-relay+insecure://` (loopback tests only).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from fleet.identity import InvalidNodeId, NodeId
+
+SCHEME = "fleet-relay"
+INSECURE_SCHEME = "fleet-relay+insecure"
+
+
+class InvalidRelayUrl(ValueError):
+    """Text that is not a relay URL; the message names what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelayUrl:
+    node_id: NodeId
+    host: str
+    port: int
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise InvalidRelayUrl(f"relay port {self.port} is not in 1-65535")
+        if not self.host or any(c in self.host for c in "/@?#[] "):
+            raise InvalidRelayUrl(f"relay host {self.host!r} is not a host name or address")
+
+    @classmethod
+    def parse(cls, text: str) -> RelayUrl:
+        scheme, sep, rest = text.partition("://")
+        if not sep:
+            raise InvalidRelayUrl(f"{text!r}: expected {SCHEME}://NODEID@HOST:PORT")
+        if scheme not in (SCHEME, INSECURE_SCHEME):
+            raise InvalidRelayUrl(
+                f"{text!r}: unknown scheme {scheme!r}; expected {SCHEME} or {INSECURE_SCHEME}"
+            )
+        if any(c in rest for c in "/?#"):
+            raise InvalidRelayUrl(f"{text!r}: a relay URL has no path, query or fragment")
+        node_text, at, hostport = rest.partition("@")
+        if not at:
+            raise InvalidRelayUrl(f"{text!r}: missing the relay's node id (NODEID@HOST:PORT)")
+        try:
+            node_id = NodeId.parse(node_text)
+        except InvalidNodeId as exc:
+            raise InvalidRelayUrl(f"{text!r}: bad relay node id: {exc}") from exc
+        if hostport.startswith("["):
+            host, close, port_part = hostport[1:].partition("]")
+            if not close or not port_part.startswith(":"):
+                raise InvalidRelayUrl(f"{text!r}: expected [IPV6]:PORT")
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError as exc:
+                raise InvalidRelayUrl(f"{text!r}: {host!r} is not an IPv6 address") from exc
+            port_text = port_part[1:]
+        else:
+            host, colon, port_text = hostport.rpartition(":")
+            if not colon or not host:
+                raise InvalidRelayUrl(f"{text!r}: expected HOST:PORT after the node id")
+            if ":" in host:
+                raise InvalidRelayUrl(f"{text!r}: write IPv6 addresses in brackets")
+        if not port_text.isdigit() or not port_text.isascii():
+            raise InvalidRelayUrl(f"{text!r}: port {port_text!r} is not a number")
+        try:
+            return cls(node_id, host, int(port_text), insecure=scheme == INSECURE_SCHEME)
+        except InvalidRelayUrl as exc:
+            raise InvalidRelayUrl(f"{text!r}: {exc}") from exc
+
+    def __str__(self) -> str:
+        scheme = INSECURE_SCHEME if self.insecure else SCHEME
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{self.node_id}@{host}:{self.port}"

@@ -1,0 +1,100 @@
+"""A real `fleet relay` process for tests and benchmarks, started through the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fleet.relay.url import RelayUrl
+from tests.cli import cli_env, fleet_argv, run_fleet
+
+
+def read_log_events(path: Path) -> list[dict[str, Any]]:
+    """The JSON log events a process wrote so far (other lines skipped)."""
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events
+
+
+@dataclass
+class RelayProcess:
+    proc: subprocess.Popen[bytes]
+    url: RelayUrl
+    metrics_address: tuple[str, int] | None
+    log_path: Path
+
+    def logs(self) -> list[dict[str, Any]]:
+        return read_log_events(self.log_path)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    async def metrics(self) -> dict[str, float]:
+        """Scrape GET /metrics; returns {'name{labels}': value}."""
+        assert self.metrics_address is not None
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(*self.metrics_address), timeout=5
+        )
+        try:
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: relay\r\n\r\n")
+            body = await asyncio.wait_for(reader.read(), timeout=5)
+        finally:
+            writer.close()
+        head, _, text = body.decode().partition("\r\n\r\n")
+        assert head.startswith("HTTP/1.1 200"), head
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise
+
+
+def start_relay(tmp: Path, *args: str, metrics: bool = True, timeout: float = 20) -> RelayProcess:
+    """Start `fleet relay --listen 127.0.0.1:0` and read its URL from the relay_listening log."""
+    key = tmp / "relay.key"
+    if not key.exists():
+        result = run_fleet("keygen", str(key))
+        assert result.returncode == 0, result.stderr
+    log_path = tmp / f"relay-{time.monotonic_ns()}.log"
+    argv = fleet_argv("relay", "--listen", "127.0.0.1:0", "--key", str(key), *args)
+    if metrics:
+        argv += ["--metrics-listen", "127.0.0.1:0"]
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(argv, stderr=log_file, stdout=subprocess.DEVNULL, env=cli_env())
+    relay = None
+    deadline = time.monotonic() + timeout
+    while relay is None:
+        for event in read_log_events(log_path):
+            if event.get("event") == "relay_listening":
+                metrics_address = None
+                if event.get("metrics"):
+                    host, _, port = event["metrics"].rpartition(":")
+                    metrics_address = (host, int(port))
+                relay = RelayProcess(proc, RelayUrl.parse(event["url"]), metrics_address, log_path)
+        if relay is None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"relay did not start: {log_path.read_text()}")
+            time.sleep(0.05)
+    return relay
