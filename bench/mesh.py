@@ -1,8 +1,9 @@
 """Mesh endpoint: QUIC handshake latency and single-connection throughput on loopback.
 
-Run: python -m bench.mesh [--mib 64] [--handshakes 40] [--datagram 1200]
+Run: python -m bench.mesh [--mib 64] [--handshakes 40] [--datagram 1200] [--no-relay]
 The server endpoint runs in its own process (as on a real pair of machines; this host has 2
-cores). Prints a table, then one JSON line. Not a timed test.
+cores); the relay row starts a real `fleet relay` process (TLS) and blackholes the direct
+path. Prints a table, then one JSON line. Not a timed test.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ import json
 import logging
 import multiprocessing as mp
 import statistics
+import tempfile
 import time
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from fleet.identity import Identity
 from fleet.mesh import Connection, Endpoint, MeshConfig
+from tests.integration.relay_process import start_relay
 
 ALPN = "fleet/bench/1"
 CHUNK = 1 << 20
@@ -49,7 +52,7 @@ def _server(seed: bytes, config: MeshConfig, relay: str | None, ready: Any) -> N
     async def main() -> None:
         kwargs: dict[str, Any] = {}
         if relay is not None:
-            kwargs.update(relay_urls=[relay], relay_factory=_relay_factory())
+            kwargs.update(relay_urls=[relay])
         async with (
             Endpoint(
                 Identity.from_seed(seed),
@@ -68,23 +71,13 @@ def _server(seed: bytes, config: MeshConfig, relay: str | None, ready: Any) -> N
     asyncio.run(main())
 
 
-def _relay_factory() -> Callable[..., Any]:
-    from fleet.relay.client import RelayClient
-    from fleet.relay.url import RelayUrl
-
-    def factory(url: str, identity: Identity, on_packet: Any, on_peer_gone: Any) -> Any:
-        return RelayClient(RelayUrl.parse(url), identity, on_packet, on_peer_gone)
-
-    return factory
-
-
 async def _measure(
     server_id: Any, addr: Any, config: MeshConfig, relay: str | None, mib: int, rounds: int
 ) -> dict[str, float]:
     kwargs: dict[str, Any] = {}
     addrs = [addr]
     if relay is not None:
-        kwargs.update(relay_urls=[relay], relay_factory=_relay_factory())
+        kwargs.update(relay_urls=[relay])
         addrs = []
     async with Endpoint(
         Identity.generate(), bind=("127.0.0.1", 0), alpns=[ALPN], config=config, **kwargs
@@ -141,13 +134,18 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=64)
     parser.add_argument("--handshakes", type=int, default=40)
     parser.add_argument("--datagram", type=int, default=1200)
-    parser.add_argument("--relay", help="fleet-relay://NODEID@HOST:PORT of a running relay")
+    parser.add_argument("--no-relay", action="store_true", help="skip the relay row")
     args = parser.parse_args()
     _quiet()
     config = MeshConfig(max_datagram_size=args.datagram)
     rows = [run("direct", config, None, args.mib, args.handshakes)]
-    if args.relay:
-        rows.append(run("relay", config, args.relay, args.mib, args.handshakes))
+    if not args.no_relay:
+        with tempfile.TemporaryDirectory() as tmp:
+            relay = start_relay(Path(tmp), metrics=False)  # a real `fleet relay` process (TLS)
+            try:
+                rows.append(run("relay", config, str(relay.url), args.mib, args.handshakes))
+            finally:
+                relay.stop()
     print(f"{'case':8} {'hs median ms':>12} {'hs p95 ms':>10} {'MB/s':>8}")
     for row in rows:
         print(

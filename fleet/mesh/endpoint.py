@@ -18,7 +18,7 @@ import ipaddress
 import socket as pysocket
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -36,6 +36,8 @@ from fleet.mesh.paths import Path, PathChanged, PeerPaths
 from fleet.mesh.relay import RelayFactory, RelayRunner, RelayTransport
 from fleet.mesh.socket import UdpSocket
 from fleet.mesh.tls_hooks import PinnedQuicConnection, kick, quic_configuration
+from fleet.relay.client import RelayClient
+from fleet.relay.url import RelayUrl
 
 log = get_logger(__name__)
 
@@ -62,6 +64,16 @@ class _Peer:
         self.wrong_node: dict[Addr, NodeId] = {}  # address -> the node that answered there
 
 
+def relay_client_factory(
+    url: str,
+    identity: Identity,
+    on_packet: Callable[[NodeId, bytes], None],
+    on_peer_gone: Callable[[NodeId], None],
+) -> RelayRunner:
+    """The default: a real fleet.relay RelayClient for a `fleet-relay://NODEID@HOST:PORT` URL."""
+    return RelayClient(RelayUrl.parse(url), identity, on_packet, on_peer_gone)
+
+
 def _normalize_addr(addr: tuple[str, int]) -> Addr:
     host, port = addr
     ip = ipaddress.ip_address(host)
@@ -81,7 +93,7 @@ class Endpoint:
         *,
         bind: tuple[str, int] = ("0.0.0.0", 0),  # noqa: S104 - a mesh node is reachable
         alpns: Iterable[str] = (),
-        relay_urls: Iterable[str] = (),
+        relay_urls: Iterable[str | RelayUrl] = (),
         config: MeshConfig | None = None,
         relay_factory: RelayFactory | None = None,
     ) -> None:
@@ -89,7 +101,7 @@ class Endpoint:
         self._bind = bind
         self._alpns = list(alpns)
         self.config = config or MeshConfig()
-        self._relay_factory = relay_factory
+        self._relay_factory = relay_factory or relay_client_factory
         self._home_relays = [str(u) for u in relay_urls]
         self._relays: dict[str, RelayRunner] = {}
         self._relay_tasks: dict[str, asyncio.Task[None]] = {}
@@ -209,7 +221,7 @@ class Endpoint:
         alpn: str,
         *,
         addrs: Iterable[tuple[str, int]] = (),
-        relay_url: str | None = None,
+        relay_url: str | RelayUrl | None = None,
         timeout: float = 10.0,
     ) -> Connection:
         """Open a QUIC connection to `node_id`, whose certificate must carry that key."""
@@ -289,9 +301,8 @@ class Endpoint:
         relay = self._relays.get(url)
         if relay is not None:
             return relay
-        if self._relay_factory is None:
-            raise MeshError("no relay client available (relay_factory not set)")
-        assert self._tasks is not None
+        if self._tasks is None:
+            raise MeshError("endpoint is not running")
 
         def on_packet(src: NodeId, data: bytes) -> None:
             self._on_relay_packet(relay_ref, src, data)
