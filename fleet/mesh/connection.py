@@ -113,6 +113,7 @@ class Connection:
         self._request_flush_cb = request_flush
         self._path_of = path_of
         self.alpn: str | None = None
+        self.verified = False  # set only when the handshake completed with the pinned peer
         self.cids: set[bytes] = set()
         self.closed: CloseReason | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -208,8 +209,11 @@ class Connection:
             verified = self._quic.verified_peer
             if verified is None or verified != self._remote_id:
                 self._quic.close(error_code=0x1, reason_phrase="peer not authenticated")
-            elif not self._handshake.done():
-                self._handshake.set_result(None)
+                self._fail_handshake(0x1, "peer not authenticated")
+            else:
+                self.verified = True
+                if not self._handshake.done():
+                    self._handshake.set_result(None)
         elif isinstance(event, events.StreamReset):
             reader = self._readers.get(event.stream_id)
             if reader is not None:
@@ -231,6 +235,10 @@ class Connection:
         waiters, self._path_waiters = self._path_waiters, []
         for waiter in waiters:
             waiter.set()
+
+    def abandon(self, reason: str) -> None:
+        """The endpoint is going away: wake everything waiting on this connection."""
+        self._terminate(0, reason)
 
     def _terminate(self, error_code: int, reason: str) -> None:
         if self.closed is not None:

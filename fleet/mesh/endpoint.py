@@ -110,7 +110,7 @@ class Endpoint:
         self._held: OrderedDict[Addr, list[tuple[float, bytes]]] = OrderedDict()
         self._by_cid: dict[bytes, Connection] = {}
         self._conn_peer: dict[Connection, _Peer] = {}
-        self._accept_queues: dict[str, asyncio.Queue[Connection]] = {
+        self._accept_queues: dict[str, asyncio.Queue[Connection | None]] = {
             alpn: asyncio.Queue(self.config.accept_backlog) for alpn in self._alpns
         }
         self._dirty: set[Connection] = set()
@@ -170,7 +170,16 @@ class Endpoint:
         if conns:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.5):
-                    await asyncio.gather(*(c._terminated.wait() for c in conns))
+                    await asyncio.gather(*(c.wait_closed(timeout=1.0) for c in conns))
+        for conn in list(self._conn_peer):
+            conn.abandon("endpoint closed")
+            self._remove_connection(conn)
+        for queue in self._accept_queues.values():
+            while not queue.empty():
+                pending = queue.get_nowait()
+                if pending is not None:
+                    pending.abandon("endpoint closed")
+            queue.put_nowait(None)
         for task in self._relay_tasks.values():
             task.cancel()
         if self._housekeeping_task is not None:
@@ -293,7 +302,11 @@ class Endpoint:
         if queue is None:
             raise ValueError(f"endpoint does not serve ALPN {alpn!r}")
         async with asyncio.timeout(timeout):
-            return await queue.get()
+            conn = await queue.get()
+        if conn is None:  # the endpoint closed
+            queue.put_nowait(None)
+            raise MeshError("endpoint closed")
+        return conn
 
     # -- relays -----------------------------------------------------------------------------
 
@@ -422,7 +435,7 @@ class Endpoint:
                     del self._by_cid[event.connection_id]
             elif isinstance(event, events.HandshakeCompleted):
                 conn.handle_event(event)
-                if not conn.is_client and conn.closed is None:
+                if not conn.is_client and conn.verified:
                     self._enqueue_accept(conn)
             elif isinstance(event, events.ConnectionTerminated):
                 conn.handle_event(event)

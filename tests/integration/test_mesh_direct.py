@@ -8,7 +8,7 @@ import hashlib
 import pytest
 
 from fleet.identity import Identity
-from fleet.mesh import ConnectError, Connection, Endpoint, MeshConfig
+from fleet.mesh import ConnectError, Connection, ConnectionLost, Endpoint, MeshConfig, MeshError
 
 ALPN = "fleet/test/1"
 LOOPBACK = ("127.0.0.1", 0)
@@ -114,3 +114,24 @@ async def test_unknown_alpn_is_refused() -> None:
     ):
         with pytest.raises(ConnectError, match="handshake"):
             await ea.connect(bob.node_id, "other/1", addrs=[eb.bound_address], timeout=5)
+
+
+async def test_closing_an_endpoint_wakes_everything_waiting_on_it() -> None:
+    alice, bob = Identity.generate(), Identity.generate()
+    async with Endpoint(alice, bind=LOOPBACK, alpns=[ALPN]) as ea:
+        eb = Endpoint(bob, bind=LOOPBACK, alpns=[ALPN])
+        async with eb:
+            conn = await ea.connect(bob.node_id, ALPN, addrs=[eb.bound_address], timeout=10)
+            server_conn = await eb.accept(ALPN, timeout=10)
+            waiting_accept = asyncio.create_task(eb.accept(ALPN, timeout=10))
+            waiting_stream = asyncio.create_task(server_conn.accept_bi(timeout=10))
+            await asyncio.sleep(0)
+        with pytest.raises(MeshError, match="closed"):
+            await waiting_accept
+        with pytest.raises(ConnectionLost):
+            await waiting_stream
+        with pytest.raises(MeshError, match="not running"):
+            await eb.accept(ALPN, timeout=1)
+        # The peer learns of it too (CONNECTION_CLOSE was sent).
+        await conn.wait_closed(timeout=5)
+        assert conn.closed is not None
