@@ -135,3 +135,27 @@ async def test_closing_an_endpoint_wakes_everything_waiting_on_it() -> None:
         # The peer learns of it too (CONNECTION_CLOSE was sent).
         await conn.wait_closed(timeout=5)
         assert conn.closed is not None
+
+
+async def test_keepalives_hold_an_idle_connection_open_past_the_idle_timeout() -> None:
+    kept = MeshConfig(keepalive_interval=0.3, idle_timeout=1.0, tick=0.05)
+    silent = MeshConfig(keepalive_interval=3600, idle_timeout=1.0, tick=0.05)
+    for config, survives in ((kept, True), (silent, False)):
+        alice, bob = Identity.generate(), Identity.generate()
+        async with (
+            Endpoint(alice, bind=LOOPBACK, alpns=[ALPN], config=config) as ea,
+            Endpoint(bob, bind=LOOPBACK, alpns=[ALPN], config=config) as eb,
+        ):
+            conn = await ea.connect(bob.node_id, ALPN, addrs=[eb.bound_address], timeout=10)
+            if survives:
+                await asyncio.sleep(2.5)  # 2.5 idle timeouts with no application data
+                assert conn.closed is None
+                writer = await conn.open_uni()
+                writer.write(b"ok")
+                writer.write_eof()
+                server = await eb.accept(ALPN, timeout=5)
+                reader = await server.accept_uni(timeout=5)
+                assert await asyncio.wait_for(reader.read(), 5) == b"ok"
+            else:
+                await conn.wait_closed(timeout=5)  # idle timeout, nobody pinged
+                assert conn.closed is not None
