@@ -17,7 +17,6 @@ import contextlib
 import ipaddress
 import socket as pysocket
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
@@ -32,7 +31,8 @@ from fleet.mesh import disco
 from fleet.mesh.config import MeshConfig
 from fleet.mesh.connection import ConnectError, Connection, MeshError
 from fleet.mesh.disco import Addr
-from fleet.mesh.paths import Path, PathChanged, PeerPaths
+from fleet.mesh.paths import Path, PathChanged
+from fleet.mesh.peers import Peer, PeerTable
 from fleet.mesh.relay import RelayFactory, RelayRunner, RelayTransport
 from fleet.mesh.socket import UdpSocket
 from fleet.mesh.tls_hooks import PinnedQuicConnection, kick, quic_configuration
@@ -43,25 +43,6 @@ log = get_logger(__name__)
 
 CID_LENGTH = 8  # aioquic's default host connection id length
 MIN_INITIAL_SIZE = 1200  # RFC 9000 14.1: a client Initial is padded to at least this
-MAX_PEERS = 8192
-MAX_ADDR_MAP = 16384
-HOLD_PER_ADDR = 8  # QUIC packets held from an address not (yet) tied to a node
-HOLD_ADDRS = 64
-HOLD_SECONDS = 1.0
-
-
-class _Peer:
-    """What the endpoint knows about one node: paths, relay, live connections."""
-
-    __slots__ = ("connections", "node", "paths", "relay", "vaddr", "wrong_node")
-
-    def __init__(self, node: NodeId, config: MeshConfig) -> None:
-        self.node = node
-        self.vaddr: tuple[str, int] = (f"fleet-node-{node}", 0)
-        self.paths = PeerPaths(node, config.paths)
-        self.relay: RelayTransport | None = None
-        self.connections: set[Connection] = set()
-        self.wrong_node: dict[Addr, NodeId] = {}  # address -> the node that answered there
 
 
 def relay_client_factory(
@@ -105,11 +86,9 @@ class Endpoint:
         self._home_relays = [str(u) for u in relay_urls]
         self._relays: dict[str, RelayRunner] = {}
         self._relay_tasks: dict[str, asyncio.Task[None]] = {}
-        self._peers: OrderedDict[NodeId, _Peer] = OrderedDict()
-        self._addr_node: OrderedDict[Addr, NodeId] = OrderedDict()
-        self._held: OrderedDict[Addr, list[tuple[float, bytes]]] = OrderedDict()
+        self._peers = PeerTable(self.config.paths)
         self._by_cid: dict[bytes, Connection] = {}
-        self._conn_peer: dict[Connection, _Peer] = {}
+        self._conn_peer: dict[Connection, Peer] = {}
         self._accept_queues: dict[str, asyncio.Queue[Connection | None]] = {
             alpn: asyncio.Queue(self.config.accept_backlog) for alpn in self._alpns
         }
@@ -240,7 +219,7 @@ class Endpoint:
         if len(self._conn_peer) >= self.config.max_connections:
             raise ConnectError("too many connections")
         now = loop.time()
-        peer = self._peer(node_id)
+        peer = self._peers.get_or_create(node_id)
         for addr in addrs:
             try:
                 peer.paths.add_candidate(_normalize_addr(addr), now, "connect")
@@ -336,9 +315,7 @@ class Endpoint:
             if disco.is_disco(data):
                 self._on_disco(data, None, src, relay)
                 return
-            peer = self._peers.get(src)
-            if peer is None:
-                peer = self._peer(src)
+            peer = self._peers.get_or_create(src)
             if peer.relay is None:
                 peer.relay = relay
                 peer.paths.set_relay(True, self._now())
@@ -354,19 +331,17 @@ class Endpoint:
     def _on_datagrams(self, datagrams: list[tuple[bytes, Addr]]) -> None:
         """One batch from the socket: feed everything, then flush each touched connection."""
         touched: set[Connection] = set()
-        addr_node = self._addr_node
+        peer_at = self._peers.peer_at
         for data, addr in datagrams:
             try:
                 if data[:1] == b"\x00":
                     if disco.is_disco(data):
                         self._on_disco(data, addr, None, None)
                     continue
-                node = addr_node.get(addr)
-                if node is None:
-                    self._hold(addr, data)
-                    continue
-                peer = self._peers.get(node)
+                peer = peer_at(addr)
                 if peer is None:
+                    self.quic_dropped += 1
+                    self._peers.hold(addr, data, self._now())
                     continue
                 conn = self._receive_quic(peer, data, via_relay=False)
                 if conn is not None:
@@ -376,7 +351,7 @@ class Endpoint:
         for conn in touched:
             self._flush(conn)
 
-    def _receive_quic(self, peer: _Peer, data: bytes, *, via_relay: bool) -> Connection | None:
+    def _receive_quic(self, peer: Peer, data: bytes, *, via_relay: bool) -> Connection | None:
         """Feed one QUIC datagram to its connection; events are processed at the next flush."""
         if data[0] & 0xC0 == 0x40 and len(data) > CID_LENGTH:
             # Short header (the bulk of traffic): the DCID is the next CID_LENGTH bytes.
@@ -401,7 +376,7 @@ class Endpoint:
         conn.quic.receive_datagram(data, peer.vaddr, self._now())
         return conn
 
-    def _new_server_connection(self, peer: _Peer, header: Any, size: int) -> Connection | None:
+    def _new_server_connection(self, peer: Peer, header: Any, size: int) -> Connection | None:
         if (
             header.packet_type != QuicPacketType.INITIAL
             or header.version != QuicProtocolVersion.VERSION_1
@@ -494,8 +469,8 @@ class Endpoint:
         if isinstance(message, disco.Ping):
             if addr is None:
                 return  # pings probe direct paths only
-            peer = self._peer(sender)
-            self._map_addr(addr, sender)
+            peer = self._peers.get_or_create(sender)
+            self._peers.map_addr(addr, sender)
             peer.paths.ping_received(addr, now)
             self._send_disco(peer, disco.Pong(message.tx_id, addr), addr)
             self._release_held(addr, peer)
@@ -509,11 +484,11 @@ class Endpoint:
                 self._note_wrong_node(addr, sender)
                 return
             peer = peer_or_none
-            self._map_addr(addr, sender)
+            self._peers.map_addr(addr, sender)
             self.observed_addresses.add(message.observed)
             self._release_held(addr, peer)
         else:
-            peer = self._peer(sender)
+            peer = self._peers.get_or_create(sender)
             for candidate in message.addresses:
                 peer.paths.add_candidate(candidate, now, "call-me-maybe")
             if relay is not None and peer.relay is None:
@@ -523,7 +498,7 @@ class Endpoint:
 
     def _note_wrong_node(self, addr: Addr, answered: NodeId) -> None:
         """An unmatched Pong: if we dial another node at that address, remember who answered."""
-        for peer in self._peers.values():
+        for peer in self._peers:
             if peer.node == answered or not peer.connections:
                 continue
             if addr not in peer.paths.candidates:
@@ -541,11 +516,11 @@ class Endpoint:
                         conn.after_batch()
                         self._request_flush(conn)
 
-    def _send_disco(self, peer: _Peer, message: disco.Message, addr: Addr) -> None:
+    def _send_disco(self, peer: Peer, message: disco.Message, addr: Addr) -> None:
         packet = disco.encode(self._identity, peer.node, message, time.time())
         self.socket.sendto(packet, addr)
 
-    def _send_call_me_maybe(self, peer: _Peer) -> None:
+    def _send_call_me_maybe(self, peer: Peer) -> None:
         """Tell the peer (over the relay) where to reach us directly, so both sides probe."""
         if peer.relay is None:
             return
@@ -554,14 +529,14 @@ class Endpoint:
             packet = disco.encode(self._identity, peer.node, disco.CallMeMaybe(addrs), time.time())
             peer.relay.send(peer.node, packet)
 
-    def _after_paths(self, peer: _Peer) -> None:
+    def _after_paths(self, peer: Peer) -> None:
         """Send due pings and publish path changes for one peer."""
         for action in peer.paths.poll(self._now()):
             self._send_disco(peer, action.ping, action.addr)
         while (change := peer.paths.next_event()) is not None:
             self._on_path_changed(peer, change)
 
-    def _on_path_changed(self, peer: _Peer, change: PathChanged) -> None:
+    def _on_path_changed(self, peer: Peer, change: PathChanged) -> None:
         log.info(
             "mesh_path_changed",
             peer=peer.node.short(),
@@ -576,34 +551,12 @@ class Endpoint:
                 kick(conn.quic, now)  # resend what the old path lost, without waiting a PTO
                 self._request_flush(conn)
 
-    def _map_addr(self, addr: Addr, node: NodeId) -> None:
-        self._addr_node[addr] = node
-        self._addr_node.move_to_end(addr)
-        while len(self._addr_node) > MAX_ADDR_MAP:
-            self._addr_node.popitem(last=False)
-
-    def _hold(self, addr: Addr, data: bytes) -> None:
-        """Keep a few QUIC packets from an unknown address: its Ping may be just behind."""
-        self.quic_dropped += 1
-        held = self._held.get(addr)
-        if held is None:
-            if len(self._held) >= HOLD_ADDRS:
-                self._held.popitem(last=False)
-            held = self._held[addr] = []
-        if len(held) < HOLD_PER_ADDR:
-            held.append((self._now(), data))
-
-    def _release_held(self, addr: Addr, peer: _Peer) -> None:
-        held = self._held.pop(addr, None)
-        if not held:
-            return
-        horizon = self._now() - HOLD_SECONDS
-        for at, data in held:
-            if at >= horizon:
-                self.quic_dropped -= 1
-                conn = self._receive_quic(peer, data, via_relay=False)
-                if conn is not None:
-                    self._request_flush(conn)
+    def _release_held(self, addr: Addr, peer: Peer) -> None:
+        for data in self._peers.release(addr, self._now()):
+            self.quic_dropped -= 1
+            conn = self._receive_quic(peer, data, via_relay=False)
+            if conn is not None:
+                self._request_flush(conn)
 
     # -- output -----------------------------------------------------------------------------
 
@@ -672,7 +625,7 @@ class Endpoint:
         while True:
             await asyncio.sleep(self.config.tick)
             now = self._now()
-            for peer in list(self._peers.values()):
+            for peer in self._peers:
                 deadline = peer.paths.next_deadline()
                 if deadline is not None and deadline <= now:
                     self._after_paths(peer)
@@ -682,9 +635,7 @@ class Endpoint:
                     if conn.closed is None:
                         conn.quic.send_ping(0)
                         self._request_flush(conn)
-            horizon = now - HOLD_SECONDS
-            for addr in [a for a, h in self._held.items() if h[-1][0] < horizon]:
-                del self._held[addr]
+            self._peers.expire_held(now)
 
     # -- bookkeeping ------------------------------------------------------------------------
 
@@ -700,24 +651,8 @@ class Endpoint:
             max_stream_data=cfg.max_stream_data,
         )
 
-    def _peer(self, node: NodeId) -> _Peer:
-        peer = self._peers.get(node)
-        if peer is None:
-            if len(self._peers) >= MAX_PEERS:
-                self._evict_peer()
-            peer = self._peers[node] = _Peer(node, self.config)
-        else:
-            self._peers.move_to_end(node)
-        return peer
-
-    def _evict_peer(self) -> None:
-        for node, peer in self._peers.items():
-            if not peer.connections:
-                del self._peers[node]
-                return
-
     def _add_connection(
-        self, quic: PinnedQuicConnection, peer: _Peer, *, is_client: bool
+        self, quic: PinnedQuicConnection, peer: Peer, *, is_client: bool
     ) -> Connection:
         conn = Connection(
             quic,
