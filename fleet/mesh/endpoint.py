@@ -102,6 +102,7 @@ class Endpoint:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._housekeeping_task: asyncio.Task[None] | None = None
+        self._path_listeners: list[Callable[[PathChanged], None]] = []
         self.observed_addresses: set[Addr] = set()  # our address as peers saw it (Pongs)
         self.relay_packets_sent = 0
         self.relay_packets_received = 0
@@ -198,6 +199,10 @@ class Endpoint:
         finally:
             probe.close()
         return addrs
+
+    def add_path_listener(self, listener: Callable[[PathChanged], None]) -> None:
+        """Call `listener` on every path change to any peer (for status and `fleet ping`)."""
+        self._path_listeners.append(listener)
 
     def path_to(self, node: NodeId) -> Path | None:
         peer = self._peers.get(node)
@@ -524,7 +529,14 @@ class Endpoint:
         """Tell the peer (over the relay) where to reach us directly, so both sides probe."""
         if peer.relay is None:
             return
-        addrs = tuple(self.local_addresses + sorted(self.observed_addresses))[: disco.MAX_ADDRESSES]
+        bound_loopback = ipaddress.ip_address(self.socket.address[0]).is_loopback
+        addrs = tuple(
+            a
+            for a in self.local_addresses + sorted(self.observed_addresses)
+            # Our loopback address means another host's loopback to the peer: only advertise
+            # it when we listen on loopback alone (tests, same-host setups).
+            if bound_loopback or not ipaddress.ip_address(a[0]).is_loopback
+        )[: disco.MAX_ADDRESSES]
         if addrs:
             packet = disco.encode(self._identity, peer.node, disco.CallMeMaybe(addrs), time.time())
             peer.relay.send(peer.node, packet)
@@ -544,6 +556,11 @@ class Endpoint:
             new=str(change.new) if change.new else None,
             reason=change.reason,
         )
+        for listener in self._path_listeners:
+            try:
+                listener(change)
+            except Exception:  # a listener's bug must not break the data path
+                log.exception("path_listener_failed")
         now = self._now()
         for conn in peer.connections:
             conn.path_changed(change)

@@ -7,7 +7,7 @@ import hashlib
 import time
 
 from fleet.identity import Identity
-from fleet.mesh import Connection, Endpoint, MeshConfig
+from fleet.mesh import Connection, Endpoint, MeshConfig, Path, PathChanged
 from tests.mesh_fakes import FakeRelayHub
 
 ALPN = "fleet/test/1"
@@ -75,10 +75,17 @@ async def test_relay_connection_upgrades_to_direct() -> None:
     hub = FakeRelayHub()
     ea, eb = _pair(hub)
     async with ea, eb:
+        seen: list[PathChanged] = []
+        ea.add_path_listener(seen.append)
         async with asyncio.TaskGroup() as tg:
             server = tg.create_task(eb.accept(ALPN, timeout=10))
             conn = await ea.connect(eb.node_id, ALPN, relay_url=RELAY, timeout=10)
         await conn.wait_path("direct", timeout=5)
+        assert [(c.node, c.new) for c in seen] == [
+            (eb.node_id, Path("relay")),
+            (eb.node_id, Path("direct", eb.bound_address)),
+        ]
+        assert ea.path_to(eb.node_id) == Path("direct", eb.bound_address)
         assert conn.path_detail is not None
         assert conn.path_detail.addr == eb.bound_address
         before = hub.forwarded
