@@ -181,6 +181,7 @@ class Connection:
         """Wait until traffic to the peer goes over `kind` ("direct" or "relay")."""
         async with asyncio.timeout(timeout):
             while self.path != kind:
+                self._check_open()
                 waiter = asyncio.Event()
                 self._path_waiters.append(waiter)
                 await waiter.wait()
