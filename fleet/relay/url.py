@@ -7,10 +7,10 @@ Plain TCP needs the explicit scheme `fleet-relay+insecure://` (loopback tests on
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 from fleet.identity import InvalidNodeId, NodeId
+from fleet.netaddr import InvalidAddress, format_host_port, parse_host_port
 
 SCHEME = "fleet-relay"
 INSECURE_SCHEME = "fleet-relay+insecure"
@@ -51,29 +51,15 @@ class RelayUrl:
             node_id = NodeId.parse(node_text)
         except InvalidNodeId as exc:
             raise InvalidRelayUrl(f"{text!r}: bad relay node id: {exc}") from exc
-        if hostport.startswith("["):
-            host, close, port_part = hostport[1:].partition("]")
-            if not close or not port_part.startswith(":"):
-                raise InvalidRelayUrl(f"{text!r}: expected [IPV6]:PORT")
-            try:
-                ipaddress.IPv6Address(host)
-            except ValueError as exc:
-                raise InvalidRelayUrl(f"{text!r}: {host!r} is not an IPv6 address") from exc
-            port_text = port_part[1:]
-        else:
-            host, colon, port_text = hostport.rpartition(":")
-            if not colon or not host:
-                raise InvalidRelayUrl(f"{text!r}: expected HOST:PORT after the node id")
-            if ":" in host:
-                raise InvalidRelayUrl(f"{text!r}: write IPv6 addresses in brackets")
-        if not port_text.isdigit() or not port_text.isascii():
-            raise InvalidRelayUrl(f"{text!r}: port {port_text!r} is not a number")
         try:
-            return cls(node_id, host, int(port_text), insecure=scheme == INSECURE_SCHEME)
+            host, port = parse_host_port(hostport)
+        except InvalidAddress as exc:
+            raise InvalidRelayUrl(f"{text!r}: {exc}") from exc
+        try:
+            return cls(node_id, host, port, insecure=scheme == INSECURE_SCHEME)
         except InvalidRelayUrl as exc:
             raise InvalidRelayUrl(f"{text!r}: {exc}") from exc
 
     def __str__(self) -> str:
         scheme = INSECURE_SCHEME if self.insecure else SCHEME
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{scheme}://{self.node_id}@{host}:{self.port}"
+        return f"{scheme}://{self.node_id}@{format_host_port(self.host, self.port)}"
