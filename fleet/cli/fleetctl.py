@@ -23,7 +23,7 @@ import click
 from fleet import __version__
 from fleet.admin.client import AdminClient
 from fleet.admin.duration import parse_duration
-from fleet.admin.errors import AdminError
+from fleet.admin.errors import AdminError, unwrap_group
 from fleet.admin.push import PushPlan, push, wait_for_devices
 from fleet.admin.settings import Settings, resolve_settings
 from fleet.admin.targets import resolve_targets
@@ -101,6 +101,13 @@ def _run(ctx: click.Context, work: Callable[[AdminClient], Awaitable[T]]) -> T:
         return asyncio.run(session())
     except AdminError as exc:
         raise click.ClickException(str(exc)) from exc
+    except BaseExceptionGroup as group:
+        inner = unwrap_group(group)
+        if isinstance(inner, AdminError):
+            raise click.ClickException(str(inner)) from inner
+        if isinstance(inner, KeyboardInterrupt | click.exceptions.Exit):
+            raise inner from None
+        raise
 
 
 def _print_json(value: Any) -> None:

@@ -69,7 +69,9 @@ async def test_requests_are_signed_for_this_coordinator(standin: StandIn, admin:
     assert envelope.tag is Tag.ADMIN_REQUEST
     opened = open_admin_request(envelope, standin.identity.node_id)
     assert opened.signer == admin.node_id
-    assert opened.body == DeviceAdd(node_id=standin.devices[0].node_id, name="kiosk", tags=("a", "b"))
+    assert opened.body == DeviceAdd(
+        node_id=standin.devices[0].node_id, name="kiosk", tags=("a", "b")
+    )
 
 
 async def test_error_reply_becomes_a_typed_refusal(standin: StandIn, admin: Identity) -> None:
@@ -98,7 +100,7 @@ async def test_silent_coordinator_times_out(standin: StandIn, admin: Identity) -
 async def test_wrong_reply_type_is_a_protocol_violation(standin: StandIn, admin: Identity) -> None:
     standin.refuse = OkReply()
     async with memory_client(standin, admin) as client:
-        with pytest.raises(ProtocolViolation, match="expected DeviceListReply.*got OkReply"):
+        with pytest.raises(ProtocolViolation, match=r"expected DeviceListReply.*got OkReply"):
             await client.devices()
 
 
@@ -144,21 +146,21 @@ async def test_watch_yields_the_snapshot_then_each_update(
 ) -> None:
     d0 = standin.devices[0].node_id
     standin.publish(device_status(d0, "d0"))
-    async with memory_client(standin, admin) as client:
-        async with contextlib.aclosing(client.watch()) as stream:
-            first = await anext(stream)
-            assert isinstance(first, StatusSnapshot)
-            assert [s.node_id for s in first.devices] == [d0]
-            await standin.watching.wait()
-            standin.publish(device_status(d0, "d0", state=AgentState.DOWNLOADING))
-            update = await anext(stream)
-            assert isinstance(update, StatusUpdate)
-            assert update.device.state is AgentState.DOWNLOADING
+    async with (
+        memory_client(standin, admin) as client,
+        contextlib.aclosing(client.watch()) as stream,
+    ):
+        first = await anext(stream)
+        assert isinstance(first, StatusSnapshot)
+        assert [s.node_id for s in first.devices] == [d0]
+        await standin.watching.wait()
+        standin.publish(device_status(d0, "d0", state=AgentState.DOWNLOADING))
+        update = await anext(stream)
+        assert isinstance(update, StatusUpdate)
+        assert update.device.state is AgentState.DOWNLOADING
 
 
-async def test_wait_for_devices_follows_them_to_applied(
-    standin: StandIn, admin: Identity
-) -> None:
+async def test_wait_for_devices_follows_them_to_applied(standin: StandIn, admin: Identity) -> None:
     d0, d1 = (d.node_id for d in standin.devices)
     standin.publish(device_status(d0, "d0", state=AgentState.APPLIED, sequence=1))
     standin.publish(device_status(d1, "d1", online=False))

@@ -109,12 +109,12 @@ def test_default_config_path_is_used_when_it_exists(tmp_path: Path) -> None:
 
 
 def test_missing_coordinator_says_where_to_set_it(tmp_path: Path) -> None:
-    with pytest.raises(SettingsError, match="no coordinator.*FLEET_COORDINATOR"):
+    with pytest.raises(SettingsError, match=r"no coordinator.*FLEET_COORDINATOR"):
         _resolve(tmp_path, key="k")
 
 
 def test_missing_key_says_where_to_set_it(tmp_path: Path) -> None:
-    with pytest.raises(SettingsError, match="no admin key.*FLEET_KEY"):
+    with pytest.raises(SettingsError, match=r"no admin key.*FLEET_KEY"):
         _resolve(tmp_path, coordinator=f"{C_FLAG}@127.0.0.1:1")
 
 
@@ -140,7 +140,7 @@ def test_bad_config_file_names_the_problem(tmp_path: Path, text: str, match: str
 
 
 def test_bad_values_name_the_setting(tmp_path: Path) -> None:
-    with pytest.raises(SettingsError, match="coordinator: .*bad node id"):
+    with pytest.raises(SettingsError, match=r"coordinator: .*bad node id"):
         _resolve(tmp_path, coordinator="nonsense@127.0.0.1:1", key="k")
     with pytest.raises(SettingsError, match="relay: "):
         _resolve(tmp_path, coordinator=str(C_FLAG), key="k", relays=("http://x",))

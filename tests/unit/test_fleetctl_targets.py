@@ -47,7 +47,7 @@ def test_tag_skips_pending_devices(fleet: list[DeviceInfo]) -> None:
 
 
 def test_unknown_name_is_named_in_the_error(fleet: list[DeviceInfo]) -> None:
-    with pytest.raises(TargetError, match="'kiosk-9'.*no device with that name"):
+    with pytest.raises(TargetError, match=r"'kiosk-9'.*no device with that name"):
         resolve_targets(["kiosk-1", "kiosk-9"], fleet)
 
 

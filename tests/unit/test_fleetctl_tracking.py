@@ -39,7 +39,8 @@ def test_every_device_done_finishes_and_a_newer_push_counts() -> None:
     t = _tracker()
     t.observe(device_status(A, "a", state=AgentState.APPLIED, sequence=7))
     t.observe(device_status(B, "b", state=AgentState.APPLIED, sequence=9))
-    assert t.finished and t.succeeded
+    assert t.finished
+    assert t.succeeded
     assert t.failures() == []
 
 
@@ -50,7 +51,8 @@ def test_failures_carry_the_device_error() -> None:
     )
     assert lines == ["a: rolled-back: exit 1: boom"]
     t.observe(device_status(B, "b", state=AgentState.FAILED, sequence=7, error=None))
-    assert t.finished and not t.succeeded
+    assert t.finished
+    assert not t.succeeded
     assert [(f.label, f.outcome, f.reason) for f in t.failures()] == [
         ("a", Outcome.ROLLED_BACK, "exit 1: boom"),
         ("b", Outcome.FAILED, "no reason given"),
@@ -90,7 +92,8 @@ def test_expiry_says_why_each_device_is_not_done() -> None:
     ]
     t.observe(device_status(B, "b", state=AgentState.DOWNLOADING, sequence=7))
     t.expire()
-    assert t.finished and not t.succeeded
+    assert t.finished
+    assert not t.succeeded
     assert t.summary() == [
         "a: timed-out: offline; it gets the push when it connects",
         "b: timed-out: still downloading",

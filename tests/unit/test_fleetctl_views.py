@@ -128,15 +128,27 @@ def test_status_table_has_a_row_per_device_with_what_people_look_for() -> None:
         ),
     ]
     lines = status_table(rows, NOW).splitlines()
-    assert lines[0].split() == ["NAME", "ID", "TAGS", "LINK", "STATE", "CURRENT", "DESIRED", "ERROR"]
+    assert lines[0].split() == [
+        "NAME",
+        "ID",
+        "TAGS",
+        "LINK",
+        "STATE",
+        "CURRENT",
+        "DESIRED",
+        "ERROR",
+    ]
     assert len(lines) == 3
     first, second = lines[1], lines[2]  # sorted by name
-    assert first.startswith("kiosk-1") and a.short() in first
-    assert "direct" in first and "downloading (5s) 2/4 paths, 1.0/4.0 MiB" in first
+    assert first.startswith("kiosk-1")
+    assert a.short() in first
+    assert "direct" in first
+    assert "downloading (5s) 2/4 paths, 1.0/4.0 MiB" in first
     assert "aaaaaaaa-nixos-system-kiosk-1 (gen 3)" in first
     assert "#7 switch bbbbbbbb-nixos-system-kiosk-2" in first
     assert second.startswith("kiosk-2")
-    assert "offline (2m)" in second and "rolled-back" in second
+    assert "offline (2m)" in second
+    assert "rolled-back" in second
     assert second.endswith("switch-to-configuration exited 1")
     # columns line up: every row's STATE cell starts where the header's does
     col = lines[0].index("STATE")
@@ -145,7 +157,14 @@ def test_status_table_has_a_row_per_device_with_what_people_look_for() -> None:
 
 def test_empty_tables_show_the_header() -> None:
     assert status_table([], NOW).split() == [
-        "NAME", "ID", "TAGS", "LINK", "STATE", "CURRENT", "DESIRED", "ERROR"
+        "NAME",
+        "ID",
+        "TAGS",
+        "LINK",
+        "STATE",
+        "CURRENT",
+        "DESIRED",
+        "ERROR",
     ]
     assert device_table([], NOW).startswith("NAME")
 
