@@ -1,8 +1,9 @@
 """`fleetctl`: the admin CLI. Parses options and prints; the work is in fleet.admin.
 
-Exit codes: 0 success; 1 an error (settings, key, unknown target, coordinator unreachable or
-refusing, with the reason on stderr); 2 a usage error; 3 `push --wait`: the push was accepted
-but not every device applied it (the devices and reasons are on stderr).
+Exit codes: 0 success (also Ctrl-C ending `status --watch`); 1 an error (settings, key,
+unknown target, coordinator unreachable or refusing, with the reason on stderr); 2 a usage
+error; 3 `push --wait`: the push was accepted but not every device applied it (devices and
+reasons on stderr); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from fleet.protocol.messages import Action, StatusSnapshot
 T = TypeVar("T")
 
 EXIT_NOT_APPLIED = 3
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
 DEFAULT_WAIT = 600.0
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 
@@ -99,14 +101,16 @@ def _run(ctx: click.Context, work: Callable[[AdminClient], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(session())
+    except KeyboardInterrupt:
+        raise SystemExit(EXIT_INTERRUPTED) from None
     except AdminError as exc:
         raise click.ClickException(str(exc)) from exc
     except BaseExceptionGroup as group:
         inner = unwrap_group(group)
         if isinstance(inner, AdminError):
             raise click.ClickException(str(inner)) from inner
-        if isinstance(inner, KeyboardInterrupt | click.exceptions.Exit):
-            raise inner from None
+        if isinstance(inner, KeyboardInterrupt):
+            raise SystemExit(EXIT_INTERRUPTED) from None
         raise
 
 
@@ -380,8 +384,12 @@ def status_command(ctx: click.Context, as_json: bool, watch: bool) -> None:
         else:
             click.echo(status_table(snapshot.devices, time.time()))
         return
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a watch ends
+    try:
         _run(ctx, lambda c: _watch(c, as_json=as_json, tty=sys.stdout.isatty()))
+    except SystemExit as exc:
+        if exc.code != EXIT_INTERRUPTED:
+            raise
+        # Ctrl-C is how a watch ends: a normal exit
 
 
 async def _watch(client: AdminClient, *, as_json: bool, tty: bool) -> None:

@@ -22,6 +22,7 @@ from fleet.protocol.alpn import ADMIN
 from fleet.protocol.messages import Action, AgentState, DeviceInfo, ErrorReply
 from tests.admin_standin import StandIn, desired, device_status
 from tests.cli import cli_env, fleetctl_argv
+from tests.integration.relay_process import start_relay
 
 STORE = "/nix/store/" + "f" * 32 + "-nixos-system-v2"
 TIMEOUT = 30.0
@@ -64,8 +65,8 @@ async def _serve(standin: StandIn, endpoint: Endpoint) -> None:
             conns.create_task(_serve_connection(standin, conn))
 
 
-@pytest.fixture
-async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
+@contextlib.asynccontextmanager
+async def _standin_fleet(tmp_path: Path, relay_urls: list[str]) -> AsyncIterator[Fleet]:
     coordinator = Identity.generate()
     key_path = tmp_path / "admin.key"
     admin = write_new_key(key_path)
@@ -81,7 +82,9 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
         for name in ("kiosk-1", "kiosk-2", "router")
     ]
     standin = StandIn(identity=coordinator, admins={admin.node_id}, devices=list(devices))
-    async with Endpoint(coordinator, bind=("127.0.0.1", 0), alpns=[ADMIN]) as endpoint:
+    async with Endpoint(
+        coordinator, bind=("127.0.0.1", 0), alpns=[ADMIN], relay_urls=relay_urls
+    ) as endpoint:
         server = asyncio.create_task(_serve(standin, endpoint))
         try:
             yield Fleet(standin, endpoint.bound_address, key_path, admin, devices)
@@ -89,6 +92,12 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
             server.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await server
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
+    async with _standin_fleet(tmp_path, []) as f:
+        yield f
 
 
 async def _fleetctl(argv: list[str], timeout: float = TIMEOUT) -> tuple[int, str, str]:
@@ -269,3 +278,26 @@ async def test_push_wait_follows_the_devices(fleet: Fleet) -> None:
     assert "kiosk-2: failed: unsigned path" in out
     assert "1 of 2 devices did not apply sequence 1" in err
     assert "kiosk-2: failed: unsigned path" in err
+
+
+async def test_reaches_the_coordinator_through_a_relay_alone(tmp_path: Path) -> None:
+    relay = start_relay(tmp_path, metrics=False)
+    try:
+        async with _standin_fleet(tmp_path, [str(relay.url)]) as f:
+            node = str(f.standin.identity.node_id)  # no address: the relay is the only way
+            key = str(f.key_path)
+            cmd = ("devices", "list", "--json")
+            code, out, err = await _fleetctl(
+                fleetctl_argv("--coordinator", node, "--key", key, *cmd)
+            )
+            assert code == 1
+            assert "no address and no relay" in err
+            code, out, err = await _fleetctl(
+                fleetctl_argv(
+                    "--coordinator", node, "--key", key, "--relay", str(relay.url), *cmd
+                )
+            )  # fmt: skip
+            assert code == 0, err
+            assert len(json.loads(out)) == 3
+    finally:
+        relay.stop()
