@@ -1,0 +1,59 @@
+"""`fleet coordinator`: the registry, announcement store and status hub, until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+import click
+
+from fleet.cli.common import load_key_or_fail
+from fleet.config import ConfigError, merge_settings
+from fleet.coordinator import daemon
+from fleet.coordinator.database import DatabaseError
+from fleet.coordinator.settings import KNOWN, CoordinatorSettings, SettingsError, from_mapping
+from fleet.identity import Identity
+from fleet.log import get_logger, setup_logging
+
+
+@click.command("coordinator")
+@click.option("--key", type=click.Path(dir_okay=False), help="The coordinator's key file.")
+@click.option("--listen", help="IP:PORT for the mesh endpoint (UDP; port 0: any free port).")
+@click.option("--relay", multiple=True, help="Relay URL (fleet-relay://NODEID@HOST:PORT).")
+@click.option("--state-dir", type=click.Path(file_okay=False), help="Where the database lives.")
+@click.option("--admin", multiple=True, help="Node id allowed to act as admin (repeatable).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML settings.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+def coordinator(config_file: str | None, **flags: Any) -> None:
+    """Keep the device registry, store signed pushes durably and deliver them to agents."""
+    try:
+        settings = from_mapping(merge_settings(config_file, flags, KNOWN))
+    except (ConfigError, SettingsError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    setup_logging(settings.log_level)
+    identity = load_key_or_fail(settings.key)
+    asyncio.run(_serve(settings, identity))
+
+
+async def _serve(settings: CoordinatorSettings, identity: Identity) -> None:
+    log = get_logger("fleet.coordinator")
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await daemon.run(settings, identity)
+    except asyncio.CancelledError:
+        log.info("coordinator_signal", action="shutdown")
+    except DatabaseError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot start: {exc.strerror or exc} ({settings.listen[0]}:{settings.listen[1]}, "
+            f"{settings.state_dir})"
+        ) from exc
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,49 @@
+"""Running the coordinator: state database, mesh endpoint, server, until cancelled."""
+
+from __future__ import annotations
+
+import os
+
+from fleet.coordinator.database import Database
+from fleet.coordinator.server import CoordinatorServer
+from fleet.coordinator.service import CoordinatorService
+from fleet.coordinator.settings import CoordinatorSettings
+from fleet.identity import Identity
+from fleet.log import get_logger
+from fleet.mesh import Endpoint
+from fleet.netaddr import format_host_port
+from fleet.protocol import alpn
+
+log = get_logger("fleet.coordinator")
+
+
+def prepare_state_dir(settings: CoordinatorSettings) -> None:
+    """Create the state directory (0700: it holds the audit log and the registry)."""
+    settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+async def run(settings: CoordinatorSettings, identity: Identity) -> None:
+    prepare_state_dir(settings)
+    db = await Database.open(settings.database)
+    try:
+        os.chmod(settings.database, 0o600)
+        service = CoordinatorService(db, identity.node_id, settings.admins)
+        async with Endpoint(
+            identity,
+            bind=settings.listen,
+            alpns=[alpn.AGENT, alpn.ADMIN],
+            relay_urls=settings.relays,
+        ) as endpoint:
+            host, port = endpoint.bound_address
+            log.info(
+                "coordinator_listening",
+                node=str(identity.node_id),
+                address=format_host_port(host, port),
+                addrs=[format_host_port(h, p) for h, p in endpoint.local_addresses],
+                relays=[str(r) for r in settings.relays],
+                admins=[a.short() for a in settings.admins],
+                state=str(settings.database),
+            )
+            await CoordinatorServer(service).serve(endpoint)
+    finally:
+        await db.close()
