@@ -39,11 +39,16 @@ from fleet.log import get_logger
 from fleet.nix import (
     Action,
     ActivationResult,
+    CacheUnreachable,
     FetchProgress,
     Generation,
+    HashMismatch,
     NixError,
     NixStore,
+    NixTimeout,
+    PathNotFound,
     ProfileError,
+    SignatureError,
     fetch_closure,
     rollback,
     run_switch,
@@ -226,8 +231,8 @@ class Updater:
                 connect_timeout=cfg.connect_timeout,
             )
         except (NixError, ValueError) as exc:
-            reason = exc.reason if isinstance(exc, NixError) else str(exc)
-            self._emit(DownloadFailed(f"download failed: {reason}"))
+            reason = f"download failed ({_kind(exc)}): {exc}"
+            self._emit(DownloadFailed(reason))
             raise DownloadError(reason) from exc
         # From here on nothing may interrupt the procedure (see Agent.offer).
         self.activating = True
@@ -369,6 +374,23 @@ class Updater:
             return await self._check(ann, None)
         finally:
             self.activating = False
+
+
+def _kind(exc: Exception) -> str:
+    """A short, stable name for why a download failed (the message keeps Nix's words)."""
+    for cls, kind in _KINDS:
+        if isinstance(exc, cls):
+            return kind
+    return "nix" if isinstance(exc, NixError) else "config"
+
+
+_KINDS: tuple[tuple[type[Exception], str], ...] = (
+    (SignatureError, "signature"),
+    (HashMismatch, "hash-mismatch"),
+    (PathNotFound, "not-found"),
+    (CacheUnreachable, "cache-unreachable"),
+    (NixTimeout, "timeout"),
+)
 
 
 def _progress(snap: FetchProgress) -> Progress:
