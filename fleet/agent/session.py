@@ -24,9 +24,14 @@ log = get_logger("fleet.agent.session")
 class Channel(Protocol):
     """The control stream of one connection to the coordinator."""
 
-    reader: ByteReader
-    writer: ByteWriter
-    path: str | None  # "direct", "relay" or None, for logs
+    @property
+    def reader(self) -> ByteReader: ...
+
+    @property
+    def writer(self) -> ByteWriter: ...
+
+    @property
+    def path(self) -> str | None: ...  # "direct", "relay" or None, for logs
 
     async def close(self) -> None: ...
 
