@@ -317,6 +317,13 @@ class Updater:
                 error += f"; re-activating {target} exited with code {again.exit_code}"
         return self._emit(RolledBack(error, exit_code, tail))
 
+    def expire(self, accepted: Accepted) -> None:
+        """Stop working on an announcement that expired before its download succeeded."""
+        if self.procedure.state is AgentState.DOWNLOADING:
+            seq = accepted.announcement.sequence
+            self._emit(DownloadFailed(f"announcement {seq} expired before it was downloaded"))
+        self.retrying = False
+
     # -- after a restart ----------------------------------------------------------------
 
     def pending(self) -> Accepted | None:

@@ -184,6 +184,7 @@ class Agent:
         while True:
             if job.announcement.valid_until < self.clock():
                 log.warning("agent_announcement_expired", sequence=job.announcement.sequence)
+                self.updater.expire(job)
                 return None
             try:
                 finished = await self._run_attempt(job)
