@@ -12,10 +12,10 @@ from fleet.agent.apply import ApplyConfig
 from fleet.agent.daemon import AgentSettings, run_agent
 from fleet.agent.state import StateError
 from fleet.cli.common import load_key_or_fail, parse_node_id_or_fail
+from fleet.cli.relay import parse_host_port
 from fleet.config import ConfigError, merge_settings
 from fleet.log import setup_logging
 from fleet.mesh.peer_addr import InvalidPeerAddr, PeerAddr
-from fleet.netaddr import InvalidAddress, parse_host_port
 from fleet.nix import NixStore
 from fleet.relay.url import RelayUrl
 
@@ -98,10 +98,7 @@ def agent(config_file: str | None, **flags: Any) -> None:
             relays.append(str(RelayUrl.parse(url)))
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="relay") from exc
-    try:
-        listen = parse_host_port(_text(settings, "listen", "0.0.0.0:0") or "")
-    except InvalidAddress as exc:
-        raise click.BadParameter(str(exc), param_hint="listen") from exc
+    listen = parse_host_port(_text(settings, "listen", "0.0.0.0:0") or "", "listen")  # port 0 ok
     nix_store = _text(settings, "nix_store")
     store = NixStore.chroot(Path(nix_store)) if nix_store else NixStore()
     profile_text = _text(settings, "profile")
