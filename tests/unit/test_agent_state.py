@@ -40,7 +40,7 @@ def test_round_trip_keeps_everything(tmp_path: Path) -> None:
             "exit 3",
             3,
             "tail\nlines",
-        ),  # fmt: skip
+        ),
         announcement=env,
         previous="/nix/store/" + "e" * 32 + "-old",
         retrying=False,
