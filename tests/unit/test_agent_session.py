@@ -4,6 +4,7 @@ status up, rejections, reconnects. No Nix: the announced path is the one already
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -206,3 +207,53 @@ async def test_pending_device_stays_connected_and_garbage_ends_only_the_session(
         assert isinstance(await again.recv_any(), Hello)
         for task in tasks:
             task.cancel()
+
+
+async def test_shutdown_waits_for_an_activation_but_not_for_a_download(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fleet.agent.apply as apply_module
+    from fleet.nix import ActivationResult, FetchProgress, FetchResult
+
+    other = "/nix/store/" + "f" * 32 + "-nixos-system-fleet-test-2"
+    in_switch, release = asyncio.Event(), asyncio.Event()
+
+    async def fetch(store: object, path: str, *args: object, **kw: object) -> FetchResult:
+        return FetchResult(path, FetchProgress(2, 2, 10, 10, 20), 0.0)
+
+    async def set_profile(*args: object, **kw: object) -> None:
+        return None
+
+    async def run_switch(store: object, system: str, action: Action, **kw: object) -> object:
+        in_switch.set()
+        await release.wait()
+        return ActivationResult(action, system, 0, "", 0.0)
+
+    monkeypatch.setattr(apply_module, "fetch_closure", fetch)
+    monkeypatch.setattr(apply_module, "set_profile", set_profile)
+    monkeypatch.setattr(apply_module, "run_switch", run_switch)
+    agent.updater.config = dataclasses.replace(agent.updater.config, checks=())
+    seen: list[tuple[int | None, AgentState]] = []
+    agent.updater.publish = lambda report: seen.append((report.sequence, report.state))
+
+    async with asyncio.TaskGroup() as tg:
+        work = tg.create_task(agent.run())
+        assert agent.on_deliver(deliver(1, other).announcement) is None
+        await asyncio.wait_for(in_switch.wait(), T)
+        assert agent.activating
+        # a newer announcement does not interrupt the activation either
+        assert agent.on_deliver(deliver(2, PATH).announcement) is None
+        finishing = tg.create_task(agent.finish_activation())
+        await asyncio.sleep(0.05)
+        assert not finishing.done()  # shutdown waits while the switch runs
+        release.set()
+        await asyncio.wait_for(finishing, T)
+        work.cancel()
+    # sequence 1 ran to its end before sequence 2 was even looked at
+    assert seen.index((1, AgentState.APPLIED)) < seen.index((2, AgentState.APPLIED))
+    assert seen[:4] == [
+        (1, AgentState.DOWNLOADING),
+        (1, AgentState.ACTIVATING),
+        (1, AgentState.CHECKING),
+        (1, AgentState.APPLIED),
+    ]
