@@ -224,6 +224,9 @@ class DeviceStatus(Message):
     last_seen: float | None
     state: AgentState | None
     state_since: float | None
+    # The announcement `state` refers to (the agent's last StatusReport.sequence): without it
+    # a client cannot tell "applied" of an older push from "applied" of the one it waits for.
+    sequence: int | None
     current: SystemState | None
     desired: DesiredSystem | None
     progress: Progress | None

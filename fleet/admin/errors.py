@@ -1,0 +1,43 @@
+"""Typed errors of the admin client; each message is meant to be shown to a person as is."""
+
+from __future__ import annotations
+
+
+class AdminError(Exception):
+    """Base: something an admin command could not do."""
+
+
+class SettingsError(AdminError):
+    """Missing or malformed settings (coordinator, key, relay, config file)."""
+
+
+class TargetError(AdminError):
+    """A push target that names no device (unknown name or id, a tag nobody has)."""
+
+
+class CoordinatorUnreachable(AdminError):
+    """No connection to the coordinator, or it went silent, within the timeout."""
+
+
+class ProtocolViolation(AdminError):
+    """The coordinator answered something the protocol does not allow here."""
+
+
+class CoordinatorRefused(AdminError):
+    """The coordinator answered with an ErrorReply."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"coordinator refused ({code}): {message}")
+        self.code = code
+        self.reason = message
+
+
+def unwrap_group(exc: BaseException) -> BaseException:
+    """The one error inside (nested) single-member exception groups, as a TaskGroup makes them.
+
+    The mesh Endpoint runs a TaskGroup, so an error raised while using a connection leaves
+    `async with Endpoint(...)` wrapped in an ExceptionGroup; callers want the error itself.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

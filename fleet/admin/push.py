@@ -1,0 +1,98 @@
+"""Pushing a system: number it, sign it, hand it over; retry when another push won the number.
+
+The coordinator hands out sequence numbers but cannot choose them for us: the admin signs the
+number into the announcement, and the coordinator stores it only if it is higher than every
+stored one. Two admins pushing at once both get n; the loser sees "conflict" and signs n+1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fleet.admin.client import AdminClient
+from fleet.admin.errors import CoordinatorRefused, ProtocolViolation
+from fleet.admin.tracking import PushTracker
+from fleet.identity import NodeId
+from fleet.protocol.messages import Action, Announcement, PushAccepted, StatusSnapshot
+from fleet.wire import Tag, sign_envelope
+
+MAX_ATTEMPTS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class PushPlan:
+    store_path: str
+    devices: tuple[NodeId, ...]  # resolved, see fleet.admin.targets
+    targets: tuple[str, ...]  # as typed, for display
+    substituters: tuple[str, ...]
+    action: Action
+    valid_for: float  # seconds
+
+
+def make_announcement(plan: PushPlan, sequence: int, now: float) -> Announcement:
+    return Announcement(
+        sequence=sequence,
+        devices=plan.devices,
+        targets=plan.targets,
+        store_path=plan.store_path,
+        substituters=plan.substituters,
+        action=plan.action,
+        issued_at=now,
+        valid_until=now + plan.valid_for,
+    )
+
+
+async def push(
+    client: AdminClient,
+    plan: PushPlan,
+    *,
+    attempts: int = MAX_ATTEMPTS,
+    clock: Callable[[], float] = time.time,
+) -> PushAccepted:
+    """Announce `plan`; returns the coordinator's acknowledgement (stored durably by then)."""
+    for attempt in range(1, attempts + 1):
+        sequence = await client.next_sequence()
+        announcement = make_announcement(plan, sequence, clock())
+        envelope = sign_envelope(client.identity, Tag.ANNOUNCEMENT, announcement)
+        try:
+            accepted = await client.push(envelope)
+        except CoordinatorRefused as exc:
+            if exc.code == "conflict" and attempt < attempts:
+                continue
+            raise
+        if accepted.sequence != sequence:
+            raise ProtocolViolation(
+                f"the coordinator acknowledged sequence {accepted.sequence}, we signed {sequence}"
+            )
+        return accepted
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def wait_for_devices(
+    client: AdminClient,
+    tracker: PushTracker,
+    *,
+    timeout: float,
+    emit: Callable[[str], None],
+) -> None:
+    """Follow the status stream until every device is done or `timeout` passes (then expire)."""
+    try:
+        async with asyncio.timeout(timeout):
+            async with contextlib.aclosing(client.watch()) as stream:
+                async for message in stream:
+                    statuses = (
+                        message.devices
+                        if isinstance(message, StatusSnapshot)
+                        else (message.device,)
+                    )
+                    for status in statuses:
+                        for line in tracker.observe(status):
+                            emit(line)
+                    if tracker.finished:
+                        return
+    except TimeoutError:
+        tracker.expire()

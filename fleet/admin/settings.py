@@ -1,0 +1,125 @@
+"""Where fleetctl finds its coordinator, key and relays: flags, then environment, then file.
+
+Precedence is flag > environment (FLEET_COORDINATOR, FLEET_KEY, FLEET_RELAY) > config file
+(`--config FILE`, else `$XDG_CONFIG_HOME/fleet/fleetctl.toml` or ~/.config/fleet/fleetctl.toml
+when it exists). Pure: the caller passes the environment and the home directory in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fleet.admin.errors import SettingsError
+from fleet.config import ConfigError, load_toml
+from fleet.mesh.peer_addr import InvalidPeerAddr, PeerAddr
+from fleet.relay.url import InvalidRelayUrl, RelayUrl
+
+ENV_COORDINATOR = "FLEET_COORDINATOR"
+ENV_KEY = "FLEET_KEY"
+ENV_RELAY = "FLEET_RELAY"  # several relays: separated by commas or whitespace
+DEFAULT_TIMEOUT = 10.0
+FILE_KEYS = ("coordinator", "key", "relay", "timeout")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    coordinator: PeerAddr
+    key: Path
+    relays: tuple[RelayUrl, ...]
+    timeout: float  # connecting, and each request/reply
+
+
+def default_config_path(env: Mapping[str, str], home: Path) -> Path:
+    base = env.get("XDG_CONFIG_HOME") or str(home / ".config")
+    return Path(base) / "fleet" / "fleetctl.toml"
+
+
+def _file_values(path: Path) -> dict[str, Any]:
+    try:
+        raw = load_toml(path)
+    except ConfigError as exc:
+        raise SettingsError(str(exc)) from exc
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in FILE_KEYS:
+            raise SettingsError(f"{path}: unknown setting {key!r}; known: {', '.join(FILE_KEYS)}")
+        values[key] = value
+    if "relay" in values and isinstance(values["relay"], str):
+        values["relay"] = [values["relay"]]
+    for key in ("coordinator", "key"):
+        if key in values and not isinstance(values[key], str):
+            raise SettingsError(f"{path}: {key} must be a string")
+    relays = values.get("relay", [])
+    if not isinstance(relays, list) or not all(isinstance(r, str) for r in relays):
+        raise SettingsError(f"{path}: relay must be a string or a list of strings")
+    timeout = values.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)):
+        raise SettingsError(f"{path}: timeout must be a number of seconds")
+    return values
+
+
+def resolve_settings(
+    *,
+    coordinator: str | None,
+    key: str | None,
+    relays: Sequence[str],
+    timeout: float | None,
+    config_file: str | None,
+    env: Mapping[str, str],
+    home: Path,
+) -> Settings:
+    """Merge the three sources; raises SettingsError naming what is missing or malformed."""
+    if config_file is not None:
+        file_values = _file_values(Path(config_file))
+        source = str(config_file)
+    else:
+        default = default_config_path(env, home)
+        file_values = _file_values(default) if default.is_file() else {}
+        source = str(default)
+
+    coord_text = coordinator or env.get(ENV_COORDINATOR) or file_values.get("coordinator")
+    if not coord_text:
+        raise SettingsError(
+            f"no coordinator: give --coordinator NODEID[@HOST:PORT], set {ENV_COORDINATOR}, "
+            f"or set coordinator in {source}"
+        )
+    try:
+        peer = PeerAddr.parse(coord_text)
+    except InvalidPeerAddr as exc:
+        raise SettingsError(f"coordinator: {exc}") from exc
+
+    key_text = key or env.get(ENV_KEY) or file_values.get("key")
+    if not key_text:
+        raise SettingsError(f"no admin key: give --key PATH, set {ENV_KEY}, or set key in {source}")
+
+    relay_texts: list[str]
+    if relays:
+        relay_texts = list(relays)
+    elif env.get(ENV_RELAY, "").strip():
+        relay_texts = env[ENV_RELAY].replace(",", " ").split()
+    else:
+        relay_texts = list(file_values.get("relay", []))
+    try:
+        relay_urls = tuple(RelayUrl.parse(r) for r in relay_texts)
+    except InvalidRelayUrl as exc:
+        raise SettingsError(f"relay: {exc}") from exc
+
+    if not peer.addrs and not relay_urls:
+        raise SettingsError(
+            f"coordinator {peer.node_id.short()}: no address and no relay to reach it; "
+            "give NODEID@HOST:PORT or --relay URL"
+        )
+    final_timeout = float(
+        timeout if timeout is not None else file_values.get("timeout", DEFAULT_TIMEOUT)
+    )
+    if final_timeout <= 0:
+        raise SettingsError(f"timeout must be positive, got {final_timeout}")
+    return Settings(
+        coordinator=peer,
+        key=Path(key_text).expanduser(),
+        relays=relay_urls,
+        timeout=final_timeout,
+    )

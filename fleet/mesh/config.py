@@ -1,0 +1,23 @@
+"""Settings of a mesh Endpoint, with defaults that suit devices behind NAT."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fleet.mesh.paths import PathTiming
+
+
+@dataclass(frozen=True, slots=True)
+class MeshConfig:
+    keepalive_interval: float = 10.0  # QUIC PING on idle connections; keeps NAT bindings open
+    idle_timeout: float = 30.0  # QUIC idle timeout: a silent peer is gone after this
+    paths: PathTiming = field(default_factory=PathTiming)  # heartbeat, trust, probe windows
+    recv_batch: int = 256  # datagrams read per loop turn before one flush
+    max_datagram_size: int = 1200  # QUIC packet size; 1200 is safe on any path
+    max_data: int = 8 << 20  # QUIC connection flow-control window
+    max_stream_data: int = 4 << 20  # QUIC per-stream flow-control window
+    disco_max_age: float = 120.0  # tolerated clock difference for signed disco packets
+    accept_backlog: int = 64  # handshaken connections waiting for accept()
+    max_connections: int = 4096
+    tick: float = 0.1  # housekeeping period (path probes, keepalives)
+    socket_buffer: int = 4 << 20  # SO_RCVBUF / SO_SNDBUF wish (the kernel may cap it)

@@ -1,0 +1,714 @@
+"""The mesh Endpoint: one identity, one UDP socket, QUIC connections by node id.
+
+Like Tailscale's magicsock / Iroh 0.35, QUIC never sees real addresses: every peer has one
+constant *virtual* address, and below QUIC each outgoing datagram goes over the peer's best
+working path (PeerPaths: a confirmed direct address, else the relay). Incoming datagrams are
+demultiplexed: disco packets (magic prefix) to the disco handler, QUIC packets to their
+connection by destination connection id. A direct QUIC packet is accepted only from an address
+that an authenticated disco Ping/Pong tied to a node id, and only for a connection with that
+node; relay packets carry the relay-authenticated sender. A server connection pins the client
+certificate to the node the packets came from, so TLS proves the same id the path layer used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket as pysocket
+import time
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any
+
+from aioquic.buffer import Buffer, BufferReadError
+from aioquic.quic import events
+from aioquic.quic.packet import QuicPacketType, QuicProtocolVersion, pull_quic_header
+
+from fleet.identity import Identity, NodeId
+from fleet.log import get_logger
+from fleet.mesh import disco
+from fleet.mesh.config import MeshConfig
+from fleet.mesh.connection import ConnectError, Connection, MeshError
+from fleet.mesh.disco import Addr
+from fleet.mesh.paths import Path, PathChanged
+from fleet.mesh.peers import Peer, PeerTable
+from fleet.mesh.relay import RelayFactory, RelayRunner, RelayTransport
+from fleet.mesh.socket import UdpSocket
+from fleet.mesh.tls_hooks import PinnedQuicConnection, kick, quic_configuration
+from fleet.relay.client import RelayClient
+from fleet.relay.url import RelayUrl
+
+log = get_logger(__name__)
+
+CID_LENGTH = 8  # aioquic's default host connection id length
+MIN_INITIAL_SIZE = 1200  # RFC 9000 14.1: a client Initial is padded to at least this
+
+
+def relay_client_factory(
+    url: str,
+    identity: Identity,
+    on_packet: Callable[[NodeId, bytes], None],
+    on_peer_gone: Callable[[NodeId], None],
+) -> RelayRunner:
+    """The default: a real fleet.relay RelayClient for a `fleet-relay://NODEID@HOST:PORT` URL."""
+    return RelayClient(RelayUrl.parse(url), identity, on_packet, on_peer_gone)
+
+
+def _normalize_addr(addr: tuple[str, int]) -> Addr:
+    host, port = addr
+    ip = ipaddress.ip_address(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"bad port {port}")
+    return (str(ip), int(port))
+
+
+class Endpoint:
+    """A node on the mesh. Use as `async with Endpoint(identity, alpns=[...]) as ep`."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        bind: tuple[str, int] = ("0.0.0.0", 0),  # noqa: S104 - a mesh node is reachable
+        alpns: Iterable[str] = (),
+        relay_urls: Iterable[str | RelayUrl] = (),
+        config: MeshConfig | None = None,
+        relay_factory: RelayFactory | None = None,
+    ) -> None:
+        self._identity = identity
+        self._bind = bind
+        self._alpns = list(alpns)
+        self.config = config or MeshConfig()
+        self._relay_factory = relay_factory or relay_client_factory
+        self._home_relays = [str(u) for u in relay_urls]
+        self._relays: dict[str, RelayRunner] = {}
+        self._relay_tasks: dict[str, asyncio.Task[None]] = {}
+        self._peers = PeerTable(self.config.paths)
+        self._by_cid: dict[bytes, Connection] = {}
+        self._conn_peer: dict[Connection, Peer] = {}
+        self._accept_queues: dict[str, asyncio.Queue[Connection | None]] = {
+            alpn: asyncio.Queue(self.config.accept_backlog) for alpn in self._alpns
+        }
+        self._dirty: set[Connection] = set()
+        self._flush_scheduled = False
+        self._server_config: Any = None
+        self._client_configs: dict[str, Any] = {}
+        self._socket: UdpSocket | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+        self._exit = contextlib.AsyncExitStack()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
+        self._housekeeping_task: asyncio.Task[None] | None = None
+        self._path_listeners: list[Callable[[PathChanged], None]] = []
+        self.observed_addresses: set[Addr] = set()  # our address as peers saw it (Pongs)
+        self.relay_packets_sent = 0
+        self.relay_packets_received = 0
+        self.disco_rejected = 0
+        self.quic_dropped = 0
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Endpoint:
+        self._loop = asyncio.get_running_loop()
+        self._socket = UdpSocket(self._bind, buffer_size=self.config.socket_buffer)
+        self._exit.callback(self._socket.close)
+        try:
+            self._tasks = await self._exit.enter_async_context(asyncio.TaskGroup())
+            self._socket.start(self._on_datagrams, self.config.recv_batch)
+            self._housekeeping_task = self._tasks.create_task(
+                self._housekeeping(), name="mesh-housekeeping"
+            )
+            for url in self._home_relays:
+                self._relay_for(url)
+        except BaseException:
+            await self._exit.aclose()
+            raise
+        log.info("mesh_endpoint_up", node=self.node_id.short(), addrs=self.local_addresses)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+        await self._exit.__aexit__(exc_type, exc, tb)
+
+    async def close(self) -> None:
+        """Close every connection (briefly waiting for them) and stop background tasks."""
+        if self._closing:
+            return
+        self._closing = True
+        conns = list(self._conn_peer)
+        for conn in conns:
+            await conn.close(reason="endpoint closing")
+        self._flush_dirty()
+        if conns:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await asyncio.gather(*(c.wait_closed(timeout=1.0) for c in conns))
+        for conn in list(self._conn_peer):
+            conn.abandon("endpoint closed")
+            self._remove_connection(conn)
+        for queue in self._accept_queues.values():
+            while not queue.empty():
+                pending = queue.get_nowait()
+                if pending is not None:
+                    pending.abandon("endpoint closed")
+            queue.put_nowait(None)
+        for task in self._relay_tasks.values():
+            task.cancel()
+        if self._housekeeping_task is not None:
+            self._housekeeping_task.cancel()
+
+    # -- public API -------------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> NodeId:
+        return self._identity.node_id
+
+    @property
+    def socket(self) -> UdpSocket:
+        """The UDP socket (stats and a blackhole hook for tests)."""
+        assert self._socket is not None, "endpoint not started"
+        return self._socket
+
+    @property
+    def bound_address(self) -> Addr:
+        return self.socket.address
+
+    @property
+    def local_addresses(self) -> list[Addr]:
+        """Addresses peers on this host or network can try for us."""
+        host, port = self.socket.address
+        if host not in ("0.0.0.0", "::"):  # noqa: S104
+            return [(host, port)]
+        addrs: list[Addr] = [("127.0.0.1", port)]
+        probe = pysocket.socket(pysocket.AF_INET, pysocket.SOCK_DGRAM)
+        try:
+            probe.connect(("10.255.255.255", 1))  # no packet is sent; picks the route's source
+            ip = probe.getsockname()[0]
+            if ip not in ("0.0.0.0", "127.0.0.1"):  # noqa: S104
+                addrs.append((ip, port))
+        except OSError:
+            pass
+        finally:
+            probe.close()
+        return addrs
+
+    def add_path_listener(self, listener: Callable[[PathChanged], None]) -> None:
+        """Call `listener` on every path change to any peer (for status and `fleet ping`)."""
+        self._path_listeners.append(listener)
+
+    def path_to(self, node: NodeId) -> Path | None:
+        peer = self._peers.get(node)
+        return peer.paths.path if peer is not None else None
+
+    async def connect(
+        self,
+        node_id: NodeId,
+        alpn: str,
+        *,
+        addrs: Iterable[tuple[str, int]] = (),
+        relay_url: str | RelayUrl | None = None,
+        timeout: float = 10.0,
+    ) -> Connection:
+        """Open a QUIC connection to `node_id`, whose certificate must carry that key."""
+        loop = self._require_running()
+        if node_id == self.node_id:
+            raise ConnectError("cannot connect to ourselves")
+        if len(self._conn_peer) >= self.config.max_connections:
+            raise ConnectError("too many connections")
+        now = loop.time()
+        peer = self._peers.get_or_create(node_id)
+        for addr in addrs:
+            try:
+                peer.paths.add_candidate(_normalize_addr(addr), now, "connect")
+            except ValueError as exc:
+                raise ConnectError(f"bad address {addr!r}: {exc}") from exc
+        relay: RelayRunner | None = None
+        if relay_url is None and peer.relay is None and self._home_relays:
+            relay_url = self._home_relays[0]
+        if relay_url is not None:
+            relay = self._relay_for(str(relay_url))
+        if relay is not None:
+            peer.relay = relay
+        if not peer.paths.candidates and peer.relay is None:
+            raise ConnectError(f"no address and no relay for node {node_id.short()}")
+        deadline = now + timeout
+        if relay is not None and not relay.connected and not peer.paths.candidates:
+            try:
+                await relay.wait_connected(timeout)
+            except TimeoutError:
+                raise ConnectError(
+                    f"relay {relay_url} not reachable within {timeout:.1f}s"
+                ) from None
+            now = loop.time()
+        peer.paths.set_relay(peer.relay is not None, now)
+        config = self._client_configs.get(alpn)
+        if config is None:
+            config = self._client_configs[alpn] = self._quic_config(True, [alpn])
+        quic = PinnedQuicConnection(configuration=config, expected_peer=node_id)
+        conn = self._add_connection(quic, peer, is_client=True)
+        self._send_call_me_maybe(peer)
+        quic.connect(peer.vaddr, now)
+        self._flush(conn)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await conn.wait_handshake()
+        except TimeoutError:
+            await conn.close(reason="handshake timeout")
+            wrong = "".join(
+                f"; {a[0]}:{a[1]} answered as node {other}, not {node_id}"
+                for a, other in peer.wrong_node.items()
+            )
+            raise ConnectError(
+                f"no handshake with {node_id.short()} within {timeout:.1f}s "
+                f"(path {peer.paths.path}){wrong}"
+            ) from None
+        except ConnectError:
+            raise
+        log.info("mesh_connected", peer=node_id.short(), alpn=alpn, path=str(peer.paths.path))
+        return conn
+
+    async def accept(self, alpn: str | None = None, timeout: float | None = None) -> Connection:
+        """The next incoming connection (for `alpn`, or the only ALPN served)."""
+        self._require_running()
+        if alpn is None:
+            if len(self._alpns) != 1:
+                raise ValueError("accept() needs an alpn when the endpoint serves several")
+            alpn = self._alpns[0]
+        queue = self._accept_queues.get(alpn)
+        if queue is None:
+            raise ValueError(f"endpoint does not serve ALPN {alpn!r}")
+        async with asyncio.timeout(timeout):
+            conn = await queue.get()
+        if conn is None:  # the endpoint closed
+            queue.put_nowait(None)
+            raise MeshError("endpoint closed")
+        return conn
+
+    # -- relays -----------------------------------------------------------------------------
+
+    def _relay_for(self, url: str) -> RelayRunner:
+        relay = self._relays.get(url)
+        if relay is not None:
+            return relay
+        if self._tasks is None:
+            raise MeshError("endpoint is not running")
+
+        def on_packet(src: NodeId, data: bytes) -> None:
+            self._on_relay_packet(relay_ref, src, data)
+
+        def on_peer_gone(node: NodeId) -> None:
+            log.debug("relay_peer_gone", peer=node.short(), relay=url)
+
+        relay_ref = self._relay_factory(url, self._identity, on_packet, on_peer_gone)
+        self._relays[url] = relay_ref
+        self._relay_tasks[url] = self._tasks.create_task(relay_ref.run(), name=f"relay {url}")
+        return relay_ref
+
+    def _on_relay_packet(self, relay: RelayTransport, src: NodeId, data: bytes) -> None:
+        if self._closing:
+            return
+        self.relay_packets_received += 1
+        try:
+            if disco.is_disco(data):
+                self._on_disco(data, None, src, relay)
+                return
+            peer = self._peers.get_or_create(src)
+            if peer.relay is None:
+                peer.relay = relay
+                peer.paths.set_relay(True, self._now())
+            conn = self._receive_quic(peer, data, via_relay=True)
+            if conn is not None:
+                self._request_flush(conn)
+            self._after_paths(peer)
+        except Exception:  # a bad packet must never take the endpoint down
+            log.exception("relay_packet_error", src=src.short())
+
+    # -- datagram input ---------------------------------------------------------------------
+
+    def _on_datagrams(self, datagrams: list[tuple[bytes, Addr]]) -> None:
+        """One batch from the socket: feed everything, then flush each touched connection."""
+        touched: set[Connection] = set()
+        peer_at = self._peers.peer_at
+        for data, addr in datagrams:
+            try:
+                if data[:1] == b"\x00":
+                    if disco.is_disco(data):
+                        self._on_disco(data, addr, None, None)
+                    continue
+                peer = peer_at(addr)
+                if peer is None:
+                    self.quic_dropped += 1
+                    self._peers.hold(addr, data, self._now())
+                    continue
+                conn = self._receive_quic(peer, data, via_relay=False)
+                if conn is not None:
+                    touched.add(conn)
+            except Exception:  # a bad packet must never take the endpoint down
+                log.exception("datagram_error", src=addr)
+        for conn in touched:
+            self._flush(conn)
+
+    def _receive_quic(self, peer: Peer, data: bytes, *, via_relay: bool) -> Connection | None:
+        """Feed one QUIC datagram to its connection; events are processed at the next flush."""
+        if data[0] & 0xC0 == 0x40 and len(data) > CID_LENGTH:
+            # Short header (the bulk of traffic): the DCID is the next CID_LENGTH bytes.
+            conn = self._by_cid.get(data[1 : 1 + CID_LENGTH])
+            header = None
+        else:
+            try:
+                header = pull_quic_header(Buffer(data=data), host_cid_length=CID_LENGTH)
+            except (ValueError, BufferReadError):
+                self.quic_dropped += 1
+                return None
+            conn = self._by_cid.get(header.destination_cid)
+        if conn is None:
+            if header is not None:
+                conn = self._new_server_connection(peer, header, len(data))
+            if conn is None:
+                self.quic_dropped += 1
+                return None
+        elif self._conn_peer.get(conn) is not peer:
+            self.quic_dropped += 1  # a packet for another node's connection
+            return None
+        conn.quic.receive_datagram(data, peer.vaddr, self._now())
+        return conn
+
+    def _new_server_connection(self, peer: Peer, header: Any, size: int) -> Connection | None:
+        if (
+            header.packet_type != QuicPacketType.INITIAL
+            or header.version != QuicProtocolVersion.VERSION_1
+            or size < MIN_INITIAL_SIZE
+            or not self._alpns
+            or self._closing
+            or len(self._conn_peer) >= self.config.max_connections
+        ):
+            return None
+        if self._server_config is None:
+            self._server_config = self._quic_config(False, self._alpns)
+        quic = PinnedQuicConnection(
+            configuration=self._server_config,
+            expected_peer=peer.node,  # TLS must prove the node the packets came from
+            original_destination_connection_id=header.destination_cid,
+        )
+        conn = self._add_connection(quic, peer, is_client=False)
+        self._register_cid(conn, header.destination_cid)
+        if peer.relay is not None:
+            self._send_call_me_maybe(peer)
+        return conn
+
+    def _process_events(self, conn: Connection) -> None:
+        quic = conn.quic
+        while (event := quic.next_event()) is not None:
+            if isinstance(event, events.ConnectionIdIssued):
+                self._register_cid(conn, event.connection_id)
+            elif isinstance(event, events.ConnectionIdRetired):
+                conn.cids.discard(event.connection_id)
+                if self._by_cid.get(event.connection_id) is conn:
+                    del self._by_cid[event.connection_id]
+            elif isinstance(event, events.HandshakeCompleted):
+                conn.handle_event(event)
+                if not conn.is_client and conn.verified:
+                    self._enqueue_accept(conn)
+            elif isinstance(event, events.ConnectionTerminated):
+                conn.handle_event(event)
+                self._remove_connection(conn)
+            else:
+                conn.handle_event(event)
+        conn.after_batch()
+
+    def _enqueue_accept(self, conn: Connection) -> None:
+        queue = self._accept_queues.get(conn.alpn or "")
+        if queue is None or queue.full():
+            conn.quic.close(error_code=0x2, reason_phrase="not accepting connections")
+            return
+        queue.put_nowait(conn)
+        log.info(
+            "mesh_accepted",
+            peer=conn.remote_id.short(),
+            alpn=conn.alpn,
+            path=str(conn.path_detail),
+        )
+
+    # -- disco ------------------------------------------------------------------------------
+
+    def _on_disco(
+        self,
+        data: bytes,
+        addr: Addr | None,
+        relay_src: NodeId | None,
+        relay: RelayTransport | None,
+    ) -> None:
+        try:
+            packet = disco.decode(
+                data, self.node_id, time.time(), max_age=self.config.disco_max_age
+            )
+        except disco.MisaddressedDisco as exc:
+            self.disco_rejected += 1
+            if addr is not None and isinstance(exc.packet.message, disco.Ping):
+                # Someone dialled another node at our address: tell them who answers here
+                # (signed), so their connect fails with a clear reason instead of a timeout.
+                reply = disco.Pong(exc.packet.message.tx_id, addr)
+                data = disco.encode(self._identity, exc.packet.sender, reply, time.time())
+                self.socket.sendto(data, addr)
+            return
+        except disco.DiscoError as exc:
+            self.disco_rejected += 1
+            log.debug("disco_rejected", src=addr, error=str(exc))
+            return
+        sender = packet.sender
+        if relay_src is not None and sender != relay_src:
+            self.disco_rejected += 1
+            return
+        if sender == self.node_id:
+            return
+        now = self._now()
+        message = packet.message
+        if isinstance(message, disco.Ping):
+            if addr is None:
+                return  # pings probe direct paths only
+            peer = self._peers.get_or_create(sender)
+            self._peers.map_addr(addr, sender)
+            peer.paths.ping_received(addr, now)
+            self._send_disco(peer, disco.Pong(message.tx_id, addr), addr)
+            self._release_held(addr, peer)
+        elif isinstance(message, disco.Pong):
+            if addr is None:
+                return
+            peer_or_none = self._peers.get(sender)
+            if peer_or_none is None or not peer_or_none.paths.pong_received(
+                message.tx_id, addr, now
+            ):
+                self._note_wrong_node(addr, sender)
+                return
+            peer = peer_or_none
+            self._peers.map_addr(addr, sender)
+            self.observed_addresses.add(message.observed)
+            self._release_held(addr, peer)
+        else:
+            peer = self._peers.get_or_create(sender)
+            for candidate in message.addresses:
+                peer.paths.add_candidate(candidate, now, "call-me-maybe")
+            if relay is not None and peer.relay is None:
+                peer.relay = relay
+                peer.paths.set_relay(True, now)
+        self._after_paths(peer)
+
+    def _note_wrong_node(self, addr: Addr, answered: NodeId) -> None:
+        """An unmatched Pong: if we dial another node at that address, remember who answered."""
+        for peer in self._peers:
+            if peer.node == answered or not peer.connections:
+                continue
+            if addr not in peer.paths.candidates:
+                continue
+            peer.wrong_node[addr] = answered
+            if peer.relay is None and set(peer.paths.candidates) <= set(peer.wrong_node):
+                # Every address we were given belongs to someone else: fail now, clearly.
+                reason = "; ".join(
+                    f"{a[0]}:{a[1]} answered as node {other}, not {peer.node}"
+                    for a, other in peer.wrong_node.items()
+                )
+                for conn in list(peer.connections):
+                    if conn.quic.verified_peer is None:
+                        conn.quic.close(error_code=0x1, reason_phrase=reason)
+                        conn.after_batch()
+                        self._request_flush(conn)
+
+    def _send_disco(self, peer: Peer, message: disco.Message, addr: Addr) -> None:
+        packet = disco.encode(self._identity, peer.node, message, time.time())
+        self.socket.sendto(packet, addr)
+
+    def _send_call_me_maybe(self, peer: Peer) -> None:
+        """Tell the peer (over the relay) where to reach us directly, so both sides probe."""
+        if peer.relay is None:
+            return
+        bound_loopback = ipaddress.ip_address(self.socket.address[0]).is_loopback
+        addrs = tuple(
+            a
+            for a in self.local_addresses + sorted(self.observed_addresses)
+            # Our loopback address means another host's loopback to the peer: only advertise
+            # it when we listen on loopback alone (tests, same-host setups).
+            if bound_loopback or not ipaddress.ip_address(a[0]).is_loopback
+        )[: disco.MAX_ADDRESSES]
+        if addrs:
+            packet = disco.encode(self._identity, peer.node, disco.CallMeMaybe(addrs), time.time())
+            peer.relay.send(peer.node, packet)
+
+    def _after_paths(self, peer: Peer) -> None:
+        """Send due pings and publish path changes for one peer."""
+        for action in peer.paths.poll(self._now()):
+            self._send_disco(peer, action.ping, action.addr)
+        while (change := peer.paths.next_event()) is not None:
+            self._on_path_changed(peer, change)
+
+    def _on_path_changed(self, peer: Peer, change: PathChanged) -> None:
+        log.info(
+            "mesh_path_changed",
+            peer=peer.node.short(),
+            old=str(change.old) if change.old else None,
+            new=str(change.new) if change.new else None,
+            reason=change.reason,
+        )
+        for listener in self._path_listeners:
+            try:
+                listener(change)
+            except Exception:  # a listener's bug must not break the data path
+                log.exception("path_listener_failed")
+        now = self._now()
+        for conn in peer.connections:
+            conn.path_changed(change)
+            if change.old is not None and change.new is not None:
+                kick(conn.quic, now)  # resend what the old path lost, without waiting a PTO
+                self._request_flush(conn)
+
+    def _release_held(self, addr: Addr, peer: Peer) -> None:
+        for data in self._peers.release(addr, self._now()):
+            self.quic_dropped -= 1
+            conn = self._receive_quic(peer, data, via_relay=False)
+            if conn is not None:
+                self._request_flush(conn)
+
+    # -- output -----------------------------------------------------------------------------
+
+    def _request_flush(self, conn: Connection) -> None:
+        self._dirty.add(conn)
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_dirty)
+
+    def _flush_dirty(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, set()
+        for conn in dirty:
+            self._flush(conn)
+
+    def _flush(self, conn: Connection) -> None:
+        """Send everything the connection has queued, over the peer's current path."""
+        peer = self._conn_peer.get(conn)
+        if peer is None:
+            return
+        quic = conn.quic
+        now = self._now()
+        self._process_events(conn)
+        datagrams = quic.datagrams_to_send(now)
+        if datagrams:
+            paths = peer.paths
+            deadline = paths.next_deadline()
+            if deadline is not None and deadline <= now:
+                self._after_paths(peer)
+            addrs, via_relay = paths.send_targets(now)
+            sock = self.socket
+            relay = peer.relay if via_relay else None
+            for data, _ in datagrams:
+                for addr in addrs:
+                    sock.sendto(data, addr)
+                if relay is not None:
+                    relay.send(peer.node, data)
+                    self.relay_packets_sent += 1
+        self._process_events(conn)
+        self._arm_timer(conn, now)
+
+    def _arm_timer(self, conn: Connection, now: float) -> None:
+        at = conn.quic.get_timer()
+        if at == conn.timer_at:
+            return
+        if conn.timer is not None:
+            conn.timer.cancel()
+            conn.timer = None
+        conn.timer_at = at
+        if at is not None and self._loop is not None:
+            conn.timer = self._loop.call_at(at, self._on_timer, conn)
+
+    def _on_timer(self, conn: Connection) -> None:
+        conn.timer = None
+        conn.timer_at = None
+        if conn not in self._conn_peer:
+            return
+        conn.quic.handle_timer(self._now())
+        self._process_events(conn)
+        self._flush(conn)
+
+    # -- housekeeping -----------------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        """Path heartbeats and probes, QUIC keepalives, expiry of held packets."""
+        while True:
+            await asyncio.sleep(self.config.tick)
+            now = self._now()
+            for peer in self._peers:
+                deadline = peer.paths.next_deadline()
+                if deadline is not None and deadline <= now:
+                    self._after_paths(peer)
+            for conn in list(self._conn_peer):
+                if now - conn.last_keepalive >= self.config.keepalive_interval:
+                    conn.last_keepalive = now
+                    if conn.closed is None:
+                        conn.quic.send_ping(0)
+                        self._request_flush(conn)
+            self._peers.expire_held(now)
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def _quic_config(self, is_client: bool, alpns: list[str]) -> Any:
+        cfg = self.config
+        return quic_configuration(
+            self._identity,
+            is_client=is_client,
+            alpns=alpns,
+            idle_timeout=cfg.idle_timeout,
+            max_datagram_size=cfg.max_datagram_size,
+            max_data=cfg.max_data,
+            max_stream_data=cfg.max_stream_data,
+        )
+
+    def _add_connection(
+        self, quic: PinnedQuicConnection, peer: Peer, *, is_client: bool
+    ) -> Connection:
+        conn = Connection(
+            quic,
+            peer.node,
+            is_client=is_client,
+            request_flush=self._request_flush,
+            path_of=lambda: peer.paths.path,
+        )
+        conn.last_keepalive = self._now()
+        self._conn_peer[conn] = peer
+        peer.connections.add(conn)
+        peer.paths.set_active(True, self._now())
+        self._register_cid(conn, quic.host_cid)
+        return conn
+
+    def _register_cid(self, conn: Connection, cid: bytes) -> None:
+        conn.cids.add(cid)
+        self._by_cid[cid] = conn
+
+    def _remove_connection(self, conn: Connection) -> None:
+        peer = self._conn_peer.pop(conn, None)
+        for cid in conn.cids:
+            if self._by_cid.get(cid) is conn:
+                del self._by_cid[cid]
+        conn.cids.clear()
+        if conn.timer is not None:
+            conn.timer.cancel()
+            conn.timer = None
+        if peer is not None:
+            peer.connections.discard(conn)
+            if not peer.connections:
+                peer.paths.set_active(False, self._now())
+        self._dirty.discard(conn)
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _require_running(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None or self._socket is None or self._closing:
+            raise MeshError("endpoint is not running (use `async with Endpoint(...)`)")
+        return self._loop

@@ -1,0 +1,263 @@
+"""Per-peer path selection (sans-IO, time passed in): which address QUIC packets go to.
+
+Modelled on Tailscale's magicsock endpoint / Iroh 0.35. A peer has candidate direct UDP
+addresses (given at connect, learned from Pings it sent us, or from its CallMeMaybe) and maybe
+a relay. A candidate is *confirmed* when it answered our Ping with a Pong, and stays trusted for
+`trust_window` after the last Pong. While a connection is active we ping the path in use every
+`heartbeat_interval`, so a dead direct path stops being trusted within the window and traffic
+moves to the relay; other candidates are re-probed every `probe_interval`, so traffic returns
+to a direct path once it answers again.
+
+Sending rule (see `send_targets`):
+- a confirmed candidate exists: send only there (the lowest RTT one, with hysteresis);
+- otherwise: the relay if there is one, plus every candidate that has not failed a ping yet
+  (Iroh sends on both until a direct path is confirmed). Without a relay, QUIC goes to the
+  unfailed candidates alongside the first Ping (saves one round trip on the handshake), or to
+  all candidates if every one has failed, since there is nothing better to try.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+from fleet.identity import NodeId
+from fleet.mesh.disco import Addr, Ping
+
+MAX_CANDIDATES = 16
+MAX_OUTSTANDING_PINGS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class PathTiming:
+    heartbeat_interval: float = 1.0  # ping the direct path in use this often
+    trust_window: float = 3.0  # a Pong keeps a direct path trusted this long
+    probe_interval: float = 2.0  # re-ping other candidates this often
+    ping_timeout: float = 1.5  # an unanswered ping this old marks its candidate failed
+
+
+@dataclass(frozen=True, slots=True)
+class Path:
+    """The path traffic to a peer takes: a direct UDP address, or the relay."""
+
+    kind: Literal["direct", "relay"]
+    addr: Addr | None = None
+
+    def __str__(self) -> str:
+        if self.addr is None:
+            return self.kind
+        return f"{self.kind} {self.addr[0]}:{self.addr[1]}"
+
+
+@dataclass(frozen=True, slots=True)
+class PathChanged:
+    node: NodeId
+    old: Path | None
+    new: Path | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendPing:
+    """Action: send this Ping to this address."""
+
+    addr: Addr
+    ping: Ping
+
+
+@dataclass(slots=True)
+class _Candidate:
+    addr: Addr
+    source: str
+    last_seen: float
+    last_pong: float | None = None
+    rtt: float | None = None
+    last_ping: float | None = None
+    first_unanswered: float | None = None  # oldest ping sent since the last pong
+
+
+@dataclass(slots=True)
+class _SentPing:
+    addr: Addr
+    sent: float
+
+
+@dataclass
+class PeerPaths:
+    """Path state for one peer. Every method that takes `now` may emit PathChanged events."""
+
+    node: NodeId
+    timing: PathTiming = field(default_factory=PathTiming)
+    has_relay: bool = False
+    active: bool = False
+    _candidates: dict[Addr, _Candidate] = field(default_factory=dict)
+    _pings: dict[bytes, _SentPing] = field(default_factory=dict)
+    _path: Path | None = None
+    _events: deque[PathChanged] = field(default_factory=deque)
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    def add_candidate(self, addr: Addr, now: float, source: str) -> None:
+        cand = self._candidates.get(addr)
+        if cand is None:
+            if len(self._candidates) >= MAX_CANDIDATES:
+                self._evict()
+            self._candidates[addr] = _Candidate(addr, source, now)
+        else:
+            cand.last_seen = now
+        self._update(now, f"candidate from {source}")
+
+    def ping_received(self, addr: Addr, now: float) -> None:
+        """The peer pinged us from `addr` (authenticated): a candidate worth confirming."""
+        self.add_candidate(addr, now, "ping")
+
+    def pong_received(self, tx_id: bytes, addr: Addr, now: float) -> bool:
+        """A Pong from the peer; True if it answers one of our Pings sent to `addr`."""
+        sent = self._pings.get(tx_id)
+        if sent is None or sent.addr != addr:
+            return False
+        del self._pings[tx_id]
+        cand = self._candidates.get(addr)
+        if cand is None:
+            return False
+        cand.last_pong = cand.last_seen = now
+        rtt = max(now - sent.sent, 0.0)
+        cand.rtt = rtt if cand.rtt is None else 0.7 * cand.rtt + 0.3 * rtt
+        cand.first_unanswered = None
+        self._update(now, "pong")
+        return True
+
+    def set_relay(self, has_relay: bool, now: float) -> None:
+        self.has_relay = has_relay
+        self._update(now, "relay " + ("available" if has_relay else "gone"))
+
+    def set_active(self, active: bool, now: float) -> None:
+        """Heartbeats and probes run only while a connection to the peer is active."""
+        self.active = active
+        self._update(now, "activity")
+
+    # -- outputs ----------------------------------------------------------------------------
+
+    def poll(self, now: float) -> list[SendPing]:
+        """Pings due now (heartbeat on the path in use, probes elsewhere)."""
+        self._expire_pings(now)
+        out: list[SendPing] = []
+        if self.active:
+            current = self._best_confirmed(now)
+            for cand in self._candidates.values():
+                interval = (
+                    self.timing.heartbeat_interval
+                    if current is not None and cand.addr == current.addr
+                    else self.timing.probe_interval
+                )
+                if cand.last_ping is None or now >= cand.last_ping + interval:
+                    out.append(self._ping(cand, now))
+        self._update(now, "timer")
+        return out
+
+    def send_targets(self, now: float) -> tuple[list[Addr], bool]:
+        """Where QUIC packets go now: (direct addresses, also via relay?)."""
+        best = self._best_confirmed(now)
+        if best is not None:
+            return [best.addr], False
+        unfailed = [c.addr for c in self._candidates.values() if not self._failed(c, now)]
+        if self.has_relay:
+            return unfailed, True
+        return unfailed or list(self._candidates), False
+
+    def next_deadline(self) -> float | None:
+        """When `poll` should next run (None when idle)."""
+        deadlines: list[float] = []
+        if self.active:
+            best = self._best_confirmed(None)
+            for cand in self._candidates.values():
+                if cand.last_ping is None:
+                    return 0.0
+                interval = (
+                    self.timing.heartbeat_interval
+                    if best is not None and cand is best
+                    else self.timing.probe_interval
+                )
+                deadlines.append(cand.last_ping + interval)
+                if cand.first_unanswered is not None:
+                    deadlines.append(cand.first_unanswered + self.timing.ping_timeout)
+        for cand in self._candidates.values():
+            if cand.last_pong is not None:
+                deadlines.append(cand.last_pong + self.timing.trust_window)
+        return min(deadlines) if deadlines else None
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def candidates(self) -> list[Addr]:
+        return list(self._candidates)
+
+    def next_event(self) -> PathChanged | None:
+        return self._events.popleft() if self._events else None
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _ping(self, cand: _Candidate, now: float) -> SendPing:
+        ping = Ping.new()
+        if len(self._pings) >= MAX_OUTSTANDING_PINGS:
+            oldest = min(self._pings, key=lambda tx: self._pings[tx].sent)
+            del self._pings[oldest]
+        self._pings[ping.tx_id] = _SentPing(cand.addr, now)
+        cand.last_ping = now
+        if cand.first_unanswered is None:
+            cand.first_unanswered = now
+        return SendPing(cand.addr, ping)
+
+    def _expire_pings(self, now: float) -> None:
+        horizon = now - 4 * max(self.timing.trust_window, self.timing.ping_timeout)
+        for tx in [tx for tx, p in self._pings.items() if p.sent < horizon]:
+            del self._pings[tx]
+
+    def _failed(self, cand: _Candidate, now: float) -> bool:
+        return (
+            cand.first_unanswered is not None
+            and now >= cand.first_unanswered + self.timing.ping_timeout
+        )
+
+    def _confirmed(self, cand: _Candidate, now: float | None) -> bool:
+        if cand.last_pong is None:
+            return False
+        return now is None or now < cand.last_pong + self.timing.trust_window
+
+    def _best_confirmed(self, now: float | None) -> _Candidate | None:
+        confirmed = [c for c in self._candidates.values() if self._confirmed(c, now)]
+        if not confirmed:
+            return None
+        best = min(confirmed, key=lambda c: c.rtt or 0.0)
+        current = self._path
+        if current is not None and current.kind == "direct" and current.addr != best.addr:
+            # Hysteresis: stay on the current direct path unless the new one is clearly faster.
+            cur = self._candidates.get(current.addr) if current.addr else None
+            if (
+                cur is not None
+                and cur in confirmed
+                and (cur.rtt or 0.0) <= (best.rtt or 0.0) * 1.5 + 0.002
+            ):
+                return cur
+        return best
+
+    def _evict(self) -> None:
+        victim = min(self._candidates.values(), key=lambda c: (c.last_pong or 0.0, c.last_seen))
+        del self._candidates[victim.addr]
+
+    def _update(self, now: float, reason: str) -> None:
+        best = self._best_confirmed(now)
+        new: Path | None
+        if best is not None:
+            new = Path("direct", best.addr)
+        elif self.has_relay:
+            new = Path("relay")
+        else:
+            targets, _ = self.send_targets(now)
+            new = Path("direct", targets[0]) if targets else None
+        if new != self._path:
+            self._events.append(PathChanged(self.node, self._path, new, reason))
+            self._path = new

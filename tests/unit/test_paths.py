@@ -1,0 +1,138 @@
+"""PeerPaths with a fake clock: confirm, heartbeat, fall back to relay, return to direct."""
+
+from __future__ import annotations
+
+from fleet.identity import Identity
+from fleet.mesh.paths import Path, PathChanged, PathTiming, PeerPaths, SendPing
+
+A = ("192.0.2.1", 4000)
+B = ("198.51.100.9", 5000)
+NODE = Identity.generate().node_id
+TIMING = PathTiming(heartbeat_interval=1.0, trust_window=3.0, probe_interval=2.0, ping_timeout=1.5)
+
+
+def _events(paths: PeerPaths) -> list[PathChanged]:
+    out = []
+    while (event := paths.next_event()) is not None:
+        out.append(event)
+    return out
+
+
+class Peer:
+    """Drives a PeerPaths like the endpoint does, with a reachable/unreachable direct path."""
+
+    def __init__(self, *, has_relay: bool = True) -> None:
+        self.paths = PeerPaths(NODE, TIMING, has_relay=has_relay)
+        self.now = 0.0
+        self.reachable = {A}
+        self.history: list[tuple[float, Path | None]] = []
+        self.pings_sent = 0
+
+    def step(self, until: float, dt: float = 0.05) -> None:
+        while self.now < until:
+            for action in self.paths.poll(self.now):
+                self.pings_sent += 1
+                self._answer(action)
+            for event in _events(self.paths):
+                self.history.append((self.now, event.new))
+            self.now = round(self.now + dt, 6)
+
+    def _answer(self, action: SendPing) -> None:
+        if action.addr in self.reachable:
+            self.paths.pong_received(action.ping.tx_id, action.addr, self.now + 0.01)
+
+
+def test_unconfirmed_sends_on_relay_and_direct_then_confirms_direct() -> None:
+    peer = Peer()
+    peer.paths.add_candidate(A, 0.0, "connect")
+    peer.paths.set_active(True, 0.0)
+    assert peer.paths.path == Path("relay")
+    assert peer.paths.send_targets(0.0) == ([A], True)
+    peer.step(0.1)
+    assert peer.paths.path == Path("direct", A)
+    assert peer.paths.send_targets(peer.now) == ([A], False)
+
+
+def test_dead_direct_path_falls_back_to_relay_within_the_window_and_returns() -> None:
+    peer = Peer()
+    peer.paths.add_candidate(A, 0.0, "connect")
+    peer.paths.set_active(True, 0.0)
+    peer.step(5.0)
+    assert peer.paths.path == Path("direct", A)
+    heartbeats = peer.pings_sent
+    assert 4 <= heartbeats <= 7  # about one per second while active
+
+    peer.reachable.clear()  # pongs stop
+    lost_at = peer.now
+    peer.step(lost_at + 5.0)
+    fell_back = [t for t, p in peer.history if p == Path("relay") and t >= lost_at]
+    assert fell_back, peer.history
+    assert fell_back[0] - lost_at <= 3.5  # heartbeat every 1 s, trust 3 s after the last pong
+    assert peer.paths.send_targets(peer.now) == ([], True)  # the failed candidate gets no QUIC
+
+    peer.reachable.add(A)  # path works again
+    back_at = peer.now
+    peer.step(back_at + 3.0)
+    returned = [t for t, p in peer.history if p == Path("direct", A) and t >= back_at]
+    assert returned, peer.history
+    assert returned[0] - back_at <= TIMING.probe_interval + 0.1
+    assert peer.paths.send_targets(peer.now) == ([A], False)
+
+
+def test_without_relay_quic_goes_to_candidates_alongside_the_first_ping() -> None:
+    peer = Peer(has_relay=False)
+    peer.paths.add_candidate(A, 0.0, "connect")
+    assert peer.paths.path == Path("direct", A)
+    assert peer.paths.send_targets(0.0) == ([A], False)
+    peer.reachable.clear()
+    peer.paths.set_active(True, 0.0)
+    peer.step(3.0)
+    # Every candidate failed: still send there, there is nothing better.
+    assert peer.paths.send_targets(peer.now) == ([A], False)
+
+
+def test_lowest_rtt_confirmed_candidate_wins() -> None:
+    paths = PeerPaths(NODE, TIMING, has_relay=True)
+    paths.set_active(True, 0.0)
+    paths.add_candidate(A, 0.0, "connect")
+    paths.add_candidate(B, 0.0, "call-me-maybe")
+    pings = {action.addr: action.ping for action in paths.poll(0.0)}
+    assert set(pings) == {A, B}
+    assert paths.pong_received(pings[A].tx_id, A, 0.080)
+    assert paths.pong_received(pings[B].tx_id, B, 0.005)
+    assert paths.path == Path("direct", B)
+
+
+def test_pongs_that_do_not_match_a_ping_are_ignored() -> None:
+    paths = PeerPaths(NODE, TIMING, has_relay=True)
+    paths.set_active(True, 0.0)
+    paths.add_candidate(A, 0.0, "connect")
+    (action,) = paths.poll(0.0)
+    assert not paths.pong_received(b"z" * 12, A, 0.01)  # unknown transaction
+    assert not paths.pong_received(action.ping.tx_id, B, 0.01)  # from another address
+    assert paths.path == Path("relay")
+    assert paths.pong_received(action.ping.tx_id, A, 0.01)
+    assert not paths.pong_received(action.ping.tx_id, A, 0.02)  # replayed
+    assert paths.path == Path("direct", A)
+
+
+def test_no_pings_while_no_connection_is_active() -> None:
+    paths = PeerPaths(NODE, TIMING, has_relay=True)
+    paths.add_candidate(A, 0.0, "ping")
+    assert paths.poll(10.0) == []
+    assert paths.next_deadline() is None
+    paths.set_active(True, 10.0)
+    assert paths.next_deadline() == 0.0
+    assert len(paths.poll(10.0)) == 1
+
+
+def test_every_change_is_an_event() -> None:
+    paths = PeerPaths(NODE, TIMING, has_relay=False)
+    paths.add_candidate(A, 0.0, "connect")
+    paths.set_relay(True, 0.0)
+    events = _events(paths)
+    assert [(e.old, e.new) for e in events] == [
+        (None, Path("direct", A)),
+        (Path("direct", A), Path("relay")),
+    ]
+    assert str(events[0].new) == "direct 192.0.2.1:4000"
