@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from fleet import __version__
+from fleet.cli.agent import agent as agent_command
 from fleet.cli.common import load_key_or_fail
 from fleet.cli.coordinator import coordinator as coordinator_command
 from fleet.cli.relay import relay as relay_command
@@ -37,3 +38,4 @@ def id_(path: str) -> None:
 
 main.add_command(relay_command)
 main.add_command(coordinator_command)
+main.add_command(agent_command)

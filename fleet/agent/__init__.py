@@ -1,0 +1,11 @@
+"""The device agent: verify announcements, apply them with Nix, report to the coordinator.
+
+- procedure.py: the update procedure as a sans-IO state machine (states and transitions);
+- verify.py: the checks an announcement must pass before anything happens;
+- apply.py: the Updater, which runs the procedure with fleet.nix (download, activate, check,
+  roll back) and persists every transition before reporting it;
+- state.py: the durable local state (one fsync'd JSON file);
+- worker.py: the Agent (mailbox of accepted announcements, retries, outbox);
+- session.py: the connection to the coordinator with reconnects; dial.py: over the mesh.
+See docs/agent.md.
+"""

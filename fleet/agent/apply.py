@@ -1,0 +1,409 @@
+"""Applying an accepted announcement with Nix, driving the update procedure as it goes.
+
+The Updater is the I/O half of fleet.agent.procedure: it downloads, sets the profile, runs
+switch-to-configuration, runs health checks and rolls back, and feeds each outcome to the
+Procedure. Every transition is saved to the state file *before* it is published upstream.
+
+Actions: `switch` and `boot` set the system profile (a new generation) before running the
+script; `test` activates without touching the profile (that is what `test` means in NixOS:
+the previous default boots next time), so rolling back a failed `test` re-activates the
+profile's system with `test`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from fleet.agent.procedure import (
+    Activated,
+    AlreadyRunning,
+    CheckPassed,
+    Downloaded,
+    DownloadFailed,
+    DownloadProgress,
+    Event,
+    Failed,
+    Procedure,
+    Resumed,
+    RolledBack,
+    Start,
+    Status,
+)
+from fleet.agent.state import AgentRecord, StateFile
+from fleet.agent.verify import Accepted
+from fleet.log import get_logger
+from fleet.nix import (
+    Action,
+    ActivationResult,
+    CacheUnreachable,
+    FetchProgress,
+    Generation,
+    HashMismatch,
+    NixError,
+    NixStore,
+    NixTimeout,
+    PathNotFound,
+    ProfileError,
+    SignatureError,
+    fetch_closure,
+    rollback,
+    run_switch,
+    set_profile,
+)
+from fleet.nix.profile import list_generations_sync
+from fleet.protocol.messages import (
+    AgentState,
+    Announcement,
+    Progress,
+    StatusReport,
+    SystemState,
+)
+from fleet.wire import WireError, decode
+
+log = get_logger("fleet.agent.apply")
+
+TAIL_CHARS = 4096  # of the activation output sent upstream (the full tail is logged locally)
+
+
+class DownloadError(Exception):
+    """The closure could not be fetched; the caller retries with backoff."""
+
+
+# ---------------------------------------------------------------- health checks
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    store: NixStore
+    profile: Path
+    announcement: Announcement
+    activation: ActivationResult | None  # None when resuming after a restart
+
+
+class HealthCheck(Protocol):
+    """One check after activation: None if healthy, else what is wrong (for the report)."""
+
+    name: str
+
+    async def __call__(self, ctx: CheckContext) -> str | None: ...
+
+
+class ProfileCheck:
+    """The system profile points at the announced path (switch and boot only)."""
+
+    name = "profile"
+
+    async def __call__(self, ctx: CheckContext) -> str | None:
+        if ctx.announcement.action not in (Action.SWITCH, Action.BOOT):
+            return None
+        current = _current_generation(ctx.profile)
+        if current is None or current.path != ctx.announcement.store_path:
+            found = current.path if current is not None else "nothing"
+            return f"the system profile points at {found}, not {ctx.announcement.store_path}"
+        return None
+
+
+# ---------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class ApplyConfig:
+    store: NixStore
+    profile: Path
+    substituters: tuple[str, ...]  # from local configuration only, never the announcement
+    trusted_public_keys: tuple[str, ...]
+    switch_env: Mapping[str, str] | None = None  # None: the agent's own environment
+    fetch_timeout: float = 3600.0
+    switch_timeout: float = 900.0
+    download_attempts: int | None = None  # Nix's own retries per fetch (None: Nix default)
+    connect_timeout: int | None = None
+    progress_interval: float = 0.5  # at most one progress report per this many seconds
+    checks: Sequence[HealthCheck] = field(default_factory=lambda: (ProfileCheck(),))
+
+
+def _current_generation(profile: Path) -> Generation | None:
+    for generation in list_generations_sync(profile):
+        if generation.current:
+            return generation
+    return None
+
+
+def _tail(text: str) -> str:
+    return text[-TAIL_CHARS:]
+
+
+class Updater:
+    """Runs the procedure for one announcement at a time; owns the persisted record."""
+
+    def __init__(
+        self,
+        config: ApplyConfig,
+        state: StateFile,
+        record: AgentRecord,
+        publish: Callable[[StatusReport], None],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.publish = publish
+        self.clock = clock
+        self.procedure = Procedure(record.status, record.applied_sequence)
+        self.announcement = record.announcement
+        self.previous = record.previous
+        self.retrying = record.retrying
+        self.activating = False  # True from the end of the download to the final state
+        self._last_progress = 0.0
+
+    # -- status -------------------------------------------------------------------------
+
+    def current(self) -> SystemState:
+        generation = _current_generation(self.config.profile)
+        if generation is None:
+            return SystemState(store_path=None, generation=None)
+        return SystemState(store_path=generation.path, generation=generation.number)
+
+    def report(self) -> StatusReport:
+        return self.procedure.status.report(self.current())
+
+    @property
+    def status(self) -> Status:
+        return self.procedure.status
+
+    def _emit(self, event: Event) -> Status:
+        """Transition, persist (fsync), then publish: never report what is not durable."""
+        status = self.procedure.handle(event, self.clock())
+        if not isinstance(event, DownloadProgress):
+            self.retrying = isinstance(event, DownloadFailed)
+            self.state.save(
+                AgentRecord(
+                    applied_sequence=self.procedure.applied_sequence,
+                    status=status,
+                    announcement=self.announcement,
+                    previous=self.previous,
+                    retrying=self.retrying,
+                )
+            )
+            log.info(
+                "agent_state",
+                state=status.state.value,
+                sequence=status.sequence,
+                desired=status.desired,
+                error=status.error,
+            )
+        self.publish(status.report(self.current()))
+        return status
+
+    def _on_progress(self, snap: FetchProgress) -> None:
+        now = time.monotonic()
+        if now - self._last_progress < self.config.progress_interval:
+            return
+        self._last_progress = now
+        self._emit(DownloadProgress(_progress(snap)))
+
+    # -- the procedure --------------------------------------------------------------------
+
+    async def apply(self, accepted: Accepted) -> Status:
+        """Run one announcement to a final state. Raises DownloadError (retry later)."""
+        ann = accepted.announcement
+        self.announcement = accepted.envelope
+        current = _current_generation(self.config.profile)
+        if current is not None and current.path == ann.store_path:
+            log.info("agent_already_running", sequence=ann.sequence, path=ann.store_path)
+            return self._emit(AlreadyRunning(ann.sequence, ann.store_path))
+        self.previous = current.path if current is not None else None
+        self._emit(Start(ann.sequence, ann.store_path))
+        self._last_progress = 0.0
+        cfg = self.config
+        try:
+            result = await fetch_closure(
+                cfg.store,
+                ann.store_path,
+                cfg.substituters,
+                cfg.trusted_public_keys,
+                on_progress=self._on_progress,
+                timeout=cfg.fetch_timeout,
+                download_attempts=cfg.download_attempts,
+                connect_timeout=cfg.connect_timeout,
+            )
+        except (NixError, ValueError) as exc:
+            reason = f"download failed ({_kind(exc)}): {exc}"
+            self._emit(DownloadFailed(reason))
+            raise DownloadError(reason) from exc
+        # From here on nothing may interrupt the procedure (see Agent.offer).
+        self.activating = True
+        try:
+            self.procedure.handle(DownloadProgress(_progress(result.progress)), self.clock())
+            self._emit(Downloaded())
+            return await self._activate(ann)
+        finally:
+            self.activating = False
+
+    async def _activate(self, ann: Announcement) -> Status:
+        cfg = self.config
+        action = ann.action
+        if action in (Action.SWITCH, Action.BOOT):
+            try:
+                await set_profile(cfg.store, ann.store_path, cfg.profile)
+            except NixError as exc:
+                return self._emit(Failed(f"cannot set the system profile: {exc.reason}"))
+        try:
+            result = await run_switch(
+                cfg.store, ann.store_path, action, env=cfg.switch_env, timeout=cfg.switch_timeout
+            )
+        except NixError as exc:  # no script, or it ran past the timeout (and was killed)
+            return await self._roll_back(
+                ann, f"switch-to-configuration {action.value} did not complete: {exc.reason}"
+            )
+        if not result.ok:
+            log.warning(
+                "agent_activation_failed", exit_code=result.exit_code, tail=result.output_tail
+            )
+            return await self._roll_back(
+                ann,
+                f"switch-to-configuration {action.value} exited with code {result.exit_code}",
+                result.exit_code,
+                _tail(result.output_tail),
+            )
+        self._emit(Activated())
+        return await self._check(ann, result)
+
+    async def _check(self, ann: Announcement, result: ActivationResult | None) -> Status:
+        ctx = CheckContext(self.config.store, self.config.profile, ann, result)
+        for check in self.config.checks:
+            try:
+                problem = await check(ctx)
+            except Exception as exc:  # a broken check is a failed check, not a dead agent
+                problem = f"{type(exc).__name__}: {exc}"
+            if problem is not None:
+                return await self._roll_back(ann, f"health check {check.name} failed: {problem}")
+        return self._emit(CheckPassed())
+
+    async def _roll_back(
+        self, ann: Announcement, error: str, exit_code: int | None = None, tail: str | None = None
+    ) -> Status:
+        cfg = self.config
+        if ann.action is Action.TEST:
+            generation = _current_generation(cfg.profile)  # untouched by `test`
+            if generation is None:
+                return self._emit(
+                    Failed(f"{error}; no previous system to re-activate", exit_code, tail)
+                )
+            target = generation.path
+        else:
+            try:
+                target = (await rollback(cfg.store, cfg.profile)).path
+            except ProfileError:
+                return self._emit(
+                    Failed(f"{error}; no previous generation to roll back to", exit_code, tail)
+                )
+            except NixError as exc:
+                return self._emit(
+                    Failed(f"{error}; rollback failed: {exc.reason}", exit_code, tail)
+                )
+        log.warning("agent_rolling_back", error=error, to=target)
+        try:
+            again = await run_switch(
+                cfg.store, target, ann.action, env=cfg.switch_env, timeout=cfg.switch_timeout
+            )
+        except NixError as exc:
+            error += f"; re-activating {target} did not complete: {exc.reason}"
+        else:
+            if not again.ok:
+                error += f"; re-activating {target} exited with code {again.exit_code}"
+        return self._emit(RolledBack(error, exit_code, tail))
+
+    def expire(self, accepted: Accepted) -> None:
+        """Stop working on an announcement that expired before its download succeeded."""
+        if self.procedure.state is AgentState.DOWNLOADING:
+            seq = accepted.announcement.sequence
+            self._emit(DownloadFailed(f"announcement {seq} expired before it was downloaded"))
+        self.retrying = False
+
+    # -- after a restart ----------------------------------------------------------------
+
+    def pending(self) -> Accepted | None:
+        """The announcement to resume after a restart (a download in progress or retrying)."""
+        status = self.procedure.status
+        if self.announcement is None:
+            return None
+        if status.state is AgentState.DOWNLOADING or (
+            status.state is AgentState.FAILED and self.retrying
+        ):
+            try:
+                ann = decode(self.announcement.payload, Announcement)
+            except (WireError, ValueError, TypeError):
+                return None
+            return Accepted(ann, self.announcement, duplicate=False)
+        return None
+
+    async def recover(self) -> Status | None:
+        """Settle a procedure that a restart interrupted in activating or checking.
+
+        Nothing is re-run: the activation may have restarted the agent itself. If the profile
+        points at the new system, resume at `checking` and run the health checks (applied,
+        or rolled back if they fail). Otherwise the outcome cannot be known: report failed,
+        with the sequence consumed; an admin pushes again to retry.
+        """
+        status = self.procedure.status
+        if status.state not in (AgentState.ACTIVATING, AgentState.CHECKING):
+            return None
+        ann = None
+        if self.announcement is not None:
+            try:
+                ann = decode(self.announcement.payload, Announcement)
+            except (WireError, ValueError, TypeError):
+                ann = None
+        current = _current_generation(self.config.profile)
+        found = current.path if current is not None else "nothing"
+        log.warning("agent_recovering", state=status.state.value, profile=found)
+        if ann is None or ann.action not in (Action.SWITCH, Action.BOOT):
+            return self._emit(
+                Failed(
+                    "the agent restarted during activation; the outcome is unknown and the "
+                    "activation was not re-run"
+                )
+            )
+        if current is None or current.path != ann.store_path:
+            return self._emit(
+                Failed(
+                    f"the agent restarted during activation; the profile points at {found}, "
+                    f"not {ann.store_path}; not re-run (push again to retry)"
+                )
+            )
+        self.activating = True
+        try:
+            self._emit(Resumed())
+            return await self._check(ann, None)
+        finally:
+            self.activating = False
+
+
+def _kind(exc: Exception) -> str:
+    """A short, stable name for why a download failed (the message keeps Nix's words)."""
+    for cls, kind in _KINDS:
+        if isinstance(exc, cls):
+            return kind
+    return "nix" if isinstance(exc, NixError) else "config"
+
+
+_KINDS: tuple[tuple[type[Exception], str], ...] = (
+    (SignatureError, "signature"),
+    (HashMismatch, "hash-mismatch"),
+    (PathNotFound, "not-found"),
+    (CacheUnreachable, "cache-unreachable"),
+    (NixTimeout, "timeout"),
+)
+
+
+def _progress(snap: FetchProgress) -> Progress:
+    return Progress(
+        paths_done=snap.paths_done,
+        paths_total=snap.paths_total,
+        bytes_done=snap.bytes_done,
+        bytes_total=snap.bytes_total,
+    )

@@ -1,0 +1,71 @@
+"""`fleet agent` as a daemon: the mesh endpoint, the worker and the coordinator session as
+sibling tasks, and an orderly shutdown that never interrupts an activation."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleet.agent.apply import ApplyConfig
+from fleet.agent.dial import MeshDialer
+from fleet.agent.session import CoordinatorSession
+from fleet.agent.state import StateFile
+from fleet.agent.worker import Agent
+from fleet.identity import Identity, NodeId
+from fleet.log import get_logger
+from fleet.mesh import Endpoint
+from fleet.mesh.peer_addr import PeerAddr
+from fleet.netaddr import format_host_port
+
+log = get_logger("fleet.agent")
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    identity: Identity
+    coordinator: PeerAddr
+    relays: tuple[str, ...]
+    state_dir: Path
+    admins: tuple[NodeId, ...]
+    apply: ApplyConfig
+    listen: tuple[str, int]
+
+
+async def run_agent(settings: AgentSettings) -> None:
+    """Run until SIGTERM/SIGINT; then finish an activation in progress and stop."""
+    agent = Agent(
+        settings.identity.node_id, settings.admins, settings.apply, StateFile(settings.state_dir)
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with Endpoint(
+            settings.identity, bind=settings.listen, alpns=(), relay_urls=settings.relays
+        ) as endpoint:
+            host, port = endpoint.bound_address
+            log.info(
+                "agent_started",
+                node=str(settings.identity.node_id),
+                listen=format_host_port(host, port),
+                coordinator=str(settings.coordinator.node_id),
+                state=agent.updater.status.state.value,
+                last_sequence=agent.updater.procedure.applied_sequence,
+                profile=str(settings.apply.profile),
+            )
+            session = CoordinatorSession(agent, MeshDialer(endpoint, settings.coordinator))
+            async with asyncio.TaskGroup() as tasks:
+                work = tasks.create_task(agent.run(), name="agent-work")
+                link = tasks.create_task(session.run(), name="agent-session")
+                await stop.wait()
+                log.info("agent_signal", action="shutdown")
+                await agent.finish_activation()
+                link.cancel()
+                work.cancel()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("agent_stopped")

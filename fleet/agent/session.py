@@ -1,0 +1,152 @@
+"""The agent's one connection to the coordinator: dial, Hello/Welcome, then deliveries down and
+status up, reconnecting with jittered backoff for as long as the agent runs.
+
+How the connection is made is behind `Dialer` (the mesh in production, an in-memory pipe in
+unit tests): it returns a `Channel`, the control stream of a fresh connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from fleet.agent.backoff import Backoff
+from fleet.agent.worker import Agent
+from fleet.log import get_logger
+from fleet.protocol.messages import Deliver, Welcome
+from fleet.protocol.stream import recv_message, send_message
+from fleet.wire import ByteReader, ByteWriter, WireError
+
+log = get_logger("fleet.agent.session")
+
+
+class Channel(Protocol):
+    """The control stream of one connection to the coordinator."""
+
+    @property
+    def reader(self) -> ByteReader: ...
+
+    @property
+    def writer(self) -> ByteWriter: ...
+
+    @property
+    def path(self) -> str | None: ...  # "direct", "relay" or None, for logs
+
+    async def close(self) -> None: ...
+
+
+class Dialer(Protocol):
+    # The transport's own error types (e.g. the mesh's MeshError): they end one session.
+    errors: tuple[type[BaseException], ...]
+
+    async def __call__(self, timeout: float) -> Channel: ...
+
+
+class SessionEnded(Exception):
+    """The coordinator closed the control stream (or the connection was lost)."""
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    connect_timeout: float = 10.0
+    welcome_timeout: float = 10.0
+    send_timeout: float = 10.0
+    backoff: Backoff = field(default_factory=lambda: Backoff(initial=0.5, maximum=30.0))
+
+
+# Everything a dead or misbehaving peer can make the session raise; each ends one session.
+_SESSION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    EOFError,
+    TimeoutError,
+    WireError,
+    SessionEnded,
+    ConnectionError,
+)
+
+
+class CoordinatorSession:
+    def __init__(self, agent: Agent, dialer: Dialer, config: SessionConfig | None = None) -> None:
+        self.agent = agent
+        self.dialer = dialer
+        self.config = config or SessionConfig()
+        self.connected = asyncio.Event()  # set while a session is up (for tests and logs)
+        self.approved: bool | None = None
+        self.sessions = 0
+
+    async def run(self) -> None:
+        """Forever: connect, serve, and after any failure wait a jittered backoff."""
+        errors = (*_SESSION_ERRORS, *self.dialer.errors)
+        attempt = 0
+        while True:
+            try:
+                channel = await self.dialer(self.config.connect_timeout)
+            except errors as exc:
+                log.info("agent_connect_failed", error=str(exc) or type(exc).__name__)
+            else:
+                try:
+                    if await self._serve(channel, errors):
+                        attempt = 0
+                except Exception:  # a bug must not end the agent: log it and reconnect
+                    log.exception("agent_session_error")
+                finally:
+                    self.connected.clear()
+                    await channel.close()
+            delay = self.config.backoff.delay(attempt)
+            attempt += 1
+            log.info("agent_reconnect_wait", seconds=round(delay, 2))
+            await asyncio.sleep(delay)
+
+    async def _serve(self, channel: Channel, errors: tuple[type[BaseException], ...]) -> bool:
+        """One session; True if it got as far as a Welcome (then the backoff starts over)."""
+        cfg = self.config
+        welcomed = False
+        try:
+            await send_message(channel.writer, self.agent.hello(), timeout=cfg.send_timeout)
+            welcome = await recv_message(channel.reader, Welcome, timeout=cfg.welcome_timeout)
+            welcomed = True
+            self._welcome(welcome)
+            self.sessions += 1
+            assert self.agent.outbox is not None
+            self.agent.outbox.resync()
+            self.connected.set()
+            log.info("agent_connected", path=channel.path, approved=welcome.approved)
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._receive(channel))
+                tasks.create_task(self._send(channel))
+        except* errors as group:
+            first = group.exceptions[0]
+            log.info("agent_session_ended", error=str(first) or type(first).__name__)
+        return welcomed
+
+    def _welcome(self, welcome: Welcome) -> None:
+        if welcome.approved != self.approved:
+            if welcome.approved:
+                log.info("agent_approved", name=welcome.name)
+            else:
+                log.warning("agent_pending", detail="not approved yet; waiting")
+        self.approved = welcome.approved
+
+    async def _receive(self, channel: Channel) -> None:
+        # No read timeout: the mesh's keepalives and idle timeout detect a dead coordinator.
+        while True:
+            try:
+                message = await recv_message(channel.reader, timeout=None)
+            except EOFError:
+                raise SessionEnded("coordinator closed the control stream") from None
+            if isinstance(message, Deliver):
+                rejected = self.agent.on_deliver(message.announcement)
+                if rejected is not None and self.agent.outbox is not None:
+                    self.agent.outbox.put(rejected)
+            elif isinstance(message, Welcome):
+                self._welcome(message)
+            else:
+                log.warning("agent_unexpected_message", type=type(message).__name__)
+
+    async def _send(self, channel: Channel) -> None:
+        outbox = self.agent.outbox
+        assert outbox is not None
+        while True:
+            message = await outbox.get()
+            await send_message(channel.writer, message, timeout=self.config.send_timeout)

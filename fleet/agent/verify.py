@@ -1,0 +1,104 @@
+"""Checks an announcement must pass before the agent does anything with it.
+
+The coordinator is not trusted with what devices run: it only forwards what an admin signed.
+So the agent checks, in this order, and refuses at the first failure (nothing else happens):
+1. the envelope is signed for Tag.ANNOUNCEMENT and the signature verifies;
+2. the signer is one of the agent's configured admins (constant-time comparison);
+3. this device's node id is in `devices`;
+4. the sequence is higher than anything applied or in progress (no replay, no downgrade);
+5. it has not expired (`valid_until` >= now);
+6. the store path is a well-formed top-level store path.
+The exact announcement already in progress (same sequence, same signed bytes) is a
+duplicate delivery, not an attack: the coordinator resends the latest one on reconnect.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from fleet.identity import NodeId
+from fleet.nix import InvalidStorePath, check_store_path
+from fleet.protocol.messages import Announcement
+from fleet.wire import SignedEnvelope, Tag, WireError, verify_envelope
+
+
+class AnnouncementRefused(Exception):
+    """An announcement the agent will not act on. `reason` goes upstream verbatim."""
+
+    def __init__(self, sequence: int, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.sequence = sequence  # 0 when it could not even be read
+        self.code = code  # bad-signature, not-admin, not-for-us, replay, expired, bad-path
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Accepted:
+    announcement: Announcement
+    envelope: SignedEnvelope
+    duplicate: bool  # the very announcement already accepted: nothing new to do
+
+
+def _is_admin(signer: NodeId, admins: Iterable[NodeId]) -> bool:
+    # Compare against every admin without an early exit, each in constant time.
+    found = False
+    for admin in admins:
+        found |= hmac.compare_digest(signer.raw, admin.raw)
+    return found
+
+
+def verify_announcement(
+    envelope: SignedEnvelope,
+    *,
+    admins: Iterable[NodeId],
+    device: NodeId,
+    floor: int,
+    current: SignedEnvelope | None,
+    now: float,
+) -> Accepted:
+    """Accept or raise AnnouncementRefused.
+
+    `floor` is the highest sequence applied or in progress; `current` is the envelope of
+    the announcement in progress (or last finished), used to recognise a duplicate delivery.
+    """
+    try:
+        signer, announcement = verify_envelope(envelope, Tag.ANNOUNCEMENT, Announcement)
+    except WireError as exc:
+        raise AnnouncementRefused(0, "bad-signature", f"announcement refused: {exc}") from None
+    except (ValueError, TypeError) as exc:  # __post_init__ checks of a signed but bad message
+        raise AnnouncementRefused(0, "invalid", f"announcement refused: {exc}") from None
+    seq = announcement.sequence
+    if not _is_admin(signer, admins):
+        raise AnnouncementRefused(
+            seq, "not-admin", f"announcement {seq} is signed by {signer}, which is not an admin"
+        )
+    if not any(hmac.compare_digest(device.raw, d.raw) for d in announcement.devices):
+        raise AnnouncementRefused(
+            seq, "not-for-us", f"announcement {seq} does not target this device ({device.short()})"
+        )
+    if seq <= floor:
+        if (
+            seq == floor
+            and current is not None
+            and hmac.compare_digest(current.payload, envelope.payload)
+        ):
+            return Accepted(announcement, envelope, duplicate=True)
+        raise AnnouncementRefused(
+            seq,
+            "replay",
+            f"announcement {seq} is not newer than {floor}, the last one applied or in "
+            "progress (replayed or older announcement)",
+        )
+    if announcement.valid_until < now:
+        raise AnnouncementRefused(
+            seq,
+            "expired",
+            f"announcement {seq} expired {now - announcement.valid_until:.0f} s ago",
+        )
+    try:
+        check_store_path(announcement.store_path)
+    except InvalidStorePath as exc:
+        raise AnnouncementRefused(seq, "bad-path", f"announcement {seq}: {exc}") from None
+    return Accepted(announcement, envelope, duplicate=False)
