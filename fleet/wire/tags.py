@@ -22,6 +22,9 @@ class Tag(Enum):
     ENVELOPE = b"fleet/envelope/v1"
     ANNOUNCEMENT = b"fleet/announcement/v1"
     ADMIN_REQUEST = b"fleet/admin-request/v1"
+    CAPABILITY = b"fleet/capability/v1"
+    REVOCATION = b"fleet/revocation/v1"
+    AUDIT_CHECKPOINT = b"fleet/audit-checkpoint/v1"
 
 
 def signed_bytes(tag: Tag, payload: bytes) -> bytes:

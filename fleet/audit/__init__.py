@@ -1,0 +1,44 @@
+"""The audit trail: hash-chained entries, signed checkpoints, JSON-lines export, verifier."""
+
+from fleet.audit.checkpoint import BadCheckpoint, Checkpoint, open_checkpoint, sign_checkpoint
+from fleet.audit.export import AuditExport, ExportError, entry_json, export_lines, read_export
+from fleet.audit.record import (
+    GENESIS,
+    AuditEntry,
+    AuditRecord,
+    Outcome,
+    encode_detail,
+    make_entry,
+    record_hash,
+)
+from fleet.audit.verifier import (
+    AuditReport,
+    AuditVerifyError,
+    Authorize,
+    signed_request,
+    verify_log,
+)
+
+__all__ = [
+    "GENESIS",
+    "AuditEntry",
+    "AuditExport",
+    "AuditRecord",
+    "AuditReport",
+    "AuditVerifyError",
+    "Authorize",
+    "BadCheckpoint",
+    "Checkpoint",
+    "ExportError",
+    "Outcome",
+    "encode_detail",
+    "entry_json",
+    "export_lines",
+    "make_entry",
+    "open_checkpoint",
+    "read_export",
+    "record_hash",
+    "sign_checkpoint",
+    "signed_request",
+    "verify_log",
+]
