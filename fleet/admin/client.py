@@ -14,9 +14,14 @@ from collections.abc import AsyncGenerator
 from typing import Protocol, TypeVar
 
 from fleet.admin.errors import CoordinatorRefused, CoordinatorUnreachable, ProtocolViolation
+from fleet.capability import EMPTY_CHAIN, Chain, SignedRevocation
 from fleet.identity import Identity, NodeId
 from fleet.protocol.admin import make_admin_request
 from fleet.protocol.messages import (
+    AuditPage,
+    AuditQuery,
+    CertificateChain,
+    CertificateLookup,
     DeviceAdd,
     DeviceApprove,
     DeviceInfo,
@@ -24,11 +29,13 @@ from fleet.protocol.messages import (
     DeviceListReply,
     DeviceRemove,
     ErrorReply,
+    GrantRecord,
     NextSequence,
     NextSequenceReply,
     OkReply,
     PushAccepted,
     PushRequest,
+    RevokeRequest,
     StatusRequest,
     StatusSnapshot,
     StatusUpdate,
@@ -67,8 +74,10 @@ class AdminClient:
         *,
         timeout: float,
         transport_errors: tuple[type[BaseException], ...] = (),
+        chain: Chain = EMPTY_CHAIN,
     ) -> None:
         self.identity = identity
+        self.chain = chain  # the admin's capability chain, sent with every request
         self._transport_errors = BASE_TRANSPORT_ERRORS + transport_errors
         self.coordinator = coordinator
         self.timeout = timeout
@@ -93,6 +102,18 @@ class AdminClient:
 
     async def push(self, announcement: SignedEnvelope) -> PushAccepted:
         return await self.call(PushRequest(announcement=announcement), PushAccepted)
+
+    async def record_grant(self, chain: Chain) -> None:
+        await self.call(GrantRecord(chain=chain), OkReply)
+
+    async def revoke(self, revocation: SignedRevocation) -> None:
+        await self.call(RevokeRequest(revocation=revocation), OkReply)
+
+    async def certificate_chain(self, certificate: bytes) -> Chain:
+        return (await self.call(CertificateLookup(certificate=certificate), CertificateChain)).chain
+
+    async def audit_page(self, after: int, limit: int = 500) -> AuditPage:
+        return await self.call(AuditQuery(after=after, limit=limit), AuditPage)
 
     async def status(self) -> StatusSnapshot:
         return await self.call(StatusRequest(watch=False), StatusSnapshot)
@@ -134,7 +155,7 @@ class AdminClient:
     # -- plumbing ---------------------------------------------------------------------------
 
     def _request(self, body: Message) -> SignedEnvelope:
-        return make_admin_request(self.identity, self.coordinator, body)
+        return make_admin_request(self.identity, self.coordinator, body, chain=self.chain)
 
     async def _open(self) -> tuple[ByteReader, StreamWriter]:
         with self._translated("opening a stream"):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from fleet.admin.client import AdminClient
 from fleet.admin.errors import CoordinatorRefused, ProtocolViolation
 from fleet.admin.tracking import PushTracker
+from fleet.capability import EMPTY_CHAIN, Chain
 from fleet.identity import NodeId
 from fleet.protocol.messages import Action, Announcement, PushAccepted, StatusSnapshot
 from fleet.wire import Tag, sign_envelope
@@ -33,7 +34,9 @@ class PushPlan:
     valid_for: float  # seconds
 
 
-def make_announcement(plan: PushPlan, sequence: int, now: float) -> Announcement:
+def make_announcement(
+    plan: PushPlan, sequence: int, now: float, chain: Chain = EMPTY_CHAIN
+) -> Announcement:
     return Announcement(
         sequence=sequence,
         devices=plan.devices,
@@ -43,6 +46,7 @@ def make_announcement(plan: PushPlan, sequence: int, now: float) -> Announcement
         action=plan.action,
         issued_at=now,
         valid_until=now + plan.valid_for,
+        chain=chain,
     )
 
 
@@ -56,7 +60,7 @@ async def push(
     """Announce `plan`; returns the coordinator's acknowledgement (stored durably by then)."""
     for attempt in range(1, attempts + 1):
         sequence = await client.next_sequence()
-        announcement = make_announcement(plan, sequence, clock())
+        announcement = make_announcement(plan, sequence, clock(), client.chain)
         envelope = sign_envelope(client.identity, Tag.ANNOUNCEMENT, announcement)
         try:
             accepted = await client.push(envelope)

@@ -1,6 +1,7 @@
 """Where fleetctl finds its coordinator, key and relays: flags, then environment, then file.
 
-Precedence is flag > environment (FLEET_COORDINATOR, FLEET_KEY, FLEET_RELAY) > config file
+Precedence is flag > environment (FLEET_COORDINATOR, FLEET_KEY, FLEET_CERT, FLEET_RELAY) >
+config file
 (`--config FILE`, else `$XDG_CONFIG_HOME/fleet/fleetctl.toml` or ~/.config/fleet/fleetctl.toml
 when it exists). Pure: the caller passes the environment and the home directory in.
 """
@@ -19,9 +20,10 @@ from fleet.relay.url import InvalidRelayUrl, RelayUrl
 
 ENV_COORDINATOR = "FLEET_COORDINATOR"
 ENV_KEY = "FLEET_KEY"
+ENV_CERT = "FLEET_CERT"
 ENV_RELAY = "FLEET_RELAY"  # several relays: separated by commas or whitespace
 DEFAULT_TIMEOUT = 10.0
-FILE_KEYS = ("coordinator", "key", "relay", "timeout")
+FILE_KEYS = ("coordinator", "key", "cert", "relay", "timeout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,13 @@ class Settings:
     key: Path
     relays: tuple[RelayUrl, ...]
     timeout: float  # connecting, and each request/reply
+    cert: Path | None = None  # the admin's capability chain file (None: the key is a root)
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    key: Path
+    cert: Path | None
 
 
 def default_config_path(env: Mapping[str, str], home: Path) -> Path:
@@ -49,7 +58,7 @@ def _file_values(path: Path) -> dict[str, Any]:
         values[key] = value
     if "relay" in values and isinstance(values["relay"], str):
         values["relay"] = [values["relay"]]
-    for key in ("coordinator", "key"):
+    for key in ("coordinator", "key", "cert"):
         if key in values and not isinstance(values[key], str):
             raise SettingsError(f"{path}: {key} must be a string")
     relays = values.get("relay", [])
@@ -61,6 +70,35 @@ def _file_values(path: Path) -> dict[str, Any]:
     return values
 
 
+def _file_of(
+    config_file: str | None, env: Mapping[str, str], home: Path
+) -> tuple[dict[str, Any], str]:
+    if config_file is not None:
+        return _file_values(Path(config_file)), str(config_file)
+    default = default_config_path(env, home)
+    return (_file_values(default) if default.is_file() else {}), str(default)
+
+
+def resolve_credentials(
+    *,
+    key: str | None,
+    cert: str | None,
+    config_file: str | None,
+    env: Mapping[str, str],
+    home: Path,
+) -> Credentials:
+    """Just the key and the chain file (for commands that need no coordinator)."""
+    file_values, source = _file_of(config_file, env, home)
+    key_text = key or env.get(ENV_KEY) or file_values.get("key")
+    if not key_text:
+        raise SettingsError(f"no admin key: give --key PATH, set {ENV_KEY}, or set key in {source}")
+    cert_text = cert or env.get(ENV_CERT) or file_values.get("cert")
+    return Credentials(
+        key=Path(key_text).expanduser(),
+        cert=Path(cert_text).expanduser() if cert_text else None,
+    )
+
+
 def resolve_settings(
     *,
     coordinator: str | None,
@@ -70,15 +108,10 @@ def resolve_settings(
     config_file: str | None,
     env: Mapping[str, str],
     home: Path,
+    cert: str | None = None,
 ) -> Settings:
     """Merge the three sources; raises SettingsError naming what is missing or malformed."""
-    if config_file is not None:
-        file_values = _file_values(Path(config_file))
-        source = str(config_file)
-    else:
-        default = default_config_path(env, home)
-        file_values = _file_values(default) if default.is_file() else {}
-        source = str(default)
+    file_values, source = _file_of(config_file, env, home)
 
     coord_text = coordinator or env.get(ENV_COORDINATOR) or file_values.get("coordinator")
     if not coord_text:
@@ -91,9 +124,9 @@ def resolve_settings(
     except InvalidPeerAddr as exc:
         raise SettingsError(f"coordinator: {exc}") from exc
 
-    key_text = key or env.get(ENV_KEY) or file_values.get("key")
-    if not key_text:
-        raise SettingsError(f"no admin key: give --key PATH, set {ENV_KEY}, or set key in {source}")
+    credentials = resolve_credentials(
+        key=key, cert=cert, config_file=config_file, env=env, home=home
+    )
 
     relay_texts: list[str]
     if relays:
@@ -119,7 +152,8 @@ def resolve_settings(
         raise SettingsError(f"timeout must be positive, got {final_timeout}")
     return Settings(
         coordinator=peer,
-        key=Path(key_text).expanduser(),
+        key=credentials.key,
         relays=relay_urls,
         timeout=final_timeout,
+        cert=credentials.cert,
     )

@@ -28,15 +28,20 @@ class AgentSettings:
     coordinator: PeerAddr
     relays: tuple[str, ...]
     state_dir: Path
-    admins: tuple[NodeId, ...]
+    trust_roots: tuple[NodeId, ...]
     apply: ApplyConfig
     listen: tuple[str, int]
+    tags: tuple[str, ...] = ()
 
 
 async def run_agent(settings: AgentSettings) -> None:
     """Run until SIGTERM/SIGINT; then finish an activation in progress and stop."""
     agent = Agent(
-        settings.identity.node_id, settings.admins, settings.apply, StateFile(settings.state_dir)
+        settings.identity.node_id,
+        settings.trust_roots,
+        settings.apply,
+        StateFile(settings.state_dir),
+        tags=settings.tags,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -55,6 +60,8 @@ async def run_agent(settings: AgentSettings) -> None:
                 state=agent.updater.status.state.value,
                 last_sequence=agent.updater.procedure.applied_sequence,
                 profile=str(settings.apply.profile),
+                trust_roots=[r.short() for r in settings.trust_roots],
+                tags=list(settings.tags),
             )
             session = CoordinatorSession(agent, MeshDialer(endpoint, settings.coordinator))
             async with asyncio.TaskGroup() as tasks:

@@ -14,7 +14,7 @@ from typing import Protocol
 from fleet.agent.backoff import Backoff
 from fleet.agent.worker import Agent
 from fleet.log import get_logger
-from fleet.protocol.messages import Deliver, Welcome
+from fleet.protocol.messages import Deliver, Revocations, Welcome
 from fleet.protocol.stream import recv_message, send_message
 from fleet.wire import ByteReader, ByteWriter, WireError
 
@@ -139,6 +139,8 @@ class CoordinatorSession:
                 rejected = self.agent.on_deliver(message.announcement)
                 if rejected is not None and self.agent.outbox is not None:
                     self.agent.outbox.put(rejected)
+            elif isinstance(message, Revocations):
+                self.agent.on_revocations(message.revocations)
             elif isinstance(message, Welcome):
                 self._welcome(message)
             else:

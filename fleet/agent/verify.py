@@ -3,8 +3,11 @@
 The coordinator is not trusted with what devices run: it only forwards what an admin signed.
 So the agent checks, in this order, and refuses at the first failure (nothing else happens):
 1. the envelope is signed for Tag.ANNOUNCEMENT and the signature verifies;
-2. the signer is one of the agent's configured admins (constant-time comparison);
-3. this device's node id is in `devices`;
+2. the signer's capability chain (inside the signed announcement) leads from one of the
+   agent's own trust roots, is valid now, is not revoked (revocations the agent verified
+   itself) and grants `push` (fleet.capability);
+3. this device's node id is in `devices`, and the device (with the tags the agent is
+   configured with, never tags from the coordinator) is inside the chain's scope;
 4. the sequence is higher than anything applied or in progress (no replay, no downgrade);
 5. it has not expired (`valid_until` >= now);
 6. the store path is a well-formed top-level store path.
@@ -15,9 +18,10 @@ duplicate delivery, not an attack: the coordinator resends the latest one on rec
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Set
 from dataclasses import dataclass
 
+from fleet.capability import CapabilityError, NotSubject, Permission, UnknownRoot, authority_of
 from fleet.identity import NodeId
 from fleet.nix import InvalidStorePath, check_store_path
 from fleet.protocol.messages import Announcement
@@ -30,7 +34,10 @@ class AnnouncementRefused(Exception):
     def __init__(self, sequence: int, code: str, reason: str) -> None:
         super().__init__(reason)
         self.sequence = sequence  # 0 when it could not even be read
-        self.code = code  # bad-signature, not-admin, not-for-us, replay, expired, bad-path
+        # bad-signature, not-admin (no authority from a trust root), a capability refusal
+        # (revoked, expired-certificate, scope, action, widened, broken-link, not-delegable),
+        # not-for-us, replay, expired, bad-path
+        self.code = code
         self.reason = reason
 
 
@@ -41,22 +48,22 @@ class Accepted:
     duplicate: bool  # the very announcement already accepted: nothing new to do
 
 
-def _is_admin(signer: NodeId, admins: Iterable[NodeId]) -> bool:
-    # Compare against every admin without an early exit, each in constant time.
-    found = False
-    for admin in admins:
-        found |= hmac.compare_digest(signer.raw, admin.raw)
-    return found
+def _capability_code(exc: CapabilityError) -> str:
+    if isinstance(exc, UnknownRoot | NotSubject):
+        return "not-admin"
+    return "expired-certificate" if exc.code == "expired" else exc.code
 
 
 def verify_announcement(
     envelope: SignedEnvelope,
     *,
-    admins: Iterable[NodeId],
+    trust_roots: Collection[NodeId],
     device: NodeId,
     floor: int,
     current: SignedEnvelope | None,
     now: float,
+    tags: Iterable[str] = (),
+    revoked: Set[bytes] = frozenset(),
 ) -> Accepted:
     """Accept or raise AnnouncementRefused.
 
@@ -70,14 +77,23 @@ def verify_announcement(
     except (ValueError, TypeError) as exc:  # __post_init__ checks of a signed but bad message
         raise AnnouncementRefused(0, "invalid", f"announcement refused: {exc}") from None
     seq = announcement.sequence
-    if not _is_admin(signer, admins):
+    try:
+        authority = authority_of(signer, announcement.chain, trust_roots, now, revoked)
+        authority.require(Permission.PUSH)
+    except CapabilityError as exc:
         raise AnnouncementRefused(
-            seq, "not-admin", f"announcement {seq} is signed by {signer}, which is not an admin"
-        )
+            seq, _capability_code(exc), f"announcement {seq} is signed by {signer}: {exc}"
+        ) from None
     if not any(hmac.compare_digest(device.raw, d.raw) for d in announcement.devices):
         raise AnnouncementRefused(
             seq, "not-for-us", f"announcement {seq} does not target this device ({device.short()})"
         )
+    try:
+        authority.require(Permission.PUSH, device, tags)
+    except CapabilityError as exc:
+        raise AnnouncementRefused(
+            seq, _capability_code(exc), f"announcement {seq} is signed by {signer}: {exc}"
+        ) from None
     if seq <= floor:
         if (
             seq == floor

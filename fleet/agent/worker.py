@@ -19,8 +19,10 @@ from collections.abc import Callable, Iterable
 from fleet import __version__
 from fleet.agent.apply import ApplyConfig, DownloadError, Updater
 from fleet.agent.backoff import Backoff
+from fleet.agent.revocations import RevocationStore
 from fleet.agent.state import StateFile
 from fleet.agent.verify import Accepted, AnnouncementRefused, verify_announcement
+from fleet.capability import SignedRevocation
 from fleet.identity import NodeId
 from fleet.log import get_logger
 from fleet.protocol.messages import AnnouncementRejected, Hello, StatusReport
@@ -61,16 +63,20 @@ class Agent:
     def __init__(
         self,
         node_id: NodeId,
-        admins: Iterable[NodeId],
+        trust_roots: Iterable[NodeId],
         config: ApplyConfig,
         state: StateFile,
         *,
+        tags: Iterable[str] = (),
         retry: Backoff | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.node_id = node_id
-        self.admins = tuple(admins)
+        self.trust_roots = frozenset(trust_roots)
+        self.tags = tuple(tags)  # from local configuration: the scope check trusts only these
         self.clock = clock
+        self.revocations = RevocationStore(state.directory, self.trust_roots)
+        self.revocations.load(clock())
         self.retry = retry or Backoff(initial=5.0, maximum=300.0)
         record = state.load()
         self.outbox: Outbox | None = None
@@ -111,8 +117,10 @@ class Agent:
         try:
             accepted = verify_announcement(
                 envelope,
-                admins=self.admins,
+                trust_roots=self.trust_roots,
                 device=self.node_id,
+                tags=self.tags,
+                revoked=self.revocations.ids(),
                 floor=self.floor(),
                 current=current,
                 now=self.clock(),
@@ -127,6 +135,10 @@ class Agent:
             return None
         self.offer(accepted)
         return None
+
+    def on_revocations(self, revocations: Iterable[SignedRevocation]) -> None:
+        """Revocations from the coordinator: believed only once verified (see RevocationStore)."""
+        self.revocations.add(revocations, self.clock())
 
     def offer(self, accepted: Accepted) -> None:
         log.info(

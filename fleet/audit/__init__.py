@@ -1,5 +1,6 @@
 """The audit trail: hash-chained entries, signed checkpoints, JSON-lines export, verifier."""
 
+from fleet.audit.authority import AuthorityReplay
 from fleet.audit.checkpoint import BadCheckpoint, Checkpoint, open_checkpoint, sign_checkpoint
 from fleet.audit.export import AuditExport, ExportError, entry_json, export_lines, read_export
 from fleet.audit.record import (
@@ -26,6 +27,7 @@ __all__ = [
     "AuditRecord",
     "AuditReport",
     "AuditVerifyError",
+    "AuthorityReplay",
     "Authorize",
     "BadCheckpoint",
     "Checkpoint",

@@ -24,7 +24,8 @@ SETTINGS = (
     "coordinator",
     "relay",
     "state_dir",
-    "admin",
+    "trust_root",
+    "tag",
     "substituter",
     "trusted_public_key",
     "nix_store",
@@ -60,7 +61,16 @@ def _text(settings: dict[str, Any], key: str, default: str | None = None) -> str
 @click.option("--coordinator", help="NODEID[@HOST:PORT...] of the coordinator.")
 @click.option("--relay", multiple=True, help="Relay URL (repeatable).")
 @click.option("--state-dir", help=f"Local state directory (default {DEFAULT_STATE_DIR}).")
-@click.option("--admin", multiple=True, help="Admin NODEID whose announcements count (repeatable).")
+@click.option(
+    "--trust-root",
+    multiple=True,
+    help="Organization trust root NODEID; announcements need a chain from one (repeatable).",
+)
+@click.option(
+    "--tag",
+    multiple=True,
+    help="A tag of this device, for scoped certificates (tag:NAME scopes; repeatable).",
+)
 @click.option("--substituter", multiple=True, help="Binary cache URL to fetch from (repeatable).")
 @click.option(
     "--trusted-public-key", multiple=True, help="Nix signing key NAME:BASE64 (repeatable)."
@@ -82,9 +92,14 @@ def agent(config_file: str | None, **flags: Any) -> None:
         coordinator = PeerAddr.parse(coordinator_text)
     except InvalidPeerAddr as exc:
         raise click.BadParameter(str(exc), param_hint="coordinator") from exc
-    admins = tuple(parse_node_id_or_fail(a, "admin") for a in _list(settings, "admin"))
-    if not admins:
-        raise click.UsageError("at least one --admin NODEID is required")
+    roots = tuple(
+        dict.fromkeys(parse_node_id_or_fail(a, "trust-root") for a in _list(settings, "trust_root"))
+    )
+    if not roots:
+        raise click.UsageError(
+            "at least one --trust-root NODEID is required (whose certificates count)"
+        )
+    tags = tuple(t.removeprefix("tag:") for t in _list(settings, "tag"))
     substituters = tuple(_list(settings, "substituter"))
     keys = tuple(_list(settings, "trusted_public_key"))
     if not substituters or not keys:
@@ -117,9 +132,10 @@ def agent(config_file: str | None, **flags: Any) -> None:
                     coordinator=coordinator,
                     relays=tuple(relays),
                     state_dir=state_dir,
-                    admins=admins,
+                    trust_roots=roots,
                     apply=config,
                     listen=listen,
+                    tags=tags,
                 )
             )
         )

@@ -22,7 +22,16 @@ from fleet.log import get_logger, setup_logging
 @click.option("--listen", help="IP:PORT for the mesh endpoint (UDP; port 0: any free port).")
 @click.option("--relay", multiple=True, help="Relay URL (fleet-relay://NODEID@HOST:PORT).")
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Where the database lives.")
-@click.option("--admin", multiple=True, help="Node id allowed to act as admin (repeatable).")
+@click.option(
+    "--trust-root",
+    multiple=True,
+    help="Organization trust root NODEID; admins need a chain from one (repeatable).",
+)
+@click.option(
+    "--checkpoint-interval",
+    type=float,
+    help="Seconds between signed checkpoints of the audit head (default 60).",
+)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML settings.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 def coordinator(config_file: str | None, **flags: Any) -> None:

@@ -22,11 +22,20 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from fleet import __version__
+from fleet.admin import auditing
+from fleet.admin.auditing import (
+    fetch_log,
+    parse_since,
+    roots_of,
+    select,
+    table,
+    verify,
+)
 from fleet.admin.client import AdminClient
 from fleet.admin.duration import parse_duration
 from fleet.admin.errors import AdminError, unwrap_group
 from fleet.admin.push import PushPlan, push, wait_for_devices
-from fleet.admin.settings import Settings, resolve_settings
+from fleet.admin.settings import Credentials, Settings, resolve_credentials, resolve_settings
 from fleet.admin.targets import resolve_targets
 from fleet.admin.tracking import PushTracker
 from fleet.admin.views import (
@@ -38,8 +47,26 @@ from fleet.admin.views import (
     status_json,
     status_table,
 )
+from fleet.audit import AuditVerifyError, ExportError, export_lines, read_export
+from fleet.capability import (
+    EMPTY_CHAIN,
+    CapabilityError,
+    Chain,
+    ChainFileError,
+    Scope,
+    authority_of,
+    certificate_id,
+    certificates_of,
+    format_id,
+    issue,
+    parse_id,
+    parse_permissions,
+    read_chain,
+    revoke,
+    write_chain,
+)
 from fleet.cli.common import load_key_or_fail, parse_node_id_or_fail
-from fleet.identity import Identity
+from fleet.identity import Identity, KeyFileError, NodeId, write_new_key
 from fleet.log import setup_logging
 from fleet.nix.errors import InvalidStorePath
 from fleet.nix.store import check_store_path
@@ -61,6 +88,7 @@ class GlobalOptions:
     config_file: str | None
     timeout: float | None
     log_level: str
+    cert: str | None = None
 
 
 def _settings(options: GlobalOptions) -> Settings:
@@ -68,6 +96,7 @@ def _settings(options: GlobalOptions) -> Settings:
         return resolve_settings(
             coordinator=options.coordinator,
             key=options.key,
+            cert=options.cert,
             relays=options.relays,
             timeout=options.timeout,
             config_file=options.config_file,
@@ -75,6 +104,28 @@ def _settings(options: GlobalOptions) -> Settings:
             home=Path.home(),
         )
     except AdminError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _credentials(options: GlobalOptions) -> Credentials:
+    try:
+        return resolve_credentials(
+            key=options.key,
+            cert=options.cert,
+            config_file=options.config_file,
+            env=os.environ,
+            home=Path.home(),
+        )
+    except AdminError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _load_chain(path: Path | None) -> Chain:
+    if path is None:
+        return EMPTY_CHAIN
+    try:
+        return read_chain(path)
+    except ChainFileError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -93,10 +144,12 @@ def _run(ctx: click.Context, work: Callable[[AdminClient], Awaitable[T]]) -> T:
     assert options is not None
     settings = _settings(options)
     identity = load_key_or_fail(settings.key)
+    chain = _load_chain(settings.cert)
     setup_logging(options.log_level)
 
     async def session() -> T:
         async with _open_client(identity, settings) as client:
+            client.chain = chain
             return await work(client)
 
     try:
@@ -144,6 +197,12 @@ def _fail(message: str, code: int) -> NoReturn:
     help="The admin's key file or OpenSSH ed25519 key (env FLEET_KEY).",
 )
 @click.option(
+    "--cert",
+    type=click.Path(dir_okay=False),
+    help="The key's capability chain file from `fleetctl grant` (env FLEET_CERT); "
+    "not needed for a trust root's own key.",
+)
+@click.option(
     "--relay",
     "relays",
     multiple=True,
@@ -169,6 +228,7 @@ def main(
     ctx: click.Context,
     coordinator: str | None,
     key: str | None,
+    cert: str | None,
     relays: tuple[str, ...],
     config_file: str | None,
     timeout: float | None,
@@ -177,11 +237,11 @@ def main(
     """fleetctl: administer a fleet through its coordinator.
 
     Settings come from flags, then the environment (FLEET_COORDINATOR, FLEET_KEY,
-    FLEET_RELAY), then the config file; flags win.
+    FLEET_CERT, FLEET_RELAY), then the config file; flags win.
     """
     if timeout is not None and timeout <= 0:
         raise click.BadParameter("must be positive", param_hint="--timeout")
-    ctx.obj = GlobalOptions(coordinator, key, relays, config_file, timeout, log_level)
+    ctx.obj = GlobalOptions(coordinator, key, relays, config_file, timeout, log_level, cert)
 
 
 # ---------------------------------------------------------------- devices
@@ -416,6 +476,280 @@ async def _watch(client: AdminClient, *, as_json: bool, tty: bool) -> None:
             else:
                 sys.stdout.write(f"-- {stamp}\n{text}\n\n")
             sys.stdout.flush()
+
+
+# ---------------------------------------------------------------- organization and grants
+
+
+@main.group()
+def org() -> None:
+    """The organization's trust root."""
+
+
+@org.command("init")
+@click.option(
+    "--out", "out", required=True, type=click.Path(dir_okay=False), help="Where to write the key."
+)
+def org_init(out: str) -> None:
+    """Create a trust root key (keep it offline) and print its node id."""
+    try:
+        identity = write_new_key(out)
+    except KeyFileError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(str(identity.node_id))
+    click.echo(
+        f"trust root written to {out} (mode 0600). Configure coordinators and agents with\n"
+        f"  --trust-root {identity.node_id}\n"
+        "and grant admin keys from it: fleetctl --key ROOT_KEY grant NODEID --allow ... --out "
+        "FILE",
+        err=True,
+    )
+
+
+def _issuer_authority(identity: Identity, chain: Chain, now: float) -> frozenset[NodeId]:
+    """The roots our own chain starts at (checked locally so a bad grant fails early)."""
+    roots = roots_of(identity.node_id, chain)
+    try:
+        authority_of(identity.node_id, chain, roots, now)
+    except CapabilityError as exc:
+        raise click.ClickException(f"your own certificate chain: {exc}") from exc
+    return roots
+
+
+@main.command("grant")
+@click.argument("subject")
+@click.option(
+    "--allow", "allow", required=True, multiple=True, help="Actions: push,devices,grant,read,audit."
+)
+@click.option(
+    "--scope",
+    "scope",
+    required=True,
+    multiple=True,
+    help="'*', tag:NAME or a device NODEID; comma-separated or repeated.",
+)
+@click.option(
+    "--expires", default="30d", show_default=True, help="Lifetime (90s, 15m, 12h, 30d, 2w)."
+)
+@click.option("--delegate", is_flag=True, help="The subject may grant a part of this further.")
+@click.option(
+    "--out", "out", required=True, type=click.Path(dir_okay=False), help="The subject's chain."
+)
+@click.option(
+    "--record/--no-record",
+    default=True,
+    show_default=True,
+    help="Report the grant to the coordinator for its audit log.",
+)
+@click.pass_context
+def grant_command(
+    ctx: click.Context,
+    subject: str,
+    allow: tuple[str, ...],
+    scope: tuple[str, ...],
+    expires: str,
+    delegate: bool,
+    out: str,
+    record: bool,
+) -> None:
+    """Issue SUBJECT a certificate within your own authority; write its whole chain to --out."""
+    options = ctx.find_object(GlobalOptions)
+    assert options is not None
+    subject_id = parse_node_id_or_fail(subject, "SUBJECT")
+    try:
+        actions = parse_permissions(allow)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--allow") from exc
+    try:
+        granted_scope = Scope.parse(scope)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--scope") from exc
+    try:
+        lifetime = parse_duration(expires)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--expires") from exc
+    if delegate and "grant" not in actions:
+        actions = parse_permissions([*actions, "grant"])
+    credentials = _credentials(options)
+    identity = load_key_or_fail(credentials.key)
+    own = _load_chain(credentials.cert)
+    now = time.time()
+    roots = _issuer_authority(identity, own, now)
+    mine = authority_of(identity.node_id, own, roots, now)
+    not_before = now - 300  # tolerate clocks a little behind ours
+    if mine.not_before is not None:
+        not_before = max(not_before, mine.not_before)
+    not_after = now + lifetime
+    if mine.not_after is not None and not_after > mine.not_after:
+        raise click.BadParameter(
+            f"ends after your own certificate ({iso_utc(mine.not_after)}); "
+            "ask for a renewal or choose a shorter --expires",
+            param_hint="--expires",
+        )
+    try:
+        chain = issue(
+            identity,
+            own,
+            roots,
+            subject_id,
+            actions,
+            granted_scope,
+            not_before=not_before,
+            not_after=not_after,
+            may_delegate=delegate,
+            now=now,
+        )
+    except CapabilityError as exc:
+        raise click.ClickException(f"cannot grant this: {exc}") from exc
+    write_chain(out, chain)
+    cert_id = format_id(certificate_id(chain.certificates[-1]))
+    click.echo(cert_id)
+    click.echo(
+        f"granted {','.join(actions)} on {granted_scope.describe()} to {subject_id} until "
+        f"{iso_utc(not_after)}" + (" (may delegate)" if delegate else "") + f"; chain in {out}",
+        err=True,
+    )
+    if record:
+        _run(ctx, lambda c: c.record_grant(chain))
+
+
+@main.command("revoke")
+@click.argument("cert_id")
+@click.option("--reason", default="", help="Why (kept in the revocation and the audit log).")
+@click.option(
+    "--chain",
+    "chain_file",
+    type=click.Path(dir_okay=False),
+    help="The revoked key's chain file (else the coordinator's copy is used).",
+)
+@click.pass_context
+def revoke_command(ctx: click.Context, cert_id: str, reason: str, chain_file: str | None) -> None:
+    """Revoke the certificate CERT_ID (and every chain through it), for good."""
+    try:
+        target = parse_id(cert_id)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="CERT_ID") from exc
+    options = ctx.find_object(GlobalOptions)
+    assert options is not None
+    credentials = _credentials(options)
+    identity = load_key_or_fail(credentials.key)
+    own = _load_chain(credentials.cert)
+    revoked_chain = _load_chain(Path(chain_file)) if chain_file else None
+    if revoked_chain is not None and (
+        not revoked_chain.certificates or certificate_id(revoked_chain.certificates[-1]) != target
+    ):
+        raise click.BadParameter(f"does not end with certificate {cert_id}", param_hint="--chain")
+
+    async def work(client: AdminClient) -> None:
+        chain = revoked_chain
+        if chain is None and own.certificates:  # a root needs no proof
+            chain = await client.certificate_chain(target)
+            if certificate_id(chain.certificates[-1]) != target:
+                raise click.ClickException("the coordinator returned the wrong chain")
+            certificates_of(chain)  # signatures verify: the coordinator cannot forge them
+        signed = revoke(
+            identity,
+            own,
+            target,
+            revoked_chain=chain or EMPTY_CHAIN,
+            reason=reason,
+            now=time.time(),
+        )
+        await client.revoke(signed)
+
+    _run(ctx, work)
+    click.echo(f"revoked {cert_id}")
+
+
+# ---------------------------------------------------------------- audit
+
+
+@main.group("audit", invoke_without_command=True)
+@click.option("--since", help="Only entries since this time (ISO 8601) or duration ago (2h, 7d).")
+@click.option("--actor", help="Only entries of this actor (node id or its prefix).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+@click.pass_context
+def audit_group(ctx: click.Context, since: str | None, actor: str | None, as_json: bool) -> None:
+    """List the audit log (or verify / export it, see the subcommands)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    try:
+        since_time = parse_since(since, time.time()) if since else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from exc
+    fetched = _run(ctx, fetch_log)
+    chosen = select(fetched.entries, since_time, actor)
+    if as_json:
+        _print_json([auditing.as_json(e) for e in chosen])
+    else:
+        click.echo(table(chosen))
+
+
+@audit_group.command("verify")
+@click.option(
+    "--file",
+    "export_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Verify an export (fleetctl audit export) offline instead of the coordinator's log.",
+)
+@click.option(
+    "--trust-root",
+    "trust_roots",
+    multiple=True,
+    help="Trust root NODEID to check authority against (default: the root of your --cert).",
+)
+@click.pass_context
+def audit_verify(ctx: click.Context, export_file: str | None, trust_roots: tuple[str, ...]) -> None:
+    """Check the whole log: hash chain, every signature, checkpoints, authority."""
+    roots = frozenset(parse_node_id_or_fail(r, "--trust-root") for r in trust_roots)
+    if export_file is not None:
+        if not roots:
+            raise click.UsageError("--file needs --trust-root NODEID (offline, nothing else)")
+        try:
+            with open(export_file, encoding="utf-8") as lines:
+                exported = read_export(lines)
+        except (OSError, ExportError) as exc:
+            raise click.ClickException(f"{export_file}: {exc}") from exc
+        entries, checkpoints, coordinator = (
+            exported.entries,
+            exported.checkpoints,
+            exported.coordinator,
+        )
+    else:
+        options = ctx.find_object(GlobalOptions)
+        assert options is not None
+        settings = _settings(options)
+        if not roots:
+            identity = load_key_or_fail(settings.key)
+            roots = roots_of(identity.node_id, _load_chain(settings.cert))
+        fetched = _run(ctx, fetch_log)
+        entries, checkpoints = fetched.entries, fetched.checkpoints
+        coordinator = settings.coordinator.node_id
+    try:
+        report = verify(entries, checkpoints, coordinator, roots)
+    except AuditVerifyError as exc:
+        _fail(f"audit log is NOT intact: {exc}", 1)
+    click.echo(report.summary())
+
+
+@audit_group.command("export")
+@click.option("--out", "out", type=click.Path(dir_okay=False), help="File (default stdout).")
+@click.pass_context
+def audit_export(ctx: click.Context, out: str | None) -> None:
+    """Write the log and its checkpoints as JSON lines, verifiable offline."""
+    options = ctx.find_object(GlobalOptions)
+    assert options is not None
+    coordinator = _settings(options).coordinator.node_id
+    fetched = _run(ctx, fetch_log)
+    lines = export_lines(coordinator, fetched.entries, fetched.checkpoints)
+    if out is None:
+        for line in lines:
+            sys.stdout.write(line)
+        sys.stdout.flush()
+        return
+    with open(out, "w", encoding="utf-8") as f:
+        f.writelines(lines)
+    click.echo(f"exported {len(fetched.entries)} entries to {out}", err=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from fleet.coordinator.database import Database
@@ -27,7 +28,7 @@ async def run(settings: CoordinatorSettings, identity: Identity) -> None:
     db = await Database.open(settings.database)
     try:
         os.chmod(settings.database, 0o600)
-        service = CoordinatorService(db, identity.node_id, settings.admins)
+        service = CoordinatorService(db, identity.node_id, settings.trust_roots, signer=identity)
         async with Endpoint(
             identity,
             bind=settings.listen,
@@ -41,9 +42,18 @@ async def run(settings: CoordinatorSettings, identity: Identity) -> None:
                 address=format_host_port(host, port),
                 addrs=[format_host_port(h, p) for h, p in endpoint.local_addresses],
                 relays=[str(r) for r in settings.relays],
-                admins=[a.short() for a in settings.admins],
+                trust_roots=[a.short() for a in settings.trust_roots],
                 state=str(settings.database),
             )
-            await CoordinatorServer(service).serve(endpoint)
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(_checkpoints(service, settings.checkpoint_interval))
+                await CoordinatorServer(service).serve(endpoint)
     finally:
         await db.close()
+
+
+async def _checkpoints(service: CoordinatorService, interval: float) -> None:
+    """Sign the audit head every `interval` seconds when it moved (and once at start)."""
+    while True:
+        await service.checkpoint()
+        await asyncio.sleep(interval)

@@ -11,6 +11,12 @@ Ordering rules that make acknowledgements trustworthy:
   never delivered (crash, agent offline) reaches it on its next connection;
 - an agent being welcomed parks live pushes until the Welcome is out, so no push accepted
   while its lookup ran can slip between the lookup and the Welcome.
+
+Authority: every admin request carries the signer's capability chain, checked against the
+configured trust roots and the revocations (fleet.capability) before anything else; each
+request type then needs its action, and device changes and pushes need every device in
+the chain's scope. The announcement inside a push carries its signer's chain as well,
+checked the same way (agents check it again themselves).
 """
 
 from __future__ import annotations
@@ -21,14 +27,26 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from fleet.coordinator import announcements, audit, registry
+from fleet.audit import sign_checkpoint
+from fleet.capability import (
+    Authority,
+    CapabilityError,
+    Chain,
+    Permission,
+    RevocationList,
+    authority_of,
+    certificates_of,
+    format_id,
+    verify_revocation,
+)
+from fleet.coordinator import announcements, audit, registry, trust
 from fleet.coordinator.announcements import StoredAnnouncement
 from fleet.coordinator.audit import Outcome
 from fleet.coordinator.database import Database, Transaction
 from fleet.coordinator.registry import DeviceRecord, LastReport, RegistryError
 from fleet.coordinator.sessions import AgentLink, AgentSession, Phase
 from fleet.coordinator.watchers import StatusWatcher
-from fleet.identity import NodeId
+from fleet.identity import Identity, NodeId
 from fleet.log import get_logger
 from fleet.nix.errors import InvalidStorePath
 from fleet.nix.store import check_store_path
@@ -38,6 +56,11 @@ from fleet.protocol.messages import (
     AgentState,
     Announcement,
     AnnouncementRejected,
+    AuditPage,
+    AuditQuery,
+    AuditRow,
+    CertificateChain,
+    CertificateLookup,
     Deliver,
     DesiredSystem,
     DeviceAdd,
@@ -47,12 +70,15 @@ from fleet.protocol.messages import (
     DeviceRemove,
     DeviceStatus,
     ErrorReply,
+    GrantRecord,
     Hello,
     NextSequence,
     NextSequenceReply,
     OkReply,
     PushAccepted,
     PushRequest,
+    Revocations,
+    RevokeRequest,
     StatusReport,
     StatusRequest,
     StatusSnapshot,
@@ -63,6 +89,7 @@ from fleet.wire import Message, SignedEnvelope, Tag, WireError, decode, encode, 
 log = get_logger(__name__)
 
 MAX_PENDING = 10_000  # unapproved devices remembered; more are turned away unrecorded
+AUDIT_PAGE = 500  # audit entries per AuditPage at most
 
 ACTIONS: dict[type[Message], str] = {
     NextSequence: "next-sequence",
@@ -72,9 +99,27 @@ ACTIONS: dict[type[Message], str] = {
     DeviceRemove: "device-remove",
     DeviceList: "device-list",
     StatusRequest: "status",
+    GrantRecord: "grant",
+    RevokeRequest: "revoke",
+    CertificateLookup: "certificate-lookup",
+    AuditQuery: "audit-read",
+}
+# The capability each request needs (revocation authority is checked by verify_revocation).
+NEEDS: dict[type[Message], Permission | None] = {
+    NextSequence: Permission.PUSH,
+    PushRequest: Permission.PUSH,
+    DeviceAdd: Permission.DEVICES,
+    DeviceApprove: Permission.DEVICES,
+    DeviceRemove: Permission.DEVICES,
+    DeviceList: Permission.READ,
+    StatusRequest: Permission.READ,
+    GrantRecord: Permission.GRANT,
+    RevokeRequest: None,
+    CertificateLookup: Permission.GRANT,
+    AuditQuery: Permission.AUDIT,
 }
 # Reads are not administrative actions: only their nonce is kept, no audit row.
-READ_ONLY = (NextSequence, DeviceList, StatusRequest)
+READ_ONLY = (NextSequence, DeviceList, StatusRequest, CertificateLookup, AuditQuery)
 
 
 class Refused(Exception):
@@ -100,18 +145,47 @@ class CoordinatorService:
         self,
         db: Database,
         node_id: NodeId,
-        admins: Iterable[NodeId],
+        trust_roots: Iterable[NodeId],
         *,
+        signer: Identity | None = None,
         clock: Callable[[], float] = time.time,
         max_pending: int = MAX_PENDING,
     ) -> None:
         self.db = db
         self.node_id = node_id
-        self.admins = frozenset(admins)
+        self.trust_roots = frozenset(trust_roots)
+        self.signer = signer  # signs audit checkpoints (None: no checkpoints, for tests)
         self.clock = clock
         self.max_pending = max_pending
         self.sessions: dict[NodeId, AgentSession] = {}
         self.watchers: set[StatusWatcher] = set()
+        self._revoked: RevocationList | None = None
+
+    async def revocations(self) -> RevocationList:
+        """The verified revocations (loaded from the database on first use)."""
+        if self._revoked is None:
+            revoked = RevocationList()
+            for problem in revoked.add_all(
+                await trust.all_revocations(self.db), self.trust_roots, self.clock()
+            ):
+                log.warning("revocation_ignored", reason=str(problem))
+            self._revoked = revoked
+        return self._revoked
+
+    async def checkpoint(self) -> int | None:
+        """Sign the audit head if it moved since the last checkpoint; its sequence, or None."""
+        if self.signer is None:
+            return None
+        async with self.db.transaction() as tx:
+            head = await tx.fetchone("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")
+            if head is None or int(head["id"]) <= await trust.last_checkpoint(tx):
+                return None
+            now = self.clock()
+            sequence = int(head["id"])
+            envelope = sign_checkpoint(self.signer, sequence, bytes(head["hash"]), now)
+            await trust.insert_checkpoint(tx, sequence, envelope, now)
+        log.info("audit_checkpoint", sequence=sequence)
+        return sequence
 
     # ------------------------------------------------------------------ admin requests
 
@@ -147,12 +221,6 @@ class CoordinatorService:
             opened = _open_admin_request(envelope, self.node_id, now=now)
         except AdminRequestError as exc:
             raise Refused(exc.code, str(exc), signer=str(envelope.signer)) from None
-        if opened.signer not in self.admins:
-            raise Refused(
-                "unauthorized",
-                f"{opened.signer} is not an admin of this coordinator",
-                signer=str(opened.signer),
-            )
         if opened.signer != connection_id:
             raise Refused(
                 "unauthorized",
@@ -164,13 +232,57 @@ class CoordinatorService:
             raise Refused("invalid", f"{opened.body.wire_type} is not an admin request")
         return opened
 
+    async def _authority(
+        self, holder: NodeId, chain: Chain, now: float, /, **detail: Any
+    ) -> Authority:
+        """The holder's verified authority, or a refusal naming what is wrong with its chain."""
+        revoked = await self.revocations()
+        try:
+            return authority_of(holder, chain, self.trust_roots, now, revoked.ids())
+        except CapabilityError as exc:
+            detail.setdefault("signer", str(holder))
+            raise Refused(
+                "unauthorized", f"{exc.code}: {exc}", capability=exc.code, **detail
+            ) from None
+
+    @staticmethod
+    def _require(
+        authority: Authority,
+        action: Permission,
+        device: NodeId | None = None,
+        tags: Iterable[str] = (),
+        /,
+        **detail: Any,
+    ) -> None:
+        try:
+            authority.require(action, device, tags)
+        except CapabilityError as exc:
+            raise Refused(
+                "unauthorized", f"{exc.code}: {exc}", capability=exc.code, **detail
+            ) from None
+
     async def _dispatch(
         self, opened: OpenedRequest, raw: bytes, actor: NodeId, now: float
     ) -> AdminResult:
         body = opened.body
+        authority = await self._authority(opened.signer, opened.chain, now)
+        needed = NEEDS[type(body)]
+        if needed is not None:
+            self._require(authority, needed, signer=str(opened.signer))
         if isinstance(body, READ_ONLY):
             async with self.db.transaction() as tx:
                 await self._use_nonce(tx, opened)
+            if isinstance(body, CertificateLookup):
+                chain = await trust.chain_of(self.db, body.certificate)
+                if chain is None:
+                    raise Refused(
+                        "not-found",
+                        f"certificate {format_id(body.certificate)} has not been seen by "
+                        "this coordinator (pass its chain file with --chain)",
+                    )
+                return AdminResult(CertificateChain(chain=chain))
+            if isinstance(body, AuditQuery):
+                return AdminResult(await self.audit_page(body))
             if isinstance(body, NextSequence):
                 return AdminResult(
                     NextSequenceReply(sequence=await announcements.max_sequence(self.db) + 1)
@@ -187,11 +299,16 @@ class CoordinatorService:
                 self.watchers.add(watcher)
             return AdminResult(StatusSnapshot(devices=await self.snapshot()), watcher=watcher)
         if isinstance(body, PushRequest):
-            return await self._push(opened, body, raw, actor, now)
-        return await self._change_device(opened, body, raw, actor, now)
+            return await self._push(opened, authority, body, raw, actor, now)
+        if isinstance(body, GrantRecord):
+            return await self._grant(opened, body, raw, actor, now)
+        if isinstance(body, RevokeRequest):
+            return await self._revoke(opened, body, raw, actor, now)
+        return await self._change_device(opened, authority, body, raw, actor, now)
 
     async def _use_nonce(self, tx: Transaction, opened: OpenedRequest) -> None:
-        """Record the request's nonce; a nonce seen before means a replayed request."""
+        """Record the request's nonce (a nonce seen before means a replayed request), and
+        the certificates of its chain (verified by then, or the request is refused)."""
         await tx.execute(
             "DELETE FROM admin_nonces WHERE issued_at < ?",
             (self.clock() - 2 * MAX_CLOCK_SKEW,),
@@ -203,6 +320,7 @@ class CoordinatorService:
             "INSERT INTO admin_nonces (nonce, signer, issued_at) VALUES (?, ?, ?)",
             (opened.nonce, str(opened.signer), opened.issued_at),
         )
+        await trust.remember_chain(tx, opened.chain, self.clock())
 
     async def _audit_refusal(
         self,
@@ -229,7 +347,13 @@ class CoordinatorService:
             )
 
     async def _push(
-        self, opened: OpenedRequest, body: PushRequest, raw: bytes, actor: NodeId, now: float
+        self,
+        opened: OpenedRequest,
+        authority: Authority,
+        body: PushRequest,
+        raw: bytes,
+        actor: NodeId,
+        now: float,
     ) -> AdminResult:
         try:
             signer, ann = verify_envelope(body.announcement, Tag.ANNOUNCEMENT, Announcement)
@@ -243,10 +367,8 @@ class CoordinatorService:
             "targets": list(ann.targets),
             "signer": str(signer),
         }
-        if signer not in self.admins:
-            raise Refused(
-                "unauthorized", f"announcement signed by {signer}, not an admin", **detail
-            )
+        signer_authority = await self._authority(signer, ann.chain, now, **detail)
+        self._require(signer_authority, Permission.PUSH, **detail)
         try:
             check_store_path(ann.store_path)
         except InvalidStorePath as exc:
@@ -271,6 +393,13 @@ class CoordinatorService:
                 if known.get(device) is not True:
                     state = "pending approval" if device in known else "not registered"
                     raise Refused("not-found", f"target device {device} is {state}", **detail)
+            for device in dict.fromkeys(ann.devices):
+                record = await registry.get(tx, device)
+                tags = record.tags if record is not None else ()
+                # Both the request's signer and the announcement's: usually the same key.
+                self._require(signer_authority, Permission.PUSH, device, tags, **detail)
+                self._require(authority, Permission.PUSH, device, tags, **detail)
+            await trust.remember_chain(tx, ann.chain, now)
             stored = await announcements.insert(tx, signer, body.announcement, ann, now)
             await audit.append(
                 tx,
@@ -293,11 +422,18 @@ class CoordinatorService:
         )
 
     async def _change_device(
-        self, opened: OpenedRequest, body: Message, raw: bytes, actor: NodeId, now: float
+        self,
+        opened: OpenedRequest,
+        authority: Authority,
+        body: Message,
+        raw: bytes,
+        actor: NodeId,
+        now: float,
     ) -> AdminResult:
         action = ACTIONS[type(body)]
         try:
             async with self.db.transaction() as tx:
+                await self._device_in_scope(tx, authority, body)
                 await self._use_nonce(tx, opened)
                 if isinstance(body, DeviceAdd):
                     record = await registry.add(tx, body.node_id, body.name, body.tags, now)
@@ -331,6 +467,136 @@ class CoordinatorService:
             await self._welcome(session, record)
         await self._publish([record.node_id])
         return AdminResult(OkReply())
+
+    async def _device_in_scope(self, tx: Transaction, authority: Authority, body: Message) -> None:
+        """A device change needs the device (as it is, and as it will be) inside the scope."""
+        if isinstance(body, DeviceRemove):
+            row = await tx.fetchone("SELECT node_id FROM devices WHERE name = ?", (body.name,))
+            if row is None:
+                return  # the registry refuses it as not-found
+            existing = await registry.get(tx, NodeId.parse(str(row["node_id"])))
+        else:
+            assert isinstance(body, DeviceAdd | DeviceApprove)
+            existing = await registry.get(tx, body.node_id)
+        if existing is not None:
+            self._require(authority, Permission.DEVICES, existing.node_id, existing.tags)
+        if isinstance(body, DeviceAdd):
+            self._require(authority, Permission.DEVICES, body.node_id, body.tags)
+            if not authority.scope.contains(body.node_id):  # in scope only by its tags
+                try:
+                    authority.require_tags(body.tags)
+                except CapabilityError as exc:
+                    raise Refused(
+                        "unauthorized", f"{exc.code}: {exc}", capability=exc.code
+                    ) from None
+        elif existing is None and isinstance(body, DeviceApprove):
+            self._require(authority, Permission.DEVICES, body.node_id)
+
+    async def _grant(
+        self, opened: OpenedRequest, body: GrantRecord, raw: bytes, actor: NodeId, now: float
+    ) -> AdminResult:
+        """Record a certificate the signer issued: it must verify and be issued by the signer."""
+        chain = body.chain
+        if not chain.certificates:
+            raise Refused("invalid", "a grant record carries the new certificate's chain")
+        authority = await self._authority(
+            chain_subject(chain), chain, now, note="the granted chain itself"
+        )
+        issued = authority.certificate_ids[-1]
+        _, cert = certificates_of(chain)[-1]
+        detail: dict[str, Any] = {
+            "certificate": format_id(issued),
+            "issuer": str(cert.issuer),
+            "subject": str(cert.subject),
+            "actions": list(cert.actions),
+            "scope": cert.scope.describe(),
+            "not_before": cert.not_before,
+            "not_after": cert.not_after,
+            "may_delegate": cert.may_delegate,
+        }
+        if cert.issuer != opened.signer:
+            raise Refused(
+                "unauthorized",
+                f"the certificate was issued by {cert.issuer.short()}, not by the requester",
+                **detail,
+            )
+        async with self.db.transaction() as tx:
+            await self._use_nonce(tx, opened)
+            await trust.remember_chain(tx, chain, now)
+            await audit.append(
+                tx,
+                time=now,
+                actor=str(actor),
+                action="grant",
+                outcome=Outcome.ACCEPTED,
+                detail=detail,
+                request=raw,
+            )
+        log.info("grant_recorded", certificate=format_id(issued), subject=cert.subject.short())
+        return AdminResult(OkReply())
+
+    async def _revoke(
+        self, opened: OpenedRequest, body: RevokeRequest, raw: bytes, actor: NodeId, now: float
+    ) -> AdminResult:
+        revoked = await self.revocations()
+        try:
+            statement = verify_revocation(body.revocation, self.trust_roots, now)
+        except CapabilityError as exc:
+            raise Refused("unauthorized", f"{exc.code}: {exc}", capability=exc.code) from None
+        detail = {"certificate": format_id(statement.certificate), "reason": statement.reason}
+        async with self.db.transaction() as tx:
+            await self._use_nonce(tx, opened)
+            new = await trust.store_revocation(
+                tx, body.revocation, statement.certificate, str(opened.signer), now
+            )
+            await audit.append(
+                tx,
+                time=now,
+                actor=str(actor),
+                action="revoke",
+                outcome=Outcome.ACCEPTED,
+                detail={**detail, "new": new},
+                request=raw,
+            )
+        revoked.add(body.revocation, self.trust_roots, now)
+        log.info("certificate_revoked", certificate=detail["certificate"], new=new)
+        if new:
+            payload = encode(Revocations(revocations=(body.revocation,)))
+            for session in self.sessions.values():
+                if session.phase is Phase.LIVE:
+                    session.link.send(payload)
+        return AdminResult(OkReply())
+
+    async def audit_page(self, query: AuditQuery) -> AuditPage:
+        """Entries after `query.after`, with the checkpoints that cover them."""
+        await self.checkpoint()  # hand out a signed head with every read of the log
+        limit = max(1, min(query.limit, AUDIT_PAGE))
+        rows = await self.db.fetchall(
+            "SELECT * FROM audit WHERE id > ? ORDER BY id LIMIT ?", (query.after, limit + 1)
+        )
+        more = len(rows) > limit
+        entries = [audit.entry_of_row(r) for r in rows[:limit]]
+        high = entries[-1].id if entries else query.after
+        low = query.after
+        checkpoints = await trust.checkpoints_between(self.db, low, high if more else 2**62)
+        return AuditPage(
+            entries=tuple(
+                AuditRow(
+                    id=e.id,
+                    time=e.time,
+                    actor=e.actor,
+                    action=e.action,
+                    outcome=e.outcome,
+                    detail=e.detail,
+                    request=e.request,
+                    prev_hash=e.prev_hash,
+                    hash=e.hash,
+                )
+                for e in entries
+            ),
+            checkpoints=tuple(checkpoints),
+            more=more,
+        )
 
     # ------------------------------------------------------------------ delivery
 
@@ -409,11 +675,15 @@ class CoordinatorService:
             async with self.db.transaction() as tx:
                 await registry.save_hello(tx, session.node_id, session.hello, self.clock())
         latest = await announcements.latest_for(self.db, session.node_id)
+        revoked = await self.revocations()
         # No await from here on: the parked push and the lookup are merged atomically.
         if session.phase is not Phase.WELCOMING:
             return
         session.phase = Phase.LIVE
         session.link.send(encode(Welcome(approved=True, name=device.name)))
+        if len(revoked):
+            # Before any Deliver: the agent must know them when it checks announcements.
+            session.link.send(encode(Revocations(revocations=tuple(revoked.signed()))))
         best = latest
         if session.parked is not None and (best is None or session.parked.sequence > best.sequence):
             best = session.parked
@@ -584,3 +854,11 @@ class CoordinatorService:
             progress=None,
             error=None,
         )
+
+
+def chain_subject(chain: Chain) -> NodeId:
+    """The subject of a chain's last certificate (signatures checked by the caller after)."""
+    try:
+        return certificates_of(chain)[-1][1].subject
+    except CapabilityError as exc:
+        raise Refused("invalid", f"grant record: {exc}") from None

@@ -11,7 +11,8 @@ from typing import Any
 from fleet.identity import InvalidNodeId, NodeId
 from fleet.relay.url import InvalidRelayUrl, RelayUrl
 
-KNOWN = ("key", "listen", "relay", "state_dir", "admin", "log_level")
+KNOWN = ("key", "listen", "relay", "state_dir", "trust_root", "checkpoint_interval", "log_level")
+DEFAULT_CHECKPOINT_INTERVAL = 60.0
 DB_NAME = "coordinator.db"
 
 
@@ -25,8 +26,9 @@ class CoordinatorSettings:
     listen: tuple[str, int]  # UDP address of the mesh endpoint (port 0: any free port)
     relays: tuple[RelayUrl, ...]
     state_dir: Path
-    admins: tuple[NodeId, ...]
+    trust_roots: tuple[NodeId, ...]
     log_level: str = "info"
+    checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL  # seconds between audit checkpoints
 
     @property
     def database(self) -> Path:
@@ -67,14 +69,24 @@ def from_mapping(settings: Mapping[str, Any]) -> CoordinatorSettings:
             + ", ".join("--" + m.replace("_", "-") for m in missing)
             + " (as flags or in --config)"
         )
-    admins = []
-    for text in _as_list(settings.get("admin", []), "admin"):
+    roots = []
+    for text in _as_list(settings.get("trust_root", []), "trust-root"):
         try:
-            admins.append(NodeId.parse(text))
+            roots.append(NodeId.parse(text))
         except InvalidNodeId as exc:
-            raise SettingsError(f"admin: {text!r}: {exc}") from None
-    if not admins:
-        raise SettingsError("at least one --admin NODEID is required (who may push)")
+            raise SettingsError(f"trust-root: {text!r}: {exc}") from None
+    if not roots:
+        raise SettingsError(
+            "at least one --trust-root NODEID is required (the organization's root key, "
+            "from `fleetctl org init`)"
+        )
+    interval = settings.get("checkpoint_interval", DEFAULT_CHECKPOINT_INTERVAL)
+    try:
+        interval = float(interval)
+    except (TypeError, ValueError):
+        raise SettingsError(f"checkpoint-interval: {interval!r} is not seconds") from None
+    if not interval > 0:
+        raise SettingsError("checkpoint-interval must be positive")
     relays = []
     for text in _as_list(settings.get("relay", []), "relay"):
         try:
@@ -89,6 +101,7 @@ def from_mapping(settings: Mapping[str, Any]) -> CoordinatorSettings:
         listen=parse_listen(settings["listen"]),
         relays=tuple(relays),
         state_dir=Path(str(settings["state_dir"])),
-        admins=tuple(dict.fromkeys(admins)),
+        trust_roots=tuple(dict.fromkeys(roots)),
         log_level=level,
+        checkpoint_interval=interval,
     )

@@ -11,6 +11,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from fleet.capability import EMPTY_CHAIN, Chain
 from fleet.identity import Identity, NodeId
 from fleet.protocol.messages import AdminRequest
 from fleet.wire import Message, SignedEnvelope, Tag, WireError, decode, encode, sign_envelope
@@ -36,16 +37,23 @@ class OpenedRequest:
     issued_at: float
     body: Message
     envelope: SignedEnvelope  # kept verbatim for the audit log
+    chain: Chain  # the signer's capability chain (not yet verified)
 
 
 def make_admin_request(
-    identity: Identity, coordinator: NodeId, body: Message, *, now: float | None = None
+    identity: Identity,
+    coordinator: NodeId,
+    body: Message,
+    *,
+    chain: Chain = EMPTY_CHAIN,
+    now: float | None = None,
 ) -> SignedEnvelope:
     request = AdminRequest(
         coordinator=coordinator,
         issued_at=time.time() if now is None else now,
         nonce=os.urandom(NONCE_LEN),
         body=encode(body),
+        chain=chain,
     )
     return sign_envelope(identity, Tag.ADMIN_REQUEST, request)
 
@@ -55,7 +63,8 @@ def open_admin_request(
 ) -> OpenedRequest:
     """Verify signature, addressee and freshness, then decode the body.
 
-    The caller still decides whether the signer may do this, and checks the nonce is new.
+    The caller still decides whether the signer may do this (its chain), and checks the
+    nonce is new.
     """
     try:
         signer, request = verify_envelope(envelope, Tag.ADMIN_REQUEST, AdminRequest)
@@ -80,4 +89,4 @@ def open_admin_request(
         body = decode(request.body)
     except WireError as exc:
         raise AdminRequestError("invalid", f"request body: {exc}") from exc
-    return OpenedRequest(signer, request.nonce, request.issued_at, body, envelope)
+    return OpenedRequest(signer, request.nonce, request.issued_at, body, envelope, request.chain)

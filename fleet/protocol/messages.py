@@ -12,13 +12,17 @@ watch keeps sending StatusUpdate messages on the same stream. Requests are signe
 the audit log can keep the actor's own signed words.
 
 Announcements are signed by an admin (Tag.ANNOUNCEMENT) over every field that matters to a
-device, including its sequence; the coordinator cannot alter or renumber them.
+device, including its sequence and the signer's capability chain; the coordinator cannot
+alter or renumber them, and agents check the chain against their own trust roots. Admin
+requests carry the signer's chain too, inside the signature, so the audit log keeps it.
+The coordinator sends agents the revocations it knows (Revocations) before any Deliver.
 """
 
 from __future__ import annotations
 
 import enum
 
+from fleet.capability import EMPTY_CHAIN, Chain, SignedRevocation
 from fleet.identity import NodeId
 from fleet.nix.activation import Action
 from fleet.wire import Message, SignedEnvelope
@@ -29,6 +33,11 @@ __all__ = [
     "AgentState",
     "Announcement",
     "AnnouncementRejected",
+    "AuditPage",
+    "AuditQuery",
+    "AuditRow",
+    "CertificateChain",
+    "CertificateLookup",
     "Deliver",
     "DesiredSystem",
     "DeviceAdd",
@@ -39,6 +48,7 @@ __all__ = [
     "DeviceRemove",
     "DeviceStatus",
     "ErrorReply",
+    "GrantRecord",
     "Hello",
     "NextSequence",
     "NextSequenceReply",
@@ -46,6 +56,8 @@ __all__ = [
     "Progress",
     "PushAccepted",
     "PushRequest",
+    "Revocations",
+    "RevokeRequest",
     "StatusReport",
     "StatusRequest",
     "StatusSnapshot",
@@ -70,8 +82,11 @@ class AgentState(enum.StrEnum):
 # ---------------------------------------------------------------- announcements
 
 
-class Announcement(Message, type="fleet.announcement", version=1):
-    """What an admin signs: these devices should run that system, fetched from there."""
+class Announcement(Message, type="fleet.announcement", version=2):
+    """What an admin signs: these devices should run that system, fetched from there.
+
+    Version 2 added `chain`: the signer's capability chain (empty for a trust root).
+    """
 
     sequence: int  # strictly increasing per coordinator; agents refuse anything not higher
     devices: tuple[NodeId, ...]  # the targeted devices, resolved from names/tags at push time
@@ -81,6 +96,7 @@ class Announcement(Message, type="fleet.announcement", version=1):
     action: Action
     issued_at: float  # unix seconds
     valid_until: float  # unix seconds; agents refuse it afterwards
+    chain: Chain = EMPTY_CHAIN  # the signer's authority, root first (empty: a trust root)
 
     def __post_init__(self) -> None:
         if self.sequence < 1:
@@ -142,16 +158,26 @@ class AnnouncementRejected(Message, type="fleet.agent.rejected", version=1):
     reason: str
 
 
+class Revocations(Message, type="fleet.agent.revocations", version=1):
+    """Revocations the coordinator knows; the agent verifies each before believing it."""
+
+    revocations: tuple[SignedRevocation, ...]
+
+
 # ---------------------------------------------------------------- admin <-> coordinator
 
 
-class AdminRequest(Message, type="fleet.admin.request", version=1):
-    """Signed by the admin; binds a request to one coordinator and one moment (no replay)."""
+class AdminRequest(Message, type="fleet.admin.request", version=2):
+    """Signed by the admin; binds a request to one coordinator and one moment (no replay).
+
+    Version 2 added `chain`, the signer's capability chain (empty for a trust root).
+    """
 
     coordinator: NodeId
     issued_at: float
     nonce: bytes  # 16 random bytes
     body: bytes  # the encoded request message
+    chain: Chain = EMPTY_CHAIN
 
 
 class NextSequence(Message, type="fleet.admin.next-sequence", version=1):
@@ -239,6 +265,49 @@ class StatusSnapshot(Message, type="fleet.admin.status-snapshot", version=1):
 
 class StatusUpdate(Message, type="fleet.admin.status-update", version=1):
     device: DeviceStatus
+
+
+class GrantRecord(Message, type="fleet.admin.grant", version=1):
+    """Tell the coordinator about a certificate the signer issued (for the audit log)."""
+
+    chain: Chain  # the subject's whole chain; its last certificate is the new one
+
+
+class RevokeRequest(Message, type="fleet.admin.revoke", version=1):
+    revocation: SignedRevocation
+
+
+class CertificateLookup(Message, type="fleet.admin.certificate-lookup", version=1):
+    """The chain ending at a certificate the coordinator has seen (to revoke it)."""
+
+    certificate: bytes
+
+
+class CertificateChain(Message, type="fleet.admin.certificate-chain", version=1):
+    chain: Chain
+
+
+class AuditQuery(Message, type="fleet.admin.audit", version=1):
+    after: int  # entries with a higher id (0: from the start)
+    limit: int  # at most this many (the coordinator may send fewer)
+
+
+class AuditRow(Message):
+    id: int
+    time: float
+    actor: str
+    action: str
+    outcome: str
+    detail: str
+    request: bytes
+    prev_hash: bytes
+    hash: bytes
+
+
+class AuditPage(Message, type="fleet.admin.audit-page", version=1):
+    entries: tuple[AuditRow, ...]
+    checkpoints: tuple[SignedEnvelope, ...]  # Tag.AUDIT_CHECKPOINT covering these entries
+    more: bool  # entries after these exist: ask again with after = the last id
 
 
 class OkReply(Message, type="fleet.admin.ok", version=1):

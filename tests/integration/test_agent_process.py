@@ -52,7 +52,7 @@ class AgentRig:
         self.switch_log = tmp / "switch.log"
         self.argv = fleet_argv(
             "agent", "--key", str(self.key), "--coordinator", coordinator,
-            "--state-dir", str(tmp / "state"), "--admin", str(self.admin.node_id),
+            "--state-dir", str(tmp / "state"), "--trust-root", str(self.admin.node_id),
             "--substituter", cache.url, "--trusted-public-key", key,
             "--nix-store", str(self.store_dir), "--listen", "127.0.0.1:0",
         )  # fmt: skip
@@ -174,7 +174,7 @@ def test_agent_cli_refuses_incomplete_settings(tmp_path: Path) -> None:
     coordinator = str(Identity.generate().node_id)
     result = run_fleet("agent", "--coordinator", coordinator, "--key", str(tmp_path / "k"))
     assert result.returncode != 0
-    assert "--admin" in result.stderr
+    assert "--trust-root" in result.stderr
 
     config = tmp_path / "agent.toml"
     config.write_text(f'coordinator = "{coordinator}"\nsubstituters = ["http://x"]\n')

@@ -89,7 +89,7 @@ class Lab:
             "127.0.0.1:0",
             "--state-dir",
             str(self.state_dir),
-            "--admin",
+            "--trust-root",
             str(self.admin.node_id),
             *extra,
         )
@@ -271,7 +271,7 @@ def test_settings_from_toml_with_flags_winning(lab: Lab) -> None:
     config = lab.tmp / "coordinator.toml"
     config.write_text(
         f'key = "{lab.coordinator_key}"\nlisten = "127.0.0.1:9"\n'
-        f'state-dir = "{lab.state_dir}"\nadmin = ["{lab.admin.node_id}"]\n'
+        f'state-dir = "{lab.state_dir}"\ntrust-root = ["{lab.admin.node_id}"]\n'
     )
     log_path = lab.tmp / "toml.log"
     argv = fleet_argv("coordinator", "--config", str(config), "--listen", "127.0.0.1:0")
@@ -307,7 +307,7 @@ def test_settings_from_toml_with_flags_winning(lab: Lab) -> None:
         str(lab.state_dir),
     )
     assert no_admin.returncode != 0
-    assert "--admin" in no_admin.stderr
+    assert "--trust-root" in no_admin.stderr
     typo = lab.tmp / "typo.toml"
     typo.write_text('admins = ["x"]\n')
     result = run_fleet("coordinator", "--config", str(typo))

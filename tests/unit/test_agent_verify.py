@@ -45,7 +45,7 @@ def check(
     admins: tuple[NodeId, ...] = (Identity.generate().node_id, ADMIN.node_id),
 ) -> object:
     return verify_announcement(
-        env, admins=admins, device=DEVICE, floor=floor, current=current, now=NOW
+        env, trust_roots=admins, device=DEVICE, floor=floor, current=current, now=NOW
     )
 
 
@@ -58,7 +58,7 @@ def refused(env: SignedEnvelope, **kw: object) -> AnnouncementRefused:
 def test_valid_announcement_is_accepted() -> None:
     env = signed()
     accepted = verify_announcement(
-        env, admins=[ADMIN.node_id], device=DEVICE, floor=4, current=None, now=NOW
+        env, trust_roots=[ADMIN.node_id], device=DEVICE, floor=4, current=None, now=NOW
     )
     assert accepted.announcement.sequence == 5
     assert not accepted.duplicate
@@ -138,5 +138,5 @@ def test_malformed_store_path_refused(path: str) -> None:
 def test_real_clock_default_usable() -> None:
     env = signed(announcement(issued_at=time.time() - 1, valid_until=time.time() + 60))
     verify_announcement(
-        env, admins=[ADMIN.node_id], device=DEVICE, floor=0, current=None, now=time.time()
+        env, trust_roots=[ADMIN.node_id], device=DEVICE, floor=0, current=None, now=time.time()
     )

@@ -18,17 +18,17 @@ def base(**over: object) -> dict[str, object]:
         "key": "/k",
         "listen": "127.0.0.1:0",
         "state_dir": "/s",
-        "admin": [ADMIN],
+        "trust_root": [ADMIN],
     }
     settings.update(over)
     return settings
 
 
 def test_valid_settings() -> None:
-    s = from_mapping(base(relay=RELAY, admin=[ADMIN, ADMIN], listen="[::1]:7000"))
+    s = from_mapping(base(relay=RELAY, trust_root=[ADMIN, ADMIN], listen="[::1]:7000"))
     assert s.listen == ("::1", 7000)
     assert [str(r) for r in s.relays] == [RELAY]
-    assert [str(a) for a in s.admins] == [ADMIN]  # duplicates collapse
+    assert [str(a) for a in s.trust_roots] == [ADMIN]  # duplicates collapse
     assert s.database == Path("/s/coordinator.db")
 
 
@@ -36,12 +36,13 @@ def test_valid_settings() -> None:
     ("over", "message"),
     [
         ({"state_dir": None}, "--state-dir"),
-        ({"admin": []}, "--admin"),
-        ({"admin": ["nope"]}, "admin: 'nope'"),
+        ({"trust_root": []}, "--trust-root"),
+        ({"trust_root": ["nope"]}, "trust-root: 'nope'"),
         ({"relay": ["http://x"]}, "relay:"),
         ({"listen": "example.org:7000"}, "IP:PORT"),
         ({"listen": "127.0.0.1:70000"}, "port"),
-        ({"admin": 7}, "list of strings"),
+        ({"trust_root": 7}, "list of strings"),
+        ({"checkpoint_interval": 0}, "checkpoint-interval"),
         ({"log_level": "loud"}, "log-level"),
     ],
 )

@@ -1,0 +1,160 @@
+"""`fleetctl audit`: fetch the coordinator's audit log, show it, verify it, export it.
+
+Verification runs here, on the admin's machine, with trust roots the admin chooses: the
+coordinator only supplies the data, so a coordinator that edited its log is caught (see
+fleet.audit.verifier and docs/security.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fleet.admin.client import AdminClient
+from fleet.admin.duration import parse_duration
+from fleet.admin.errors import ProtocolViolation
+from fleet.admin.views import iso_utc
+from fleet.audit import (
+    AuditEntry,
+    AuditReport,
+    AuthorityReplay,
+    entry_json,
+    verify_log,
+)
+from fleet.capability import Chain, certificates_of
+from fleet.identity import NodeId
+from fleet.wire import SignedEnvelope
+
+MAX_PAGES = 100_000  # a bound on the loop, far above any real log
+
+
+@dataclass(frozen=True)
+class FetchedLog:
+    entries: list[AuditEntry]
+    checkpoints: list[SignedEnvelope]
+
+
+async def fetch_log(client: AdminClient) -> FetchedLog:
+    """Every entry and checkpoint, page by page."""
+    entries: list[AuditEntry] = []
+    checkpoints: dict[bytes, SignedEnvelope] = {}
+    after = 0
+    for _ in range(MAX_PAGES):
+        page = await client.audit_page(after)
+        for row in page.entries:
+            entries.append(
+                AuditEntry(
+                    row.id,
+                    row.time,
+                    row.actor,
+                    row.action,
+                    row.outcome,
+                    row.detail,
+                    row.request,
+                    row.prev_hash,
+                    row.hash,
+                )
+            )
+        for checkpoint in page.checkpoints:
+            checkpoints.setdefault(checkpoint.payload, checkpoint)
+        if not page.more:
+            return FetchedLog(entries, list(checkpoints.values()))
+        if not page.entries or page.entries[-1].id <= after:
+            raise ProtocolViolation("the coordinator's audit pages do not advance")
+        after = page.entries[-1].id
+    raise ProtocolViolation("the audit log did not end")
+
+
+def roots_of(own: NodeId, chain: Chain) -> frozenset[NodeId]:
+    """Default trust roots for verifying: the root our own chain starts at, or our own key."""
+    if not chain.certificates:
+        return frozenset({own})
+    return frozenset({certificates_of(chain)[0][1].issuer})
+
+
+def verify(
+    entries: Sequence[AuditEntry],
+    checkpoints: Sequence[SignedEnvelope],
+    coordinator: NodeId,
+    trust_roots: Collection[NodeId],
+) -> AuditReport:
+    return verify_log(entries, checkpoints, coordinator, authorize=AuthorityReplay(trust_roots))
+
+
+def parse_since(text: str, now: float) -> float:
+    """An ISO 8601 time (UTC unless it says otherwise) or a duration ago (`2h`, `7d`)."""
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither a time (2026-01-31T12:00Z) nor a duration ago (2h, 7d)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.timestamp()
+
+
+def select(
+    entries: Sequence[AuditEntry], since: float | None, actor: str | None
+) -> list[AuditEntry]:
+    return [
+        e
+        for e in entries
+        if (since is None or e.time >= since) and (actor is None or e.actor.startswith(actor))
+    ]
+
+
+def summary(entry: AuditEntry) -> str:
+    detail = entry.details()
+    if entry.outcome == "refused":
+        return f"{detail.get('code', '?')}: {detail.get('reason', '')}"
+    if entry.action == "push":
+        return (
+            f"sequence {detail.get('sequence')} {detail.get('store_path')} to "
+            f"{len(detail.get('devices', []))} device(s)"
+        )
+    if entry.action == "grant":
+        return (
+            f"{','.join(detail.get('actions', []))} on {detail.get('scope')} to "
+            f"{str(detail.get('subject', ''))[:10]} ({str(detail.get('certificate', ''))[:16]})"
+        )
+    if entry.action == "revoke":
+        return f"certificate {str(detail.get('certificate', ''))[:16]}: {detail.get('reason', '')}"
+    name = detail.get("name")
+    return f"{name} ({str(detail.get('node_id', ''))[:10]})" if name else entry.detail[:60]
+
+
+def table(entries: Sequence[AuditEntry]) -> str:
+    rows = [("ID", "TIME", "ACTOR", "ACTION", "OUTCOME", "DETAIL")]
+    for e in entries:
+        rows.append(
+            (
+                str(e.id),
+                iso_utc(e.time) or "",
+                e.actor[:10],
+                e.action,
+                e.outcome,
+                summary(e)[:90],
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r[:5])) + "  " + r[5] for r in rows
+    )
+
+
+def as_json(entry: AuditEntry) -> dict[str, Any]:
+    document = entry_json(entry)
+    document.pop("type")
+    document["time_iso"] = iso_utc(entry.time)
+    with contextlib.suppress(ValueError):
+        document["detail"] = json.loads(entry.detail)
+    return document

@@ -1,0 +1,64 @@
+"""Checking, offline, that each accepted audit entry's actor had the authority it used.
+
+Entries are replayed in order: every accepted request's chain must lead from a trust root,
+be valid at the entry's time, not rely on a certificate revoked by an earlier accepted
+revocation, and grant the action the entry records (a push's announcement is checked the
+same way). Scope needs each device's tags at that time, which the log does not hold, so it
+is not re-checked here; the coordinator and, above all, the agents check it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from fleet.audit.record import AuditEntry
+from fleet.capability import (
+    CapabilityError,
+    Permission,
+    RevocationList,
+    authority_of,
+)
+from fleet.identity import NodeId
+from fleet.protocol.messages import AdminRequest, Announcement, PushRequest, RevokeRequest
+from fleet.wire import Tag, WireError, decode, verify_envelope
+
+NEEDS: dict[str, Permission | None] = {
+    "push": Permission.PUSH,
+    "device-add": Permission.DEVICES,
+    "device-approve": Permission.DEVICES,
+    "device-remove": Permission.DEVICES,
+    "grant": Permission.GRANT,
+    "revoke": None,  # the revocation carries its own proof
+}
+
+
+class AuthorityReplay:
+    """An `Authorize` hook for fleet.audit.verify_log; keeps the revocations seen so far."""
+
+    def __init__(self, trust_roots: Collection[NodeId]) -> None:
+        self.trust_roots = frozenset(trust_roots)
+        self.revoked = RevocationList()
+
+    def __call__(self, entry: AuditEntry, signer: NodeId, request: AdminRequest) -> str | None:
+        if entry.action not in NEEDS:
+            return f"unknown action {entry.action[:40]!r}"
+        try:
+            body = decode(request.body)
+            authority = authority_of(
+                signer, request.chain, self.trust_roots, entry.time, self.revoked.ids()
+            )
+            needed = NEEDS[entry.action]
+            if needed is not None:
+                authority.require(needed)
+            if isinstance(body, PushRequest):
+                ann_signer, ann = verify_envelope(body.announcement, Tag.ANNOUNCEMENT, Announcement)
+                authority_of(
+                    ann_signer, ann.chain, self.trust_roots, entry.time, self.revoked.ids()
+                ).require(Permission.PUSH)
+            if isinstance(body, RevokeRequest):
+                self.revoked.add(body.revocation, self.trust_roots, entry.time)
+        except CapabilityError as exc:
+            return f"{exc.code}: {exc}"
+        except (WireError, ValueError, TypeError) as exc:
+            return f"request body: {exc}"
+        return None
