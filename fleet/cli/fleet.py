@@ -6,6 +6,7 @@ import click
 
 from fleet import __version__
 from fleet.cli.common import load_key_or_fail
+from fleet.cli.ping import ping as ping_command
 from fleet.cli.relay import relay as relay_command
 from fleet.identity import KeyFileError, write_new_key
 
@@ -35,3 +36,4 @@ def id_(path: str) -> None:
 
 
 main.add_command(relay_command)
+main.add_command(ping_command)
