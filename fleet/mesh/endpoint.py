@@ -215,6 +215,14 @@ class Endpoint:
     def stun_servers(self) -> list[Addr]:
         return self._reflexive.servers
 
+    async def wait_relays(self, timeout: float) -> None:
+        """Return once every home relay is connected (TimeoutError after `timeout`): a daemon
+        is reachable by node id from then on."""
+        self._require_running()
+        async with asyncio.timeout(timeout):
+            for url in self._home_relays:
+                await self._relays[url].wait_connected(timeout)
+
     def add_path_listener(self, listener: Callable[[PathChanged], None]) -> None:
         """Call `listener` on every path change to any peer (for status and `fleet ping`)."""
         self._path_listeners.append(listener)
