@@ -199,7 +199,9 @@ async def test_6_direct_path_cut_mid_transfer_falls_back_and_returns(world: Worl
     r1.unblock_udp()
     restored = time.monotonic()
     await client.wait_for("path", 8, path="direct")
-    assert time.monotonic() - restored < 5.0
+    back = time.monotonic() - restored
+    print(f"direct path cut: relay after {fallback:.2f} s; direct again {back:.2f} s after restore")
+    assert back < 5.0, back
     relay_after = await world.relay.forwarded_bytes()
     udp_after = r1.counters()["udp-direct-out"]
     client.events.clear()
