@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from fleet.coordinator.database import Database
@@ -11,6 +12,7 @@ from fleet.coordinator.settings import CoordinatorSettings
 from fleet.identity import Identity
 from fleet.log import get_logger
 from fleet.mesh import Endpoint
+from fleet.mesh.ping import PING_ALPN, serve_ping
 from fleet.netaddr import format_host_port
 from fleet.protocol import alpn
 
@@ -31,7 +33,7 @@ async def run(settings: CoordinatorSettings, identity: Identity) -> None:
         async with Endpoint(
             identity,
             bind=settings.listen,
-            alpns=[alpn.AGENT, alpn.ADMIN],
+            alpns=[alpn.AGENT, alpn.ADMIN, PING_ALPN],
             relay_urls=settings.relays,
         ) as endpoint:
             host, port = endpoint.bound_address
@@ -44,6 +46,8 @@ async def run(settings: CoordinatorSettings, identity: Identity) -> None:
                 admins=[a.short() for a in settings.admins],
                 state=str(settings.database),
             )
-            await CoordinatorServer(service).serve(endpoint)
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(serve_ping(endpoint), name="ping")
+                await CoordinatorServer(service).serve(endpoint)  # runs until cancelled
     finally:
         await db.close()
