@@ -43,28 +43,41 @@
         };
       };
 
-      devShells = forAllSystems (pkgs: {
-        default = pkgs.mkShell {
-          packages = [
-            (self.packages.${pkgs.stdenv.hostPlatform.system}.default.passthru.python.withPackages (
-              ps:
-              self.packages.${pkgs.stdenv.hostPlatform.system}.default.dependencies
-              ++ (with ps; [
-                pytest
-                pytest-asyncio
-                pytest-timeout
-                hypothesis
-                mypy
-              ])
-            ))
-            pkgs.ruff
-            pkgs.nix
-          ];
-          shellHook = ''
-            export PYTHONPATH="$PWD''${PYTHONPATH:+:$PYTHONPATH}"
-          '';
-        };
-      });
+      devShells = forAllSystems (
+        pkgs:
+        let
+          fleet = self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+        in
+        {
+          default = pkgs.mkShell {
+            packages = [
+              # The same Python and pinned dependencies as the package, plus the test tools.
+              (fleet.passthru.python.withPackages (
+                ps: with ps; [
+                  aioquic
+                  aioice
+                  pynacl
+                  msgpack
+                  aiosqlite
+                  click
+                  structlog
+                  cryptography
+                  pytest
+                  pytest-asyncio
+                  pytest-timeout
+                  hypothesis
+                  mypy
+                ]
+              ))
+              pkgs.ruff
+              pkgs.nix
+            ];
+            shellHook = ''
+              export PYTHONPATH="$PWD''${PYTHONPATH:+:$PYTHONPATH}"
+            '';
+          };
+        }
+      );
 
       checks = forAllSystems (pkgs: {
         package = self.packages.${pkgs.stdenv.hostPlatform.system}.default;
