@@ -17,6 +17,7 @@ from fleet.identity import Identity, NodeId
 from fleet.log import get_logger
 from fleet.mesh import Endpoint
 from fleet.mesh.peer_addr import PeerAddr
+from fleet.mesh.ping import PING_ALPN, serve_ping
 from fleet.netaddr import format_host_port
 
 log = get_logger("fleet.agent")
@@ -49,7 +50,7 @@ async def run_agent(settings: AgentSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         async with Endpoint(
-            settings.identity, bind=settings.listen, alpns=(), relay_urls=settings.relays
+            settings.identity, bind=settings.listen, alpns=[PING_ALPN], relay_urls=settings.relays
         ) as endpoint:
             host, port = endpoint.bound_address
             log.info(
@@ -67,10 +68,12 @@ async def run_agent(settings: AgentSettings) -> None:
             async with asyncio.TaskGroup() as tasks:
                 work = tasks.create_task(agent.run(), name="agent-work")
                 link = tasks.create_task(session.run(), name="agent-session")
+                pings = tasks.create_task(serve_ping(endpoint), name="agent-ping")
                 await stop.wait()
                 log.info("agent_signal", action="shutdown")
                 await agent.finish_activation()
                 link.cancel()
+                pings.cancel()
                 work.cancel()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,6 +8,7 @@ from fleet import __version__
 from fleet.cli.agent import agent as agent_command
 from fleet.cli.common import load_key_or_fail
 from fleet.cli.coordinator import coordinator as coordinator_command
+from fleet.cli.ping import ping as ping_command
 from fleet.cli.relay import relay as relay_command
 from fleet.identity import KeyFileError, write_new_key
 
@@ -39,3 +40,4 @@ def id_(path: str) -> None:
 main.add_command(relay_command)
 main.add_command(coordinator_command)
 main.add_command(agent_command)
+main.add_command(ping_command)

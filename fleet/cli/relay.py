@@ -27,6 +27,7 @@ SETTINGS = (
     "ping_interval",
     "ping_timeout",
     "metrics_listen",
+    "stun_listen",
     "log_level",
 )
 
@@ -82,6 +83,10 @@ def _number(settings: dict[str, Any], key: str, kind: type, default: Any) -> Any
 @click.option("--ping-interval", type=float, help="Seconds between pings (default 15).")
 @click.option("--ping-timeout", type=float, help="Seconds to answer a ping (default 10).")
 @click.option("--metrics-listen", help="HOST:PORT for Prometheus GET /metrics.")
+@click.option(
+    "--stun-listen",
+    help="UDP HOST:PORT to answer STUN Binding requests on (off unless given; usually :3478).",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 def relay(config_file: str | None, **flags: Any) -> None:
     """Forward packets between authenticated nodes (the mesh's fallback path)."""
@@ -100,6 +105,9 @@ def relay(config_file: str | None, **flags: Any) -> None:
     metrics_listen = None
     if settings.get("metrics_listen"):
         metrics_listen = parse_host_port(settings["metrics_listen"], "metrics-listen")
+    stun_listen = None
+    if settings.get("stun_listen"):
+        stun_listen = parse_host_port(settings["stun_listen"], "stun-listen")
     defaults = ServerSessionConfig()
     session = ServerSessionConfig(
         handshake_timeout=_number(settings, "handshake_timeout", float, defaults.handshake_timeout),
@@ -116,7 +124,7 @@ def relay(config_file: str | None, **flags: Any) -> None:
     )
     setup_logging(str(settings.get("log_level", "info")))
     identity = load_key_or_fail(settings["key"])
-    asyncio.run(_serve(identity, config, host, port, metrics_listen))
+    asyncio.run(_serve(identity, config, host, port, metrics_listen, stun_listen))
 
 
 async def _serve(
@@ -125,6 +133,7 @@ async def _serve(
     host: str,
     port: int,
     metrics_listen: tuple[str, int] | None,
+    stun_listen: tuple[str, int] | None,
 ) -> None:
     log = get_logger("fleet.relay")
     server = RelayServer(identity, config)
@@ -134,7 +143,7 @@ async def _serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
     try:
-        await server.run(host, port, metrics_listen=metrics_listen)
+        await server.run(host, port, metrics_listen=metrics_listen, stun_listen=stun_listen)
     except asyncio.CancelledError:
         log.info("relay_signal", action="shutdown")
     except OSError as exc:

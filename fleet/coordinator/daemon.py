@@ -12,6 +12,7 @@ from fleet.coordinator.settings import CoordinatorSettings
 from fleet.identity import Identity
 from fleet.log import get_logger
 from fleet.mesh import Endpoint
+from fleet.mesh.ping import PING_ALPN, serve_ping
 from fleet.netaddr import format_host_port
 from fleet.protocol import alpn
 
@@ -32,7 +33,7 @@ async def run(settings: CoordinatorSettings, identity: Identity) -> None:
         async with Endpoint(
             identity,
             bind=settings.listen,
-            alpns=[alpn.AGENT, alpn.ADMIN],
+            alpns=[alpn.AGENT, alpn.ADMIN, PING_ALPN],
             relay_urls=settings.relays,
         ) as endpoint:
             host, port = endpoint.bound_address
@@ -46,8 +47,11 @@ async def run(settings: CoordinatorSettings, identity: Identity) -> None:
                 state=str(settings.database),
             )
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(_checkpoints(service, settings.checkpoint_interval))
-                await CoordinatorServer(service).serve(endpoint)
+                tasks.create_task(serve_ping(endpoint), name="ping")
+                tasks.create_task(
+                    _checkpoints(service, settings.checkpoint_interval), name="checkpoints"
+                )
+                await CoordinatorServer(service).serve(endpoint)  # runs until cancelled
     finally:
         await db.close()
 

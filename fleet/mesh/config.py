@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fleet.mesh.paths import PathTiming
+from fleet.mesh.reflexive import StunTiming
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,3 +22,12 @@ class MeshConfig:
     max_connections: int = 4096
     tick: float = 0.1  # housekeeping period (path probes, keepalives)
     socket_buffer: int = 4 << 20  # SO_RCVBUF / SO_SNDBUF wish (the kernel may cap it)
+    # STUN: every relay we use is also asked at its host, UDP port `relay_stun_port` (the
+    # relay runs `fleet relay --stun-listen HOST:3478`; None: do not ask relays), plus these
+    # extra servers (IP literals or host names, resolved once).
+    relay_stun_port: int | None = 3478
+    stun_servers: tuple[tuple[str, int], ...] = ()
+    stun: StunTiming = field(default_factory=StunTiming)
+    # While a peer is only reachable over the relay, re-send our addresses (CallMeMaybe) this
+    # often so both sides keep trying to upgrade; also sent whenever our STUN address changes.
+    call_me_maybe_interval: float = 30.0

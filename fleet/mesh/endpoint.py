@@ -33,11 +33,13 @@ from fleet.mesh.connection import ConnectError, Connection, MeshError
 from fleet.mesh.disco import Addr
 from fleet.mesh.paths import Path, PathChanged
 from fleet.mesh.peers import Peer, PeerTable
+from fleet.mesh.reflexive import ReflexiveChanged, ReflexiveProbe
 from fleet.mesh.relay import RelayFactory, RelayRunner, RelayTransport
 from fleet.mesh.socket import UdpSocket
 from fleet.mesh.tls_hooks import PinnedQuicConnection, kick, quic_configuration
 from fleet.relay.client import RelayClient
-from fleet.relay.url import RelayUrl
+from fleet.relay.url import InvalidRelayUrl, RelayUrl
+from fleet.stun import looks_like_stun
 
 log = get_logger(__name__)
 
@@ -104,6 +106,8 @@ class Endpoint:
         self._housekeeping_task: asyncio.Task[None] | None = None
         self._path_listeners: list[Callable[[PathChanged], None]] = []
         self.observed_addresses: set[Addr] = set()  # our address as peers saw it (Pongs)
+        self._reflexive = ReflexiveProbe(self.config.stun)
+        self._stun_hosts: set[tuple[str, int]] = set()
         self.relay_packets_sent = 0
         self.relay_packets_received = 0
         self.disco_rejected = 0
@@ -123,6 +127,8 @@ class Endpoint:
             )
             for url in self._home_relays:
                 self._relay_for(url)
+            for host, port in self.config.stun_servers:
+                self._add_stun_server(host, port)
         except BaseException:
             await self._exit.aclose()
             raise
@@ -199,6 +205,23 @@ class Endpoint:
         finally:
             probe.close()
         return addrs
+
+    @property
+    def reflexive_addresses(self) -> frozenset[Addr]:
+        """Our public address(es) as STUN servers see our socket (empty until answered)."""
+        return self._reflexive.addresses
+
+    @property
+    def stun_servers(self) -> list[Addr]:
+        return self._reflexive.servers
+
+    async def wait_relays(self, timeout: float) -> None:
+        """Return once every home relay is connected (TimeoutError after `timeout`): a daemon
+        is reachable by node id from then on."""
+        self._require_running()
+        async with asyncio.timeout(timeout):
+            for url in self._home_relays:
+                await self._relays[url].wait_connected(timeout)
 
     def add_path_listener(self, listener: Callable[[PathChanged], None]) -> None:
         """Call `listener` on every path change to any peer (for status and `fleet ping`)."""
@@ -310,7 +333,72 @@ class Endpoint:
         relay_ref = self._relay_factory(url, self._identity, on_packet, on_peer_gone)
         self._relays[url] = relay_ref
         self._relay_tasks[url] = self._tasks.create_task(relay_ref.run(), name=f"relay {url}")
+        if self.config.relay_stun_port is not None:
+            try:
+                host = RelayUrl.parse(url).host
+            except InvalidRelayUrl:
+                host = None  # a test relay without a real address: no STUN there
+            if host is not None:
+                self._add_stun_server(host, self.config.relay_stun_port)
         return relay_ref
+
+    # -- STUN -------------------------------------------------------------------------------
+
+    def _add_stun_server(self, host: str, port: int) -> None:
+        """Ask `host:port` for our reflexive address (resolving a host name in the background)."""
+        if (host, port) in self._stun_hosts or self._tasks is None:
+            return
+        self._stun_hosts.add((host, port))
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            self._tasks.create_task(self._resolve_stun_server(host, port), name=f"stun {host}")
+            return
+        self._add_stun_addr(str(ip), port)
+
+    def _add_stun_addr(self, ip: str, port: int) -> None:
+        family = 6 if ":" in self.socket.address[0] else 4
+        if ipaddress.ip_address(ip).version != family:
+            return
+        self._reflexive.add_server((ip, port), self._now())
+        self._poll_stun()
+
+    async def _resolve_stun_server(self, host: str, port: int) -> None:
+        loop = self._require_running()
+        try:
+            async with asyncio.timeout(5.0):
+                infos = await loop.getaddrinfo(host, port, type=pysocket.SOCK_DGRAM)
+        except (OSError, TimeoutError) as exc:
+            log.warning("stun_server_unresolved", host=host, error=str(exc))
+            return
+        for info in infos[:2]:
+            self._add_stun_addr(str(info[4][0]), port)
+
+    def _poll_stun(self) -> None:
+        now = self._now()
+        for data, addr in self._reflexive.poll(now):
+            self.socket.sendto(data, addr)
+        self._after_stun()
+
+    def _on_stun(self, data: bytes, addr: Addr) -> None:
+        if self._reflexive.receive(data, addr, self._now()):
+            self._after_stun()
+
+    def _after_stun(self) -> None:
+        while (change := self._reflexive.next_event()) is not None:
+            self._on_reflexive_changed(change)
+
+    def _on_reflexive_changed(self, change: ReflexiveChanged) -> None:
+        log.info(
+            "mesh_reflexive_address",
+            old=sorted(f"{h}:{p}" for h, p in change.old),
+            new=sorted(f"{h}:{p}" for h, p in change.new),
+        )
+        if change.new - change.old:
+            # New public address: tell every peer we talk to, so they probe it (re-punch).
+            for peer in self._peers:
+                if peer.connections:
+                    self._send_call_me_maybe(peer)
 
     def _on_relay_packet(self, relay: RelayTransport, src: NodeId, data: bytes) -> None:
         if self._closing:
@@ -339,9 +427,11 @@ class Endpoint:
         peer_at = self._peers.peer_at
         for data, addr in datagrams:
             try:
-                if data[:1] == b"\x00":
+                if data[0] < 0x40:  # never QUIC v1 (fixed bit): disco or STUN
                     if disco.is_disco(data):
                         self._on_disco(data, addr, None, None)
+                    elif looks_like_stun(data):
+                        self._on_stun(data, addr)
                     continue
                 peer = peer_at(addr)
                 if peer is None:
@@ -530,13 +620,19 @@ class Endpoint:
         if peer.relay is None:
             return
         bound_loopback = ipaddress.ip_address(self.socket.address[0]).is_loopback
+        ours = [
+            *sorted(self._reflexive.addresses),  # what STUN servers saw: the NAT's mapping
+            *self.local_addresses,
+            *sorted(self.observed_addresses),  # what peers' Pongs saw
+        ]
         addrs = tuple(
             a
-            for a in self.local_addresses + sorted(self.observed_addresses)
+            for a in dict.fromkeys(ours)
             # Our loopback address means another host's loopback to the peer: only advertise
             # it when we listen on loopback alone (tests, same-host setups).
             if bound_loopback or not ipaddress.ip_address(a[0]).is_loopback
         )[: disco.MAX_ADDRESSES]
+        peer.last_call_me_maybe = self._now()
         if addrs:
             packet = disco.encode(self._identity, peer.node, disco.CallMeMaybe(addrs), time.time())
             peer.relay.send(peer.node, packet)
@@ -642,10 +738,23 @@ class Endpoint:
         while True:
             await asyncio.sleep(self.config.tick)
             now = self._now()
+            stun_due = self._reflexive.next_deadline()
+            if stun_due is not None and stun_due <= now:
+                self._poll_stun()
+            upgrade = self.config.call_me_maybe_interval
             for peer in self._peers:
                 deadline = peer.paths.next_deadline()
                 if deadline is not None and deadline <= now:
                     self._after_paths(peer)
+                if (
+                    peer.connections
+                    and peer.relay is not None
+                    and (peer.paths.path is None or peer.paths.path.kind == "relay")
+                    and (
+                        peer.last_call_me_maybe is None or now - peer.last_call_me_maybe >= upgrade
+                    )
+                ):
+                    self._send_call_me_maybe(peer)  # keep trying to go direct
             for conn in list(self._conn_peer):
                 if now - conn.last_keepalive >= self.config.keepalive_interval:
                     conn.last_keepalive = now

@@ -27,6 +27,7 @@ from fleet.mesh.disco import Addr, Ping
 
 MAX_CANDIDATES = 16
 MAX_OUTSTANDING_PINGS = 64
+PING_BACK_GAP = 0.1  # at most one immediate ping-back per candidate this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +110,20 @@ class PeerPaths:
         self._update(now, f"candidate from {source}")
 
     def ping_received(self, addr: Addr, now: float) -> None:
-        """The peer pinged us from `addr` (authenticated): a candidate worth confirming."""
+        """The peer pinged us from `addr` (authenticated): a candidate worth confirming.
+
+        If that address is not confirmed yet, ping it back at once instead of at the next
+        probe: the peer's Ping just opened its NAT towards us, so our Ping now gets through
+        (simultaneous hole punching needs both sides to send).
+        """
         self.add_candidate(addr, now, "ping")
+        cand = self._candidates.get(addr)
+        if (
+            cand is not None
+            and not self._confirmed(cand, now)
+            and (cand.last_ping is None or now - cand.last_ping >= PING_BACK_GAP)
+        ):
+            cand.last_ping = None  # due now (see poll / next_deadline)
 
     def pong_received(self, tx_id: bytes, addr: Addr, now: float) -> bool:
         """A Pong from the peer; True if it answers one of our Pings sent to `addr`."""

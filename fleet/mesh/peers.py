@@ -28,7 +28,15 @@ HOLD_SECONDS = 1.0
 class Peer:
     """One node: its constant virtual address for QUIC, its paths, relay and connections."""
 
-    __slots__ = ("connections", "node", "paths", "relay", "vaddr", "wrong_node")
+    __slots__ = (
+        "connections",
+        "last_call_me_maybe",
+        "node",
+        "paths",
+        "relay",
+        "vaddr",
+        "wrong_node",
+    )
 
     def __init__(self, node: NodeId, timing: PathTiming) -> None:
         self.node = node
@@ -37,6 +45,7 @@ class Peer:
         self.relay: RelayTransport | None = None
         self.connections: set[Connection] = set()
         self.wrong_node: dict[Addr, NodeId] = {}  # address -> the node that answered there
+        self.last_call_me_maybe: float | None = None
 
 
 class PeerTable:

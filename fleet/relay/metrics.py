@@ -30,6 +30,8 @@ class RelayMetrics:
         self.bytes_forwarded = 0
         self.drops: Counter[str] = Counter()
         self.disconnects: Counter[str] = Counter()
+        self.stun_requests = 0  # Binding requests answered
+        self.stun_rejected = 0  # datagrams on the STUN port that were not Binding requests
 
     def render(self) -> str:
         lines: list[str] = []
@@ -62,6 +64,18 @@ class RelayMetrics:
             "counter",
             "Packet bytes (without framing) delivered to a destination client.",
             self.bytes_forwarded,
+        )
+        metric(
+            "fleet_relay_stun_requests_total",
+            "counter",
+            "STUN Binding requests answered.",
+            self.stun_requests,
+        )
+        metric(
+            "fleet_relay_stun_rejected_total",
+            "counter",
+            "Datagrams on the STUN port dropped as malformed or not a Binding request.",
+            self.stun_rejected,
         )
         labelled("fleet_relay_packets_dropped_total", "Packets dropped, by reason.", self.drops)
         labelled(

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from fleet.identity import Identity
 from fleet.log import get_logger
+from fleet.netaddr import format_host_port
 from fleet.relay.metrics import RelayMetrics, start_metrics_server
 from fleet.relay.protocol import (
     NODE_ID_LEN,
@@ -31,6 +32,7 @@ from fleet.relay.protocol import (
     ServerSessionConfig,
     ServerState,
 )
+from fleet.relay.stun_responder import start_stun_responder
 from fleet.relay.tls import TlsChannel, TlsError, server_context
 from fleet.relay.url import RelayUrl
 
@@ -214,6 +216,7 @@ class RelayServer:
             server_context(identity) if self.config.tls else None
         )
         self.url: RelayUrl | None = None
+        self.stun_address: tuple[str, int] | None = None
         self._connections: set[_Connection] = set()
         self._clients: dict[bytes, _Connection] = {}
 
@@ -223,6 +226,7 @@ class RelayServer:
         port: int,
         *,
         metrics_listen: tuple[str, int] | None = None,
+        stun_listen: tuple[str, int] | None = None,
         on_listening: Callable[[RelayUrl], None] | None = None,
     ) -> None:
         """Listen and serve until cancelled; then close every connection."""
@@ -231,6 +235,7 @@ class RelayServer:
             lambda: _Connection(self), host, port, backlog=1024, reuse_address=True
         )
         metrics_server: asyncio.Server | None = None
+        stun_transport: asyncio.DatagramTransport | None = None
         try:
             bound_host, bound_port = listener.sockets[0].getsockname()[:2]
             self.url = RelayUrl(
@@ -241,12 +246,18 @@ class RelayServer:
                 metrics_server = await start_metrics_server(*metrics_listen, self.metrics.render)
                 mhost, mport = metrics_server.sockets[0].getsockname()[:2]
                 metrics_address = f"{mhost}:{mport}"
+            stun_address = None
+            if stun_listen is not None:
+                stun_transport, bound = await start_stun_responder(*stun_listen, self.metrics)
+                self.stun_address = bound
+                stun_address = format_host_port(*bound)
             log.info(
                 "relay_listening",
                 address=f"{bound_host}:{bound_port}",
                 url=str(self.url),
                 tls=self.config.tls,
                 metrics=metrics_address,
+                stun=stun_address,
                 max_clients=self.config.max_clients,
                 rate_limit=self.config.session.rate_limit,
             )
@@ -257,6 +268,8 @@ class RelayServer:
             listener.close()
             if metrics_server is not None:
                 metrics_server.close()
+            if stun_transport is not None:
+                stun_transport.close()
             for conn in list(self._connections):
                 conn.close("shutdown", "relay shutting down")
             log.info("relay_stopped")

@@ -32,6 +32,7 @@ class RelayProcess:
     url: RelayUrl
     metrics_address: tuple[str, int] | None
     log_path: Path
+    stun_address: tuple[str, int] | None = None
 
     def logs(self) -> list[dict[str, Any]]:
         return read_log_events(self.log_path)
@@ -91,7 +92,13 @@ def start_relay(tmp: Path, *args: str, metrics: bool = True, timeout: float = 20
                 if event.get("metrics"):
                     host, _, port = event["metrics"].rpartition(":")
                     metrics_address = (host, int(port))
-                relay = RelayProcess(proc, RelayUrl.parse(event["url"]), metrics_address, log_path)
+                stun_address = None
+                if event.get("stun"):
+                    host, _, port = event["stun"].rpartition(":")
+                    stun_address = (host, int(port))
+                relay = RelayProcess(
+                    proc, RelayUrl.parse(event["url"]), metrics_address, log_path, stun_address
+                )
         if relay is None:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()

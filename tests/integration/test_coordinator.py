@@ -313,3 +313,28 @@ def test_settings_from_toml_with_flags_winning(lab: Lab) -> None:
     result = run_fleet("coordinator", "--config", str(typo))
     assert result.returncode != 0
     assert "unknown setting 'admins'" in result.stderr
+
+
+def test_coordinator_answers_fleet_ping(lab: Lab) -> None:
+    coordinator = lab.start()
+    host, port = coordinator.address
+    res = subprocess.run(
+        fleet_argv(
+            "ping",
+            f"{coordinator.node_id}@{host}:{port}",
+            "--count",
+            "2",
+            "--interval",
+            "0.05",
+            "--bind",
+            "127.0.0.1:0",
+        ),
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "2 sent, 2 received, 0 lost" in res.stdout
+    assert f"via direct {host}:{port}" in res.stdout

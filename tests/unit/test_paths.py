@@ -136,3 +136,23 @@ def test_every_change_is_an_event() -> None:
         (Path("direct", A), Path("relay")),
     ]
     assert str(events[0].new) == "direct 192.0.2.1:4000"
+
+
+def test_a_ping_from_an_unconfirmed_candidate_is_pinged_back_at_once() -> None:
+    # Hole punching: our first ping died at the peer's NAT; the peer's ping has now opened
+    # it, so we must ping back immediately rather than at the next 2 s probe.
+    paths = PeerPaths(NODE, TIMING, has_relay=True)
+    paths.set_active(True, 0.0)
+    paths.add_candidate(A, 0.0, "call-me-maybe")
+    [first] = paths.poll(0.0)
+    assert paths.poll(0.3) == []  # nothing due before the probe interval
+    paths.ping_received(A, 0.3)
+    [again] = paths.poll(0.3)
+    assert again.addr == A
+    assert again.ping.tx_id != first.ping.tx_id
+    paths.ping_received(A, 0.32)  # rate limited: at most one ping-back per 0.1 s
+    assert paths.poll(0.32) == []
+    assert paths.pong_received(again.ping.tx_id, A, 0.33)
+    paths.ping_received(A, 0.5)  # confirmed: no ping-back, heartbeats take over
+    assert paths.poll(0.5) == []
+    assert paths.path == Path("direct", A)

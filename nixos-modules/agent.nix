@@ -1,0 +1,244 @@
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+
+let
+  cfg = config.services.fleet.agent;
+  settingsFormat = pkgs.formats.toml { };
+  configFile = settingsFormat.generate "fleet-agent.toml" cfg.settings;
+
+  inherit (lib)
+    literalExpression
+    mkEnableOption
+    mkIf
+    mkOption
+    mkPackageOption
+    optional
+    types
+    ;
+
+  stateDirectory = "fleet-agent";
+  defaultKeyFile = "/etc/ssh/ssh_host_ed25519_key";
+
+  # `fleet agent --coordinator` takes NODEID, NODEID@HOST:PORT or NODEID@H1:P1@H2:P2.
+  coordinatorAddr = lib.concatStringsSep "@" ([ cfg.coordinator.nodeId ] ++ cfg.coordinator.addresses);
+in
+{
+  options.services.fleet.agent = {
+    enable = mkEnableOption "the fleet agent, which applies admin-signed NixOS systems pushed through a fleet coordinator";
+
+    package = mkPackageOption pkgs "fleet" { };
+
+    coordinator = {
+      nodeId = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "3nxzva5ads6k2wxloichezh7wc3kfxmx3l5n2rvlou5n6c6hjwba";
+        description = ''
+          Node id of the coordinator (what `fleet id` prints for its key).
+          It is what the agent authenticates: the coordinator's TLS certificate must carry
+          this key.
+        '';
+      };
+
+      addresses = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [
+          "203.0.113.10:7443"
+          "[2001:db8::10]:7443"
+        ];
+        description = ''
+          `HOST:PORT` addresses (UDP) where the coordinator may be reached directly. They are
+          hints only; the node id is authenticated. Leave empty to reach the coordinator only
+          through {option}`services.fleet.agent.relays`.
+        '';
+      };
+    };
+
+    relays = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "fleet-relay://w7d7lwqx4q3cksnxvz3c4ca3mxrymm6456o6qbxxsjvr55nh5dea@relay.example.org:4433" ];
+      description = ''
+        Relay URLs (`fleet-relay://NODEID@HOST:PORT`). The relay carries traffic when no
+        direct UDP path to the coordinator works, for example behind carrier-grade NAT or
+        where UDP is blocked.
+      '';
+    };
+
+    keyFile = mkOption {
+      type = types.str;
+      default = defaultKeyFile;
+      example = "/var/lib/fleet-agent/node.key";
+      description = ''
+        Absolute path of the device's private key: a fleet key file (`fleet keygen`) or an
+        unencrypted OpenSSH ed25519 private key. The default reuses the SSH host key, so the
+        device's fleet node id is stable across reinstalls that keep the host key. Given as
+        a string so that the key is read at run time and never copied into the Nix store.
+      '';
+    };
+
+    admins = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "oy3cjyr2cihy6wdpy42tweykrljewe65sz64o43kxle3dcqjvarq" ];
+      description = ''
+        Node ids of the admins whose signed announcements this device accepts. The agent
+        checks every announcement itself, so a coordinator cannot make the device install
+        a system that none of these keys signed.
+      '';
+    };
+
+    substituters = mkOption {
+      type = types.listOf types.str;
+      default = config.nix.settings.substituters;
+      defaultText = literalExpression "config.nix.settings.substituters";
+      example = [ "https://cache.example.org" ];
+      description = ''
+        Binary caches the agent fetches announced systems from. Only these are used: the
+        cache hints in an announcement are ignored, so neither a coordinator nor an admin can
+        point the device at another cache.
+      '';
+    };
+
+    trustedPublicKeys = mkOption {
+      type = types.listOf types.str;
+      default = config.nix.settings.trusted-public-keys;
+      defaultText = literalExpression "config.nix.settings.trusted-public-keys";
+      example = [ "cache.example.org-1:BRBUqTnM6bXs36B64z9FVyKjgmekOd14u7LUrsMAqjY=" ];
+      description = ''
+        Nix signing keys (`NAME:BASE64`) that the fetched store paths must be signed with.
+        The key your CI signs system closures with must be in this list.
+      '';
+    };
+
+    settings = mkOption {
+      type = types.submodule { freeformType = settingsFormat.type; };
+      default = { };
+      example = literalExpression ''
+        {
+          listen = "0.0.0.0:41641";
+          log_level = "debug";
+        }
+      '';
+      description = ''
+        Settings of `fleet agent`, written as TOML and passed with `--config`. Keys are the
+        command-line flags without the leading dashes (`log_level` or `log-level`); see
+        `fleet agent --help`. The options above set `coordinator`, `relay`, `key`, `admin`,
+        `substituter`, `trusted_public_key` and `state_dir` here.
+      '';
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = cfg.settings ? coordinator;
+        message = ''
+          services.fleet.agent.coordinator.nodeId must be set: the node id of your coordinator,
+          as printed by `fleet id KEYFILE` for its key (with the fleet coordinator module:
+          `sudo fleet id /var/lib/fleet-coordinator/node.key` on the coordinator host).
+        '';
+      }
+      {
+        assertion =
+          !(cfg.settings ? coordinator)
+          || lib.hasInfix "@" cfg.settings.coordinator
+          || (cfg.settings.relay or [ ]) != [ ];
+        message = ''
+          services.fleet.agent cannot reach its coordinator: set
+          services.fleet.agent.coordinator.addresses (e.g. [ "203.0.113.10:7443" ]),
+          services.fleet.agent.relays (e.g. [ "fleet-relay://NODEID@relay.example.org:4433" ]),
+          or both.
+        '';
+      }
+      {
+        assertion = (cfg.settings.admin or [ ]) != [ ];
+        message = ''
+          services.fleet.agent.admins is empty, so the agent would refuse every update: list
+          the node ids of the admin (or CI) keys that sign pushes (`fleet id ADMIN_KEY`).
+        '';
+      }
+      {
+        assertion = (cfg.settings.substituter or [ ]) != [ ];
+        message = ''
+          services.fleet.agent.substituters is empty: the agent fetches systems only from the
+          binary caches configured here (it defaults to nix.settings.substituters).
+        '';
+      }
+      {
+        assertion = (cfg.settings.trusted_public_key or [ ]) != [ ];
+        message = ''
+          services.fleet.agent.trustedPublicKeys is empty: the agent only installs store paths
+          signed by a key listed here (it defaults to nix.settings.trusted-public-keys); add
+          the public key your CI signs system closures with.
+        '';
+      }
+      {
+        assertion = lib.hasPrefix "/" cfg.keyFile;
+        message = "services.fleet.agent.keyFile must be an absolute path, not ${cfg.keyFile}.";
+      }
+    ];
+
+    warnings =
+      optional (cfg.keyFile == defaultKeyFile && !config.services.openssh.enable)
+        "services.fleet.agent.keyFile is the SSH host key ${defaultKeyFile}, but services.openssh is disabled, so nothing creates that key; create it (ssh-keygen -t ed25519 -N \"\" -f ${defaultKeyFile}) or set keyFile to a key made with `fleet keygen`.";
+
+    services.fleet.agent.settings = lib.mapAttrs (_: lib.mkDefault) (
+      {
+        key = cfg.keyFile;
+        relay = cfg.relays;
+        admin = cfg.admins;
+        substituter = cfg.substituters;
+        trusted_public_key = cfg.trustedPublicKeys;
+        state_dir = "/var/lib/${stateDirectory}";
+      }
+      // lib.optionalAttrs (cfg.coordinator.nodeId != null) { coordinator = coordinatorAddr; }
+    );
+
+    environment.systemPackages = [ cfg.package ];
+
+    systemd.services.fleet-agent = {
+      description = "fleet agent: applies admin-signed NixOS systems";
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      # The default key is the SSH host key, which sshd's start-up creates on first boot.
+      after = [ "network-online.target" ] ++ optional config.services.openssh.enable "sshd.service";
+
+      # The agent runs switch-to-configuration itself: restarting it from inside a switch
+      # would kill the activation it is supervising. A new agent version takes effect at the
+      # next boot or `systemctl restart fleet-agent`.
+      restartIfChanged = false;
+
+      # nix-store / nix-env for fetching and profiles; switch-to-configuration brings its own.
+      path = [
+        config.nix.package
+        pkgs.coreutils
+      ];
+
+      serviceConfig = {
+        ExecStart = "${lib.getExe' cfg.package "fleet"} agent --config ${configFile}";
+        Restart = "on-failure";
+        RestartSec = 5;
+        # Root is needed: the agent writes the Nix store, sets the system profile and
+        # activates systems, so the usual sandboxing (ProtectSystem, PrivateDevices, ...)
+        # would leak into every activation it runs and is deliberately not set.
+        User = "root";
+        StateDirectory = stateDirectory;
+        StateDirectoryMode = "0700";
+        UMask = "0077";
+        # SIGTERM goes to the agent alone: it finishes an activation in progress (and its
+        # switch-to-configuration child) before it exits; only after the timeout is the
+        # whole group killed.
+        KillMode = "mixed";
+        TimeoutStopSec = "15min";
+      };
+    };
+  };
+
+  meta.maintainers = [ ];
+}

@@ -1,0 +1,228 @@
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+
+let
+  cfg = config.services.fleet.coordinator;
+  settingsFormat = pkgs.formats.toml { };
+  configFile = settingsFormat.generate "fleet-coordinator.toml" cfg.settings;
+
+  inherit (lib)
+    literalExpression
+    mkEnableOption
+    mkIf
+    mkOption
+    mkPackageOption
+    optional
+    types
+    ;
+
+  stateDirectory = "/var/lib/${cfg.stateDir}";
+  # With DynamicUser the key file is handed over by systemd (LoadCredential), readable
+  # only by the service, under $CREDENTIALS_DIRECTORY = /run/credentials/UNIT.
+  credentialKey = "/run/credentials/fleet-coordinator.service/node.key";
+  generatedKey = "${stateDirectory}/node.key";
+
+  # IPv6 addresses are written [ADDR]:PORT.
+  hostPort = host: port: if lib.hasInfix ":" host then "[${host}]:${toString port}" else "${host}:${toString port}";
+
+  lowPort = cfg.port < 1024;
+
+  keygen = pkgs.writeShellScript "fleet-coordinator-keygen" ''
+    set -eu
+    if [ ! -e ${lib.escapeShellArg generatedKey} ]; then
+      ${lib.getExe' cfg.package "fleet"} keygen ${lib.escapeShellArg generatedKey}
+    fi
+  '';
+in
+{
+  options.services.fleet.coordinator = {
+    enable = mkEnableOption "the fleet coordinator, which keeps the device registry and hands admin-signed pushes to agents";
+
+    package = mkPackageOption pkgs "fleet" { };
+
+    listenAddress = mkOption {
+      type = types.str;
+      default = "0.0.0.0";
+      example = "::";
+      description = ''
+        IP address the coordinator's mesh endpoint binds (UDP). Use `::` for IPv6.
+      '';
+    };
+
+    port = mkOption {
+      type = types.port;
+      default = 7443;
+      description = ''
+        UDP port of the coordinator's mesh endpoint (QUIC). Agents and `fleetctl` connect
+        here (`NODEID@HOST:PORT`).
+      '';
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Whether to open {option}`services.fleet.coordinator.port` (UDP) in the firewall.
+      '';
+    };
+
+    keyFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/keys/fleet-coordinator.key";
+      description = ''
+        Absolute path of the coordinator's private key (`fleet keygen`). It is passed to the
+        service with systemd's `LoadCredential`, so it may be readable by root only.
+        When `null`, a key is generated on first start in
+        `/var/lib/''${services.fleet.coordinator.stateDir}/node.key` and kept there; its node
+        id (`sudo fleet id /var/lib/fleet-coordinator/node.key`) is what agents and admins
+        pin, so back that directory up.
+      '';
+    };
+
+    stateDir = mkOption {
+      type = types.str;
+      default = "fleet-coordinator";
+      description = ''
+        Directory below `/var/lib` holding the coordinator's database (and generated key).
+        It is created by systemd's `StateDirectory` mechanism, owned by the service's
+        dynamic user.
+      '';
+    };
+
+    relays = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "fleet-relay://w7d7lwqx4q3cksnxvz3c4ca3mxrymm6456o6qbxxsjvr55nh5dea@relay.example.org:4433" ];
+      description = ''
+        Relay URLs (`fleet-relay://NODEID@HOST:PORT`) the coordinator keeps a connection to,
+        so that agents and admins that cannot reach it over UDP reach it through a relay.
+      '';
+    };
+
+    admins = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "oy3cjyr2cihy6wdpy42tweykrljewe65sz64o43kxle3dcqjvarq" ];
+      description = ''
+        Node ids allowed to act as admins (`fleetctl` with their key): push systems and
+        manage devices.
+      '';
+    };
+
+    settings = mkOption {
+      type = types.submodule { freeformType = settingsFormat.type; };
+      default = { };
+      example = literalExpression ''
+        {
+          log_level = "debug";
+        }
+      '';
+      description = ''
+        Settings of `fleet coordinator`, written as TOML and passed with `--config`. Keys are
+        the command-line flags without the leading dashes (`log_level` or `log-level`); see
+        `fleet coordinator --help`. The options above set `listen`, `key`, `state_dir`,
+        `relay` and `admin` here.
+      '';
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = (cfg.settings.admin or [ ]) != [ ];
+        message = ''
+          services.fleet.coordinator.admins is empty, so nobody could push or manage devices:
+          list the node ids of your admin and CI keys (`fleet id ADMIN_KEY`).
+        '';
+      }
+      {
+        assertion = cfg.keyFile == null || lib.hasPrefix "/" cfg.keyFile;
+        message = "services.fleet.coordinator.keyFile must be an absolute path, not ${toString cfg.keyFile}.";
+      }
+      {
+        assertion =
+          cfg.stateDir != ""
+          && !lib.hasPrefix "/" cfg.stateDir
+          && !lib.elem ".." (lib.splitString "/" cfg.stateDir);
+        message = ''
+          services.fleet.coordinator.stateDir must be a relative directory name below /var/lib
+          (such as "fleet-coordinator"), not "${cfg.stateDir}".
+        '';
+      }
+    ];
+
+    services.fleet.coordinator.settings = lib.mapAttrs (_: lib.mkDefault) {
+      listen = hostPort cfg.listenAddress cfg.port;
+      key = if cfg.keyFile == null then generatedKey else credentialKey;
+      state_dir = stateDirectory;
+      relay = cfg.relays;
+      admin = cfg.admins;
+    };
+
+    networking.firewall.allowedUDPPorts = optional cfg.openFirewall cfg.port;
+
+    systemd.services.fleet-coordinator = {
+      description = "fleet coordinator";
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+
+      serviceConfig = {
+        ExecStartPre = optional (cfg.keyFile == null) keygen;
+        ExecStart = "${lib.getExe' cfg.package "fleet"} coordinator --config ${configFile}";
+        Restart = "on-failure";
+        RestartSec = 5;
+
+        DynamicUser = true;
+        StateDirectory = cfg.stateDir;
+        StateDirectoryMode = "0700";
+        LoadCredential = optional (cfg.keyFile != null) "node.key:${cfg.keyFile}";
+        UMask = "0077";
+
+        # Binding a port below 1024 is the only privilege it may need.
+        AmbientCapabilities = optional lowPort "CAP_NET_BIND_SERVICE";
+        CapabilityBoundingSet = if lowPort then [ "CAP_NET_BIND_SERVICE" ] else "";
+        DevicePolicy = "closed";
+        LockPersonality = true;
+        NoNewPrivileges = true;
+        PrivateDevices = true;
+        PrivateTmp = true;
+        # A user namespace would drop CAP_NET_BIND_SERVICE for the host network.
+        PrivateUsers = !lowPort;
+        ProcSubset = "pid";
+        ProtectClock = true;
+        ProtectControlGroups = true;
+        ProtectHome = true;
+        ProtectHostname = true;
+        ProtectKernelLogs = true;
+        ProtectKernelModules = true;
+        ProtectKernelTunables = true;
+        ProtectProc = "invisible";
+        ProtectSystem = "strict";
+        RemoveIPC = true;
+        RestrictAddressFamilies = [
+          "AF_INET"
+          "AF_INET6"
+          "AF_UNIX"
+        ];
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        SystemCallArchitectures = "native";
+        SystemCallFilter = [
+          "@system-service"
+          "~@privileged"
+        ];
+        # MemoryDenyWriteExecute is not set: the cffi-based dependencies (PyNaCl,
+        # cryptography) are not known to work without writable+executable pages.
+      };
+    };
+  };
+
+  meta.maintainers = [ ];
+}

@@ -1,0 +1,224 @@
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+
+let
+  cfg = config.services.fleet.relay;
+  settingsFormat = pkgs.formats.toml { };
+  configFile = settingsFormat.generate "fleet-relay.toml" cfg.settings;
+
+  inherit (lib)
+    literalExpression
+    mkEnableOption
+    mkIf
+    mkOption
+    mkPackageOption
+    optional
+    types
+    ;
+
+  stateDirectory = "/var/lib/${cfg.stateDir}";
+  # With DynamicUser the key file is handed over by systemd (LoadCredential), readable
+  # only by the service, under $CREDENTIALS_DIRECTORY = /run/credentials/UNIT.
+  credentialKey = "/run/credentials/fleet-relay.service/node.key";
+  generatedKey = "${stateDirectory}/node.key";
+
+  # IPv6 addresses are written [ADDR]:PORT.
+  hostPort = host: port: if lib.hasInfix ":" host then "[${host}]:${toString port}" else "${host}:${toString port}";
+
+  lowPort = cfg.port < 1024 || (cfg.stunPort != null && cfg.stunPort < 1024);
+
+  keygen = pkgs.writeShellScript "fleet-relay-keygen" ''
+    set -eu
+    if [ ! -e ${lib.escapeShellArg generatedKey} ]; then
+      ${lib.getExe' cfg.package "fleet"} keygen ${lib.escapeShellArg generatedKey}
+    fi
+  '';
+in
+{
+  options.services.fleet.relay = {
+    enable = mkEnableOption "a fleet relay, which forwards encrypted packets between fleet nodes that cannot reach each other directly";
+
+    package = mkPackageOption pkgs "fleet" { };
+
+    listenAddress = mkOption {
+      type = types.str;
+      default = "0.0.0.0";
+      example = "::";
+      description = ''
+        Address the relay listens on (TCP, TLS), and answers STUN on when
+        {option}`services.fleet.relay.stunPort` is set.
+      '';
+    };
+
+    port = mkOption {
+      type = types.port;
+      default = 4433;
+      example = 443;
+      description = ''
+        TCP port of the relay. Port 443 passes most restrictive firewalls; the service is
+        then given `CAP_NET_BIND_SERVICE` and nothing else.
+      '';
+    };
+
+    stunPort = mkOption {
+      type = types.nullOr types.port;
+      default = null;
+      example = 3478;
+      description = ''
+        UDP port on which the relay answers STUN binding requests, so that nodes learn their
+        public address for hole punching. `null` disables STUN.
+      '';
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Whether to open {option}`services.fleet.relay.port` (TCP) and, when set,
+        {option}`services.fleet.relay.stunPort` (UDP) in the firewall.
+      '';
+    };
+
+    keyFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/keys/fleet-relay.key";
+      description = ''
+        Absolute path of the relay's private key (`fleet keygen`). It is passed to the
+        service with systemd's `LoadCredential`, so it may be readable by root only.
+        When `null`, a key is generated on first start in
+        `/var/lib/''${services.fleet.relay.stateDir}/node.key` and kept there. The relay's
+        node id is part of its URL (`fleet-relay://NODEID@HOST:PORT`) that every node pins:
+        keep the key across reinstalls.
+      '';
+    };
+
+    stateDir = mkOption {
+      type = types.str;
+      default = "fleet-relay";
+      description = ''
+        Directory below `/var/lib` for the relay's generated key. It is created by systemd's
+        `StateDirectory` mechanism, owned by the service's dynamic user.
+      '';
+    };
+
+    settings = mkOption {
+      type = types.submodule { freeformType = settingsFormat.type; };
+      default = { };
+      example = literalExpression ''
+        {
+          max_clients = 20000;
+          metrics_listen = "127.0.0.1:9430";
+        }
+      '';
+      description = ''
+        Settings of `fleet relay`, written as TOML and passed with `--config`. Keys are the
+        command-line flags without the leading dashes (`max_clients` or `max-clients`); see
+        `fleet relay --help`. The options above set `listen`, `key` and `stun_listen` here.
+      '';
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = cfg.keyFile == null || lib.hasPrefix "/" cfg.keyFile;
+        message = "services.fleet.relay.keyFile must be an absolute path, not ${toString cfg.keyFile}.";
+      }
+      {
+        assertion =
+          cfg.stateDir != ""
+          && !lib.hasPrefix "/" cfg.stateDir
+          && !lib.elem ".." (lib.splitString "/" cfg.stateDir);
+        message = ''
+          services.fleet.relay.stateDir must be a relative directory name below /var/lib
+          (such as "fleet-relay"), not "${cfg.stateDir}".
+        '';
+      }
+      {
+        assertion = !(cfg.settings.insecure_no_tls or false);
+        message = "services.fleet.relay: insecure_no_tls is for loopback tests only; remove it from settings.";
+      }
+    ];
+
+    services.fleet.relay.settings = lib.mapAttrs (_: lib.mkDefault) (
+      {
+        listen = hostPort cfg.listenAddress cfg.port;
+        key = if cfg.keyFile == null then generatedKey else credentialKey;
+      }
+      // lib.optionalAttrs (cfg.stunPort != null) {
+        stun_listen = hostPort cfg.listenAddress cfg.stunPort;
+      }
+    );
+
+    networking.firewall = mkIf cfg.openFirewall {
+      allowedTCPPorts = [ cfg.port ];
+      allowedUDPPorts = optional (cfg.stunPort != null) cfg.stunPort;
+    };
+
+    systemd.services.fleet-relay = {
+      description = "fleet relay";
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+
+      serviceConfig = {
+        ExecStartPre = optional (cfg.keyFile == null) keygen;
+        ExecStart = "${lib.getExe' cfg.package "fleet"} relay --config ${configFile}";
+        Restart = "on-failure";
+        RestartSec = 5;
+        # One file descriptor per client connection (max_clients defaults to 10000).
+        LimitNOFILE = 65536;
+
+        DynamicUser = true;
+        StateDirectory = cfg.stateDir;
+        StateDirectoryMode = "0700";
+        LoadCredential = optional (cfg.keyFile != null) "node.key:${cfg.keyFile}";
+        UMask = "0077";
+
+        # Binding a port below 1024 is the only privilege it may need.
+        AmbientCapabilities = optional lowPort "CAP_NET_BIND_SERVICE";
+        CapabilityBoundingSet = if lowPort then [ "CAP_NET_BIND_SERVICE" ] else "";
+        DevicePolicy = "closed";
+        LockPersonality = true;
+        NoNewPrivileges = true;
+        PrivateDevices = true;
+        PrivateTmp = true;
+        # A user namespace would drop CAP_NET_BIND_SERVICE for the host network.
+        PrivateUsers = !lowPort;
+        ProcSubset = "pid";
+        ProtectClock = true;
+        ProtectControlGroups = true;
+        ProtectHome = true;
+        ProtectHostname = true;
+        ProtectKernelLogs = true;
+        ProtectKernelModules = true;
+        ProtectKernelTunables = true;
+        ProtectProc = "invisible";
+        ProtectSystem = "strict";
+        RemoveIPC = true;
+        RestrictAddressFamilies = [
+          "AF_INET"
+          "AF_INET6"
+          "AF_UNIX"
+        ];
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        SystemCallArchitectures = "native";
+        SystemCallFilter = [
+          "@system-service"
+          "~@privileged"
+        ];
+        # MemoryDenyWriteExecute is not set: the cffi-based dependencies (PyNaCl,
+        # cryptography) are not known to work without writable+executable pages.
+      };
+    };
+  };
+
+  meta.maintainers = [ ];
+}

@@ -1,0 +1,118 @@
+"""`fleet ping` as a real process against an Endpoint serving the ping ALPN."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from fleet.identity import Identity
+from fleet.mesh import Endpoint
+from fleet.mesh.ping import PING_ALPN, PingClient, serve_ping
+from tests.cli import cli_env, fleet_argv
+from tests.integration.relay_process import RelayProcess, start_relay
+
+
+@pytest.fixture
+async def pinged(tmp_path: Path) -> AsyncIterator[Endpoint]:
+    async with (
+        Endpoint(Identity.generate(), bind=("127.0.0.1", 0), alpns=[PING_ALPN]) as ep,
+        asyncio.TaskGroup() as tg,
+    ):
+        server = tg.create_task(serve_ping(ep))
+        yield ep
+        server.cancel()
+
+
+@pytest.fixture
+def relay(tmp_path: Path) -> Iterator[RelayProcess]:
+    process = start_relay(tmp_path)
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+async def _fleet_ping(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *fleet_argv("ping", "--bind", "127.0.0.1:0", *args),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(),
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_fleet_ping_direct(pinged: Endpoint) -> None:
+    host, port = pinged.bound_address
+    code, out, err = await _fleet_ping(
+        f"{pinged.node_id}@{host}:{port}", "--count", "3", "--interval", "0.05"
+    )
+    assert code == 0, err
+    lines = out.splitlines()
+    pings = [line for line in lines if line.startswith("ping ")]
+    assert len(pings) == 3
+    assert all(f"ms via direct {host}:{port}" in line for line in pings), out
+    assert "3 sent, 3 received, 0 lost" in out
+    assert f"direct path {host}:{port} after" in lines[-1]
+
+
+async def test_fleet_ping_json_through_a_relay(pinged: Endpoint, relay: RelayProcess) -> None:
+    # The pinged node is reachable only through the relay (no address in TARGET); both are
+    # on loopback, so CallMeMaybe lets them go direct after the first pings.
+    async with (
+        Endpoint(
+            Identity.generate(),
+            bind=("127.0.0.1", 0),
+            alpns=[PING_ALPN],
+            relay_urls=[str(relay.url)],
+        ) as target,
+        asyncio.TaskGroup() as tg,
+    ):
+        server = tg.create_task(serve_ping(target))
+        target_addr = f"127.0.0.1:{target.bound_address[1]}"
+        code, out, err = await _fleet_ping(
+            str(target.node_id),
+            "--relay",
+            str(relay.url),
+            "--count",
+            "4",
+            "--interval",
+            "0.3",
+            "--json",
+        )
+        server.cancel()
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert records[0]["event"] == "connected"
+    assert records[0]["path"] in ("relay", f"direct {target_addr}")
+    pings = [r for r in records if r["event"] == "ping"]
+    assert [p["seq"] for p in pings] == [1, 2, 3, 4]
+    assert all(p["rtt_ms"] > 0 for p in pings)
+    summary = records[-1]
+    assert summary["event"] == "summary"
+    assert summary["received"] == 4
+    assert summary["direct_after_s"] is not None
+    assert pings[-1]["path"] == "direct"
+    assert pings[-1]["addr"] == summary["direct_addr"] == target_addr
+
+
+async def test_fleet_ping_fails_cleanly_when_nobody_answers() -> None:
+    nobody = Identity.generate().node_id
+    code, _, err = await _fleet_ping(f"{nobody}@127.0.0.1:9", "--count", "1", "--timeout", "1")
+    assert code == 1
+    assert f"cannot reach {nobody.short()}" in err
+
+
+async def test_ping_client_in_process(pinged: Endpoint) -> None:
+    async with Endpoint(Identity.generate(), bind=("127.0.0.1", 0)) as ep:
+        conn = await ep.connect(pinged.node_id, PING_ALPN, addrs=[pinged.bound_address])
+        client = PingClient(conn)
+        rtts = [await client.ping(5) for _ in range(5)]
+        assert all(0 < r < 1 for r in rtts)
+        await client.close()
