@@ -82,14 +82,26 @@ in
       '';
     };
 
-    admins = mkOption {
+    trustRoots = mkOption {
       type = types.listOf types.str;
       default = [ ];
       example = [ "oy3cjyr2cihy6wdpy42tweykrljewe65sz64o43kxle3dcqjvarq" ];
       description = ''
-        Node ids of the admins whose signed announcements this device accepts. The agent
-        checks every announcement itself, so a coordinator cannot make the device install
-        a system that none of these keys signed.
+        Node ids of the organization's trust roots (`fleetctl org init`). The agent accepts
+        an announcement only if its signer's capability chain leads from one of these roots,
+        grants `push` and covers this device; it checks this itself, so a coordinator cannot
+        make the device install a system that no authorized admin signed for it.
+      '';
+    };
+
+    tags = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "prod" "kiosk" ];
+      description = ''
+        Tags of this device, for certificates scoped to `tag:NAME`. They come from this
+        configuration only, never from the coordinator, so a coordinator cannot move the
+        device into another admin's scope.
       '';
     };
 
@@ -128,7 +140,7 @@ in
       description = ''
         Settings of `fleet agent`, written as TOML and passed with `--config`. Keys are the
         command-line flags without the leading dashes (`log_level` or `log-level`); see
-        `fleet agent --help`. The options above set `coordinator`, `relay`, `key`, `admin`,
+        `fleet agent --help`. The options above set `coordinator`, `relay`, `key`, `trust_root`, `tag`,
         `substituter`, `trusted_public_key` and `state_dir` here.
       '';
     };
@@ -157,10 +169,10 @@ in
         '';
       }
       {
-        assertion = (cfg.settings.admin or [ ]) != [ ];
+        assertion = (cfg.settings.trust_root or [ ]) != [ ];
         message = ''
-          services.fleet.agent.admins is empty, so the agent would refuse every update: list
-          the node ids of the admin (or CI) keys that sign pushes (`fleet id ADMIN_KEY`).
+          services.fleet.agent.trustRoots is empty, so the agent would refuse every update: list
+          the node ids of your organization's trust roots (printed by `fleetctl org init`).
         '';
       }
       {
@@ -192,7 +204,8 @@ in
       {
         key = cfg.keyFile;
         relay = cfg.relays;
-        admin = cfg.admins;
+        trust_root = cfg.trustRoots;
+        tag = cfg.tags;
         substituter = cfg.substituters;
         trusted_public_key = cfg.trustedPublicKeys;
         state_dir = "/var/lib/${stateDirectory}";

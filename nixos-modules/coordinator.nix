@@ -104,13 +104,13 @@ in
       '';
     };
 
-    admins = mkOption {
+    trustRoots = mkOption {
       type = types.listOf types.str;
       default = [ ];
       example = [ "oy3cjyr2cihy6wdpy42tweykrljewe65sz64o43kxle3dcqjvarq" ];
       description = ''
-        Node ids allowed to act as admins (`fleetctl` with their key): push systems and
-        manage devices.
+        Node ids of the organization's trust roots (`fleetctl org init`). Admin and CI keys
+        act with capability certificates issued from these roots (`fleetctl grant`).
       '';
     };
 
@@ -126,7 +126,7 @@ in
         Settings of `fleet coordinator`, written as TOML and passed with `--config`. Keys are
         the command-line flags without the leading dashes (`log_level` or `log-level`); see
         `fleet coordinator --help`. The options above set `listen`, `key`, `state_dir`,
-        `relay` and `admin` here.
+        `relay` and `trust_root` here.
       '';
     };
   };
@@ -134,10 +134,10 @@ in
   config = mkIf cfg.enable {
     assertions = [
       {
-        assertion = (cfg.settings.admin or [ ]) != [ ];
+        assertion = (cfg.settings.trust_root or [ ]) != [ ];
         message = ''
-          services.fleet.coordinator.admins is empty, so nobody could push or manage devices:
-          list the node ids of your admin and CI keys (`fleet id ADMIN_KEY`).
+          services.fleet.coordinator.trustRoots is empty, so nobody could push or manage
+          devices: list the node ids of your organization's trust roots (`fleetctl org init`).
         '';
       }
       {
@@ -161,7 +161,7 @@ in
       key = if cfg.keyFile == null then generatedKey else credentialKey;
       state_dir = stateDirectory;
       relay = cfg.relays;
-      admin = cfg.admins;
+      trust_root = cfg.trustRoots;
     };
 
     networking.firewall.allowedUDPPorts = optional cfg.openFirewall cfg.port;

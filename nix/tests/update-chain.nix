@@ -66,7 +66,7 @@ let
           addresses = [ "${ip.coordinator}:${toString coordinatorPort}" ];
         };
         relays = [ relayUrl ];
-        admins = [ adminId ];
+        trustRoots = [ adminId ];
         substituters = [ "http://${ip.coordinator}:${toString cachePort}" ];
         trustedPublicKeys = [ cacheKey ];
         settings.log_level = "debug";
@@ -129,7 +129,7 @@ in
           keyFile = "${keys}/coordinator.key";
           openFirewall = true;
           relays = [ relayUrl ];
-          admins = [ adminId ];
+          trustRoots = [ adminId ];
           settings.log_level = "debug";
         };
 

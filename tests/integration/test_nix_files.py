@@ -46,9 +46,7 @@ KNOWN: dict[str, tuple[str, ...]] = {
 
 # Settings a module writes for a CLI option that another branch is adding. Each entry fails
 # test_pending_settings_are_still_pending as soon as the CLI knows it: then delete it here.
-PENDING: dict[str, dict[str, str]] = {
-    "relay": {"stun_listen": "fleet relay --stun-listen (issue 4, NAT traversal)"},
-}
+PENDING: dict[str, dict[str, str]] = {}
 
 # Every option of each module set to a non-default value.
 FULL: dict[str, dict[str, Any]] = {
@@ -60,7 +58,7 @@ FULL: dict[str, dict[str, Any]] = {
         },
         "relays": [RELAY_URL],
         "keyFile": "/var/lib/fleet-agent/node.key",
-        "admins": [ADMIN_ID],
+        "trustRoots": [ADMIN_ID],
         "substituters": ["https://cache.example.org"],
         "trustedPublicKeys": [CACHE_KEY],
     },
@@ -72,7 +70,7 @@ FULL: dict[str, dict[str, Any]] = {
         "keyFile": "/run/keys/coordinator.key",
         "stateDir": "fleet/coordinator",
         "relays": [RELAY_URL],
-        "admins": [ADMIN_ID],
+        "trustRoots": [ADMIN_ID],
     },
     "relay": {
         "enable": True,
@@ -90,9 +88,9 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "agent": {
         "enable": True,
         "coordinator": {"nodeId": COORDINATOR_ID, "addresses": ["203.0.113.10:7443"]},
-        "admins": [ADMIN_ID],
+        "trustRoots": [ADMIN_ID],
     },
-    "coordinator": {"enable": True, "admins": [ADMIN_ID]},
+    "coordinator": {"enable": True, "trustRoots": [ADMIN_ID]},
     "relay": {"enable": True},
 }
 
@@ -247,7 +245,7 @@ def test_agent_settings_start_the_agent(monkeypatch: pytest.MonkeyPatch, tmp_pat
         f"{COORDINATOR_ID}@203.0.113.10:7443@[2001:db8::10]:7443"
     )
     assert [str(r) for r in agent_settings.relays] == [RELAY_URL]
-    assert [str(a) for a in agent_settings.admins] == [ADMIN_ID]
+    assert [str(a) for a in agent_settings.trust_roots] == [ADMIN_ID]
     assert agent_settings.apply.substituters == ("https://cache.example.org",)
     assert agent_settings.apply.trusted_public_keys == (CACHE_KEY,)
     assert agent_settings.state_dir == Path("/var/lib/fleet-agent")
@@ -263,7 +261,7 @@ def test_coordinator_settings_start_the_coordinator(
     )
     assert coordinator_settings.listen == ("::", 7443)
     assert coordinator_settings.state_dir == Path("/var/lib/fleet/coordinator")
-    assert [str(a) for a in coordinator_settings.admins] == [ADMIN_ID]
+    assert [str(a) for a in coordinator_settings.trust_roots] == [ADMIN_ID]
     assert [str(r) for r in coordinator_settings.relays] == [RELAY_URL]
 
 
@@ -319,7 +317,7 @@ def failed(role: str, options: dict[str, Any], **overrides: Any) -> str:
     [
         ({"coordinator": {}}, "services.fleet.agent.coordinator.nodeId must be set"),
         ({"coordinator": {"nodeId": COORDINATOR_ID}}, "cannot reach its coordinator"),
-        ({"admins": []}, "services.fleet.agent.admins is empty"),
+        ({"trustRoots": []}, "services.fleet.agent.trustRoots is empty"),
         ({"substituters": []}, "services.fleet.agent.substituters is empty"),
         ({"trustedPublicKeys": []}, "services.fleet.agent.trustedPublicKeys is empty"),
         ({"keyFile": "node.key"}, "keyFile must be an absolute path"),
@@ -343,7 +341,7 @@ def test_agent_warns_when_nothing_creates_the_ssh_host_key() -> None:
 @pytest.mark.parametrize(
     ("role", "overrides", "expected"),
     [
-        ("coordinator", {"admins": []}, "services.fleet.coordinator.admins is empty"),
+        ("coordinator", {"trustRoots": []}, "services.fleet.coordinator.trustRoots is empty"),
         ("coordinator", {"stateDir": "/srv/fleet"}, "relative directory name below /var/lib"),
         ("relay", {"stateDir": "../etc"}, "relative directory name below /var/lib"),
         ("relay", {"keyFile": "relay.key"}, "keyFile must be an absolute path"),
