@@ -24,7 +24,7 @@ from fleet.protocol.messages import (
     Welcome,
 )
 from fleet.protocol.stream import recv_message, send_message
-from fleet.wire import Message, Tag, sign_envelope
+from fleet.wire import ByteReader, Message, Tag, sign_envelope
 from tests.capability_kit import make_org
 from tests.conftest import NixCache
 from tests.integration.test_agent_process import AgentRig, accept_agent
@@ -44,9 +44,9 @@ def deliver(device: str, sequence: int, who: Identity, chain: Chain) -> Deliver:
     return Deliver(announcement=sign_envelope(who, Tag.ANNOUNCEMENT, ann))
 
 
-async def next_rejection(reader: object) -> AnnouncementRejected:
+async def next_rejection(reader: ByteReader) -> AnnouncementRejected:
     while True:
-        message: Message = await recv_message(reader, timeout=T)  # type: ignore[arg-type]
+        message: Message = await recv_message(reader, timeout=T)
         if isinstance(message, AnnouncementRejected):
             return message
         assert isinstance(message, StatusReport)
