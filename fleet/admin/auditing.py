@@ -115,7 +115,10 @@ def select(
 def summary(entry: AuditEntry) -> str:
     detail = entry.details()
     if entry.outcome == "refused":
-        return f"{detail.get('code', '?')}: {detail.get('reason', '')}"
+        kind = str(detail.get("code", "?"))
+        if "capability" in detail:
+            kind += f"/{detail['capability']}"
+        return f"{kind}: {detail.get('reason', '')}"
     if entry.action == "push":
         return (
             f"sequence {detail.get('sequence')} {detail.get('store_path')} to "

@@ -77,6 +77,7 @@ T = TypeVar("T")
 EXIT_NOT_APPLIED = 3
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
 DEFAULT_WAIT = 600.0
+DEFAULT_GRANT = "30d"
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 
 
@@ -529,7 +530,8 @@ def _issuer_authority(identity: Identity, chain: Chain, now: float) -> frozenset
     help="'*', tag:NAME or a device NODEID; comma-separated or repeated.",
 )
 @click.option(
-    "--expires", default="30d", show_default=True, help="Lifetime (90s, 15m, 12h, 30d, 2w)."
+    "--expires",
+    help="Lifetime (90s, 15m, 12h, 30d, 2w); default 30d, or until your own certificate ends.",
 )
 @click.option("--delegate", is_flag=True, help="The subject may grant a part of this further.")
 @click.option(
@@ -547,7 +549,7 @@ def grant_command(
     subject: str,
     allow: tuple[str, ...],
     scope: tuple[str, ...],
-    expires: str,
+    expires: str | None,
     delegate: bool,
     out: str,
     record: bool,
@@ -565,7 +567,7 @@ def grant_command(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--scope") from exc
     try:
-        lifetime = parse_duration(expires)
+        lifetime = parse_duration(expires or DEFAULT_GRANT)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--expires") from exc
     if delegate and "grant" not in actions:
@@ -580,6 +582,8 @@ def grant_command(
     if mine.not_before is not None:
         not_before = max(not_before, mine.not_before)
     not_after = now + lifetime
+    if expires is None and mine.not_after is not None:
+        not_after = min(not_after, mine.not_after)
     if mine.not_after is not None and not_after > mine.not_after:
         raise click.BadParameter(
             f"ends after your own certificate ({iso_utc(mine.not_after)}); "

@@ -111,7 +111,7 @@ NEEDS: dict[type[Message], Permission | None] = {
     DeviceAdd: Permission.DEVICES,
     DeviceApprove: Permission.DEVICES,
     DeviceRemove: Permission.DEVICES,
-    DeviceList: Permission.READ,
+    DeviceList: None,  # read: every device; push alone: those in its scope (to resolve targets)
     StatusRequest: Permission.READ,
     GrantRecord: Permission.GRANT,
     RevokeRequest: None,
@@ -289,6 +289,9 @@ class CoordinatorService:
                 )
             if isinstance(body, DeviceList):
                 devices = await registry.all_devices(self.db)
+                if Permission.READ not in authority.actions:
+                    self._require(authority, Permission.PUSH, signer=str(opened.signer))
+                    devices = [d for d in devices if authority.scope.contains(d.node_id, d.tags)]
                 return AdminResult(DeviceListReply(devices=tuple(d.info() for d in devices)))
             assert isinstance(body, StatusRequest)
             watcher = None

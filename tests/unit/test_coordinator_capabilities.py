@@ -31,6 +31,8 @@ from fleet.protocol.messages import (
     CertificateLookup,
     Deliver,
     DeviceAdd,
+    DeviceList,
+    DeviceListReply,
     ErrorReply,
     GrantRecord,
     NextSequence,
@@ -274,6 +276,17 @@ async def test_grants_are_recorded_and_the_log_verifies_with_the_root_alone(rig:
         authorize=AuthorityReplay(rig.org.roots),
     )
     assert report.sealed == len(entries)
+
+
+async def test_a_push_only_key_lists_just_the_devices_in_its_scope(rig: Rig) -> None:
+    prod = await rig.add("prod-1", ("prod",))
+    await rig.add("lab-1", ("lab",))
+    listed = (await rig.as_ci(DeviceList())).reply
+    assert isinstance(listed, DeviceListReply)
+    assert [d.node_id for d in listed.devices] == [prod]
+    everything = (await rig.as_lead(DeviceList())).reply
+    assert isinstance(everything, DeviceListReply)
+    assert len(everything.devices) == 2
 
 
 async def test_audit_needs_the_audit_action(rig: Rig) -> None:
