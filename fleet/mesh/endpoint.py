@@ -709,22 +709,9 @@ class Endpoint:
                     relay.send(peer.node, data)
                     self.relay_packets_sent += 1
         self._process_events(conn)
-        self._arm_timer(conn, now)
-
-    def _arm_timer(self, conn: Connection, now: float) -> None:
-        at = conn.quic.get_timer()
-        if at == conn.timer_at:
-            return
-        if conn.timer is not None:
-            conn.timer.cancel()
-            conn.timer = None
-        conn.timer_at = at
-        if at is not None and self._loop is not None:
-            conn.timer = self._loop.call_at(at, self._on_timer, conn)
+        conn.timer.set(conn.quic.get_timer())
 
     def _on_timer(self, conn: Connection) -> None:
-        conn.timer = None
-        conn.timer_at = None
         if conn not in self._conn_peer:
             return
         conn.quic.handle_timer(self._now())
@@ -786,6 +773,7 @@ class Endpoint:
             is_client=is_client,
             request_flush=self._request_flush,
             path_of=lambda: peer.paths.path,
+            on_timer=self._on_timer,
         )
         conn.last_keepalive = self._now()
         self._conn_peer[conn] = peer
@@ -804,9 +792,7 @@ class Endpoint:
             if self._by_cid.get(cid) is conn:
                 del self._by_cid[cid]
         conn.cids.clear()
-        if conn.timer is not None:
-            conn.timer.cancel()
-            conn.timer = None
+        conn.timer.cancel()
         if peer is not None:
             peer.connections.discard(conn)
             if not peer.connections:
