@@ -119,6 +119,10 @@ class Connection:
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at: float | None = None
         self.last_keepalive = 0.0
+        # Where this connection's last direct datagram came from (None: via the relay).
+        # Two processes may share a node id (an admin's `status --watch` and `push`): the
+        # peer's path names one address, each connection replies to its own.
+        self.direct_source: tuple[str, int] | None = None
         loop = asyncio.get_running_loop()
         self._handshake: asyncio.Future[None] = loop.create_future()
         # Server connections that fail are never awaited: mark their error as seen.
