@@ -348,9 +348,9 @@ class FleetLab:
             if result.code != 0:
                 raise LabError(f"devices add failed: {result}")
 
-    async def launch(self, *agents: Agent) -> None:
+    async def launch(self, *agents: Agent, tags: Iterable[str] = (TAG,)) -> None:
         """Register and start agents side by side (the coordinator must be running)."""
-        await asyncio.gather(self.register(*agents), self.start_agents(*agents))
+        await asyncio.gather(self.register(*agents, tags=tags), self.start_agents(*agents))
 
     def fleetctl_argv(self, *args: str, key: Path | None = None) -> list[str]:
         return fleetctl_argv(
