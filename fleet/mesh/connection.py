@@ -119,6 +119,10 @@ class Connection:
         self.cids: set[bytes] = set()
         self.closed: CloseReason | None = None
         self.last_keepalive = 0.0
+        # Where this connection's last direct datagram came from (None: via the relay).
+        # Two processes may share a node id (an admin's `status --watch` and `push`): the
+        # peer's path names one address, each connection replies to its own.
+        self.direct_source: tuple[str, int] | None = None
         loop = asyncio.get_running_loop()
         self.timer = DeadlineTimer(loop, lambda: on_timer(self))  # follows quic.get_timer()
         self._handshake: asyncio.Future[None] = loop.create_future()

@@ -414,6 +414,7 @@ class Endpoint:
                 peer.paths.set_relay(True, self._now())
             conn = self._receive_quic(peer, data, via_relay=True)
             if conn is not None:
+                conn.direct_source = None
                 self._request_flush(conn)
             self._after_paths(peer)
         except Exception:  # a bad packet must never take the endpoint down
@@ -440,6 +441,7 @@ class Endpoint:
                     continue
                 conn = self._receive_quic(peer, data, via_relay=False)
                 if conn is not None:
+                    conn.direct_source = addr
                     touched.add(conn)
             except Exception:  # a bad packet must never take the endpoint down
                 log.exception("datagram_error", src=addr)
@@ -669,6 +671,7 @@ class Endpoint:
             self.quic_dropped -= 1
             conn = self._receive_quic(peer, data, via_relay=False)
             if conn is not None:
+                conn.direct_source = addr
                 self._request_flush(conn)
 
     # -- output -----------------------------------------------------------------------------
@@ -700,6 +703,9 @@ class Endpoint:
             if deadline is not None and deadline <= now:
                 self._after_paths(peer)
             addrs, via_relay = paths.send_targets(now)
+            source = conn.direct_source
+            if source is not None and source not in addrs:
+                addrs = [source]  # another process of the same node id holds the path
             sock = self.socket
             relay = peer.relay if via_relay else None
             for data, _ in datagrams:
