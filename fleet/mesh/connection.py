@@ -15,6 +15,7 @@ from typing import TypeVar
 from aioquic.quic import events
 from aioquic.quic.connection import stream_is_unidirectional
 
+from fleet.deadline import DeadlineTimer
 from fleet.identity import NodeId
 from fleet.mesh.paths import Path, PathChanged
 from fleet.mesh.tls_hooks import PinnedQuicConnection, pending_close, send_backlog
@@ -106,6 +107,7 @@ class Connection:
         is_client: bool,
         request_flush: Callable[[Connection], None],
         path_of: Callable[[], Path | None],
+        on_timer: Callable[[Connection], None],
     ) -> None:
         self._quic = quic
         self._remote_id = remote_id
@@ -116,10 +118,13 @@ class Connection:
         self.verified = False  # set only when the handshake completed with the pinned peer
         self.cids: set[bytes] = set()
         self.closed: CloseReason | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_at: float | None = None
         self.last_keepalive = 0.0
+        # Where this connection's last direct datagram came from (None: via the relay).
+        # Two processes may share a node id (an admin's `status --watch` and `push`): the
+        # peer's path names one address, each connection replies to its own.
+        self.direct_source: tuple[str, int] | None = None
         loop = asyncio.get_running_loop()
+        self.timer = DeadlineTimer(loop, lambda: on_timer(self))  # follows quic.get_timer()
         self._handshake: asyncio.Future[None] = loop.create_future()
         # Server connections that fail are never awaited: mark their error as seen.
         self._handshake.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -256,9 +261,7 @@ class Connection:
         self._incoming_uni.put_nowait(None)
         for waiter in self._path_waiters:
             waiter.set()
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.timer.cancel()
 
     def _fail_handshake(self, error_code: int, reason: str) -> None:
         if not self._handshake.done():

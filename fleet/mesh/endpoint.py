@@ -414,6 +414,7 @@ class Endpoint:
                 peer.paths.set_relay(True, self._now())
             conn = self._receive_quic(peer, data, via_relay=True)
             if conn is not None:
+                conn.direct_source = None
                 self._request_flush(conn)
             self._after_paths(peer)
         except Exception:  # a bad packet must never take the endpoint down
@@ -440,6 +441,7 @@ class Endpoint:
                     continue
                 conn = self._receive_quic(peer, data, via_relay=False)
                 if conn is not None:
+                    conn.direct_source = addr
                     touched.add(conn)
             except Exception:  # a bad packet must never take the endpoint down
                 log.exception("datagram_error", src=addr)
@@ -669,6 +671,7 @@ class Endpoint:
             self.quic_dropped -= 1
             conn = self._receive_quic(peer, data, via_relay=False)
             if conn is not None:
+                conn.direct_source = addr
                 self._request_flush(conn)
 
     # -- output -----------------------------------------------------------------------------
@@ -700,6 +703,9 @@ class Endpoint:
             if deadline is not None and deadline <= now:
                 self._after_paths(peer)
             addrs, via_relay = paths.send_targets(now)
+            source = conn.direct_source
+            if source is not None and source not in addrs:
+                addrs = [source]  # another process of the same node id holds the path
             sock = self.socket
             relay = peer.relay if via_relay else None
             for data, _ in datagrams:
@@ -709,22 +715,9 @@ class Endpoint:
                     relay.send(peer.node, data)
                     self.relay_packets_sent += 1
         self._process_events(conn)
-        self._arm_timer(conn, now)
-
-    def _arm_timer(self, conn: Connection, now: float) -> None:
-        at = conn.quic.get_timer()
-        if at == conn.timer_at:
-            return
-        if conn.timer is not None:
-            conn.timer.cancel()
-            conn.timer = None
-        conn.timer_at = at
-        if at is not None and self._loop is not None:
-            conn.timer = self._loop.call_at(at, self._on_timer, conn)
+        conn.timer.set(conn.quic.get_timer())
 
     def _on_timer(self, conn: Connection) -> None:
-        conn.timer = None
-        conn.timer_at = None
         if conn not in self._conn_peer:
             return
         conn.quic.handle_timer(self._now())
@@ -786,6 +779,7 @@ class Endpoint:
             is_client=is_client,
             request_flush=self._request_flush,
             path_of=lambda: peer.paths.path,
+            on_timer=self._on_timer,
         )
         conn.last_keepalive = self._now()
         self._conn_peer[conn] = peer
@@ -804,9 +798,7 @@ class Endpoint:
             if self._by_cid.get(cid) is conn:
                 del self._by_cid[cid]
         conn.cids.clear()
-        if conn.timer is not None:
-            conn.timer.cancel()
-            conn.timer = None
+        conn.timer.cancel()
         if peer is not None:
             peer.connections.discard(conn)
             if not peer.connections:

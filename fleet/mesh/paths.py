@@ -112,10 +112,27 @@ class PeerPaths:
     def ping_received(self, addr: Addr, now: float) -> None:
         """The peer pinged us from `addr` (authenticated): a candidate worth confirming.
 
+        A peer that pings from a new address has usually moved (a restarted process on a
+        new port, a NAT rebinding). The direct path in use must then answer a ping again
+        before it is trusted: otherwise replies go to a dead address for the rest of its
+        trust window (3 s for every fleetctl run after the first).
+
         If that address is not confirmed yet, ping it back at once instead of at the next
         probe: the peer's Ping just opened its NAT towards us, so our Ping now gets through
         (simultaneous hole punching needs both sides to send).
         """
+        known = self._candidates.get(addr)
+        current = self._path
+        if (
+            current is not None
+            and current.kind == "direct"
+            and current.addr != addr
+            and not (known is not None and self._confirmed(known, now))
+        ):
+            in_use = self._candidates.get(current.addr) if current.addr else None
+            if in_use is not None and in_use.last_pong is not None:
+                in_use.last_pong = None
+                in_use.last_ping = None  # probe it at the next poll
         self.add_candidate(addr, now, "ping")
         cand = self._candidates.get(addr)
         if (

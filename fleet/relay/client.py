@@ -11,6 +11,7 @@ import asyncio
 import random
 from collections.abc import Callable
 
+from fleet.deadline import DeadlineTimer
 from fleet.identity import Identity, NodeId
 from fleet.log import get_logger
 from fleet.relay.protocol import (
@@ -69,8 +70,7 @@ class _Link(asyncio.Protocol):
         self.finished: asyncio.Future[None] = self.loop.create_future()
         self._pinned = False
         self._flush_scheduled = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = DeadlineTimer(self.loop, self._on_timer)
 
     # asyncio callbacks
 
@@ -172,9 +172,7 @@ class _Link(asyncio.Protocol):
     # ending
 
     def fail(self, exc: BaseException) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         if not self.authenticated.done():
             self.authenticated.set_exception(exc)
         if not self.finished.done():
@@ -191,21 +189,10 @@ class _Link(asyncio.Protocol):
     # time
 
     def _reschedule(self) -> None:
-        if self.finished.done():
-            return
-        at = self.session.get_timer()
-        if at == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = at
-        if at is not None:
-            self._timer = self.loop.call_at(at, self._on_timer)
+        if not self.finished.done():
+            self._timer.set(self.session.get_timer())
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
         try:
             self.session.handle_timer(self.loop.time())
         except RelayProtocolError as exc:

@@ -17,6 +17,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from fleet.deadline import DeadlineTimer
 from fleet.identity import Identity
 from fleet.log import get_logger
 from fleet.netaddr import format_host_port
@@ -62,8 +63,8 @@ class _Connection(asyncio.Protocol):
         self.peer = "?"
         self.closed = False
         self.opened = 0.0
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = DeadlineTimer(self.loop, self._on_timer)
+        self._linger: asyncio.TimerHandle | None = None
 
     # asyncio callbacks
 
@@ -120,9 +121,10 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             reason = "connection_error" if exc is not None else "client_closed"
             self.server._closed(self, reason, str(exc) if exc else "connection closed by peer")
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
 
     # output
 
@@ -159,9 +161,7 @@ class _Connection(asyncio.Protocol):
             self.session.close(reason)
         self.flush()
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         self.server._closed(self, reason, detail)
         transport = self.transport
         assert transport is not None
@@ -174,26 +174,15 @@ class _Connection(asyncio.Protocol):
             # Half-close and linger: closing a socket with unread input sends a TCP reset,
             # which would destroy the Close frame before the client read why it was cut off.
             transport.write_eof()
-            self._timer = self.loop.call_later(_LINGER, transport.abort)
+            self._linger = self.loop.call_later(_LINGER, transport.abort)
 
     # time
 
     def _reschedule(self) -> None:
-        if self.closed or self.session is None:
-            return
-        at = self.session.get_timer()
-        if at == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = at
-        if at is not None:
-            self._timer = self.loop.call_at(at, self._on_timer)
+        if not self.closed and self.session is not None:
+            self._timer.set(self.session.get_timer())
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
         if self.closed or self.session is None:
             return
         try:

@@ -159,3 +159,37 @@ async def test_keepalives_hold_an_idle_connection_open_past_the_idle_timeout() -
             else:
                 await conn.wait_closed(timeout=5)  # idle timeout, nobody pinged
                 assert conn.closed is not None
+
+
+async def test_two_processes_with_one_key_both_talk_to_the_same_server() -> None:
+    # An admin's `fleetctl status --watch` and `fleetctl push` at once: two endpoints (two
+    # UDP ports) with the same node id. Each connection must get its own replies, whichever
+    # address the server's path to that node id names.
+    admin, server_id = Identity.generate(), Identity.generate()
+    async with (
+        Endpoint(server_id, bind=LOOPBACK, alpns=[ALPN]) as server,
+        Endpoint(admin, bind=LOOPBACK) as first,
+        Endpoint(admin, bind=LOOPBACK) as second,
+    ):
+
+        async def serve(count: int) -> None:
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(count):
+                    conn = await server.accept(ALPN, timeout=10)
+                    tg.create_task(_echo_streams(conn, 2))
+
+        async def exchange(conn: Connection, payload: bytes) -> None:
+            reader, writer = await conn.open_bi()
+            writer.write(payload)
+            writer.write_eof()
+            reply = await asyncio.wait_for(reader.read(), 10)
+            assert reply[:32] == hashlib.sha256(payload).digest()
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(serve(2))
+            one = await first.connect(server_id.node_id, ALPN, addrs=[server.bound_address])
+            await exchange(one, b"watch")
+            two = await second.connect(server_id.node_id, ALPN, addrs=[server.bound_address])
+            await exchange(two, b"push")
+            await exchange(one, b"still watching")  # the first one was not cut off
+            await exchange(two, b"done")

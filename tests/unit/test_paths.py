@@ -156,3 +156,35 @@ def test_a_ping_from_an_unconfirmed_candidate_is_pinged_back_at_once() -> None:
     paths.ping_received(A, 0.5)  # confirmed: no ping-back, heartbeats take over
     assert paths.poll(0.5) == []
     assert paths.path == Path("direct", A)
+
+
+def test_a_peer_pinging_from_a_new_address_is_followed_at_once() -> None:
+    # The peer's process restarted on a new port (B); A is dead but still inside its trust
+    # window. Replies must go to B within a round trip, not after A's trust runs out.
+    peer = Peer()
+    peer.paths.add_candidate(A, 0.0, "connect")
+    peer.paths.set_active(True, 0.0)
+    peer.step(2.0)
+    assert peer.paths.path == Path("direct", A)
+    peer.reachable = {B}
+    moved_at = peer.now
+    peer.paths.ping_received(B, moved_at)
+    peer.step(moved_at + 0.1)
+    assert peer.paths.path == Path("direct", B)
+    assert peer.paths.send_targets(peer.now) == ([B], False)
+
+
+def test_a_live_path_in_use_survives_a_ping_from_another_address() -> None:
+    peer = Peer()
+    peer.paths.add_candidate(A, 0.0, "connect")
+    peer.paths.set_active(True, 0.0)
+    peer.step(2.0)
+    peer.reachable = {A, B}  # both work (a peer with two addresses)
+    peer.paths.ping_received(B, peer.now)
+    peer.step(peer.now + 3.0)
+    assert peer.paths.path is not None
+    assert peer.paths.path.kind == "direct"
+    later = peer.now
+    peer.paths.ping_received(B, later)  # B is confirmed now: nothing to re-check
+    peer.step(later + 3.0)
+    assert [p for t, p in peer.history if t >= later and p != peer.paths.path] == []
