@@ -292,7 +292,7 @@ class FleetLab:
         await self.relay.wait_ready()
         self.coordinator.args = [
             "coordinator", "--key", str(self.root / "coordinator.key"),
-            "--state-dir", str(self.root / "coordinator"), "--admin", str(self.admin_id),
+            "--state-dir", str(self.root / "coordinator"), "--trust-root", str(self.admin_id),
             "--relay", self.relay_url,
         ]  # fmt: skip
         self.coordinator.start()
@@ -314,7 +314,7 @@ class FleetLab:
         args = [
             "agent", "--key", str(key), "--coordinator", coordinator,
             "--relay", self.relay_url, "--state-dir", str(home / "state"),
-            "--admin", str(self.admin_id), "--substituter", self.substituter,
+            "--trust-root", str(self.admin_id), "--substituter", self.substituter,
             "--trusted-public-key", trusted_key or self.trusted_key,
             "--nix-store", str(store.root),
         ]  # fmt: skip
