@@ -672,10 +672,16 @@ def revoke_command(ctx: click.Context, cert_id: str, reason: str, chain_file: st
 @click.option("--since", help="Only entries since this time (ISO 8601) or duration ago (2h, 7d).")
 @click.option("--actor", help="Only entries of this actor (node id or its prefix).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+@click.option("--verify", "check", is_flag=True, help="Same as `fleetctl audit verify`.")
 @click.pass_context
-def audit_group(ctx: click.Context, since: str | None, actor: str | None, as_json: bool) -> None:
+def audit_group(
+    ctx: click.Context, since: str | None, actor: str | None, as_json: bool, check: bool
+) -> None:
     """List the audit log (or verify / export it, see the subcommands)."""
     if ctx.invoked_subcommand is not None:
+        return
+    if check:
+        ctx.invoke(audit_verify, export_file=None, trust_roots=())
         return
     try:
         since_time = parse_since(since, time.time()) if since else None

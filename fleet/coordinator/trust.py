@@ -7,15 +7,28 @@ every agent; checkpoints are the coordinator's signatures over the audit head.
 
 from __future__ import annotations
 
-from fleet.capability import Chain, SignedRevocation, certificate_id, certificates_of
+from fleet.capability import (
+    CapabilityError,
+    Chain,
+    SignedRevocation,
+    certificate_id,
+    certificates_of,
+)
 from fleet.coordinator.announcements import Reader
 from fleet.coordinator.database import Transaction
 from fleet.wire import SignedEnvelope, WireError, decode, encode
 
 
 async def remember_chain(tx: Transaction, chain: Chain, now: float) -> None:
-    """Store every certificate of a verified chain with the chain prefix ending at it."""
-    links = certificates_of(chain)
+    """Store every certificate of a chain with the chain prefix ending at it.
+
+    A chain whose signatures do not verify is not stored (it may come with a request that
+    is being refused for exactly that reason).
+    """
+    try:
+        links = certificates_of(chain)
+    except CapabilityError:
+        return
     for index, (cert_id, cert) in enumerate(links):
         prefix = Chain(certificates=chain.certificates[: index + 1])
         await tx.execute(

@@ -161,6 +161,7 @@ def test_scoped_ci_key_then_revoked(org: Org, tmp_path: Path) -> None:
     verified = org.as_root("audit", "verify")
     assert verified.returncode == 0, verified.stderr
     assert "audit log intact" in verified.stdout
+    assert "audit log intact" in org.as_root("audit", "--verify").stdout
     export = tmp_path / "audit.jsonl"
     assert org.as_root("audit", "export", "--out", str(export)).returncode == 0
     root_id = str(load_identity(org.root_key).node_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -163,6 +164,16 @@ async def test_unknown_key_expired_chain_and_non_subject_are_refused(rig: Rig) -
     rig.clock.now = NOW + 8 * DAY
     expired = refusal(await rig.as_ci(NextSequence()))
     assert "expired" in expired.message
+
+
+async def test_a_forged_chain_is_refused_and_audited(rig: Rig) -> None:
+    first, second = rig.org.ci_chain.certificates
+    forged = Chain(certificates=(first, dataclasses.replace(second, signature=bytes(64))))
+    refused = refusal(await rig.request(NextSequence(), rig.org.ci, forged))
+    assert "broken-link" in refused.message
+    last = (await rig.rows())[-1]
+    assert last.outcome == "refused"
+    assert last.details()["capability"] == "broken-link"
 
 
 async def test_announcement_signed_by_another_key_needs_its_own_authority(rig: Rig) -> None:
