@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.fleetlab import Agent, FleetctlResult, FleetLab, Host
 from tests.natlab import RELAY_ARGS, Lab, NatKind, Router, relay_metrics, serve_directory_in
@@ -31,6 +32,7 @@ class NatWorld:
     cache_url: str  # http://10.99.0.1:PORT, reachable from every namespace of the lab
     trusted_key: str
     root: Path
+    print_logs: bool = True  # the daemons' log tails when a fleet stops (pytest shows them)
 
     @classmethod
     async def create(
@@ -46,8 +48,7 @@ class NatWorld:
     async def fleet(
         self, *, coordinator: Host, coordinator_public: bool, fleetctl: Host
     ) -> AsyncIterator[FleetLab]:
-        """Relay in the wan, coordinator and fleetctl where asked; stopped even on failure
-        (the daemons' log tails are printed, so pytest shows them when a test fails)."""
+        """Relay in the wan, coordinator and fleetctl where asked; stopped even on failure."""
         fleet = FleetLab(
             self.root / "fleet",
             substituter=self.cache_url,
@@ -62,10 +63,24 @@ class NatWorld:
             await fleet.start()
             yield fleet
         finally:
-            print(await fleet.close())
+            tails = await fleet.close()
+            if self.print_logs:
+                print(tails)
 
     async def relayed_bytes(self) -> float:
         return (await relay_metrics(self.lab.wan))["fleet_relay_bytes_forwarded_total"]
+
+
+async def settled_paths(
+    fleet: FleetLab, expected: dict[str, str], timeout: float
+) -> dict[str, Any]:
+    """`status --watch` until every device's coordinator connection is on its expected path;
+    the rows by name (LabError with the last rows if that never happens)."""
+
+    def settled(rows: dict[str, dict[str, Any]]) -> bool:
+        return all(rows.get(name, {}).get("path") == path for name, path in expected.items())
+
+    return await fleet.wait_status(settled, timeout=timeout)
 
 
 @dataclass

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import Systems
 from tests.fleetlab import Agent, FleetLab
-from tests.natfleet import NatWorld, push_wait, three_kinds
+from tests.natfleet import NatWorld, push_wait, settled_paths, three_kinds
 from tests.natlab import Lab, NatKind, Router
 from tests.nixlab import Builder
 
@@ -56,12 +56,7 @@ async def push_applied(fleet: FleetLab, store_path: str, *agents: Agent) -> floa
 
 
 async def paths_settle(fleet: FleetLab, expected: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """`status --watch` until every device's coordinator connection is on its expected path."""
-
-    def settled(rows: dict[str, dict[str, Any]]) -> bool:
-        return all(rows.get(name, {}).get("path") == path for name, path in expected.items())
-
-    return await fleet.wait_status(settled, timeout=PATH_TIMEOUT)
+    return await settled_paths(fleet, expected, PATH_TIMEOUT)
 
 
 def direct_udp(router: Router) -> tuple[int, int]:
