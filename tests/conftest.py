@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,13 @@ import pytest
 
 from fleet.nix import NixStore
 from tests.nixlab import Builder, FakeSystem, agent_store, fill_cache, serve_directory
+
+# Tests press Ctrl-C (SIGINT) on real fleetctl/demo processes. A shell that starts the suite
+# in the background without job control makes SIGINT ignored, and an ignored signal stays
+# ignored across exec: the children would never see it. Handled signals reset to the default
+# on exec, so handling it here gives every child the default disposition.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,10 @@ on 127.0.0.1 with port 0; its bound address is read from its JSON log line (`*_l
 directory. Each agent has its own chroot Nix store, profile, hermetic nix.conf and switch log.
 `close()` stops everything (SIGTERM, then SIGKILL) and returns the tails of the logs, which
 the test fixture prints so a failing test shows what the daemons said.
+
+Where each process runs is a `Host`: by default the machine itself on 127.0.0.1; in the NAT
+lab a namespace of tests/natlab.py (its `argv()` prefixes `ip netns exec NS`, its `ip` is
+where the daemon listens), so the same fleet runs with every part behind its own NAT.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from fleet.identity import NodeId, write_new_key
 from fleet.nix import NixEnv, NixStore, current_system
@@ -51,6 +55,28 @@ class LabError(Exception):
     """A lab process did not start, or misbehaved in a way the lab itself can see."""
 
 
+class Host(Protocol):
+    """Where a process runs: `argv(...)` wraps a command line, `ip` is the address to bind."""
+
+    @property
+    def ip(self) -> str: ...
+
+    def argv(self, *argv: str) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class Local:
+    """This machine, on loopback."""
+
+    ip: str = LOOPBACK
+
+    def argv(self, *argv: str) -> list[str]:
+        return list(argv)
+
+
+LOCAL = Local()
+
+
 @dataclass
 class Daemon:
     """One `fleet` daemon; restartable with the same arguments, state and port."""
@@ -62,6 +88,7 @@ class Daemon:
     address_key: str  # the ready event's field holding the bound HOST:PORT
     log_dir: Path
     listen: str = f"{LOOPBACK}:0"
+    host: Host = LOCAL
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     ready: dict[str, Any] = field(default_factory=dict)  # the ready event of the current run
@@ -73,7 +100,7 @@ class Daemon:
         self.runs += 1
         self.ready = {}
         self.log_path = self.log_dir / f"{self.name}-{self.runs}.log"
-        argv = fleet_argv(*self.args, "--listen", self.listen)
+        argv = self.host.argv(*fleet_argv(*self.args, "--listen", self.listen))
         with self.log_path.open("wb") as log_file:
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=self.env
@@ -167,7 +194,8 @@ class FleetctlResult:
     err: str
 
     def __str__(self) -> str:
-        args = " ".join(self.argv[3:])
+        module = list(self.argv).index("fleet.cli.fleetctl")  # after any `ip netns exec NS`
+        args = " ".join(self.argv[module + 1 :])
         return f"fleetctl {args} -> exit {self.code}\nstdout:\n{self.out}\nstderr:\n{self.err}"
 
 
@@ -242,12 +270,29 @@ class FleetLab:
 
     `substituter` and `trusted_key` are what every agent trusts unless told otherwise
     (add_agent(trusted_key=...)): the agents' own Nix configuration, never the push's.
+    `relay_host`, `coordinator_host` and `fleetctl_host` say where those run (agents: in
+    add_agent); `relay_args` are extra relay flags (STUN, metrics). `coordinator_public=False`
+    is a coordinator nobody can dial (behind a NAT that forwards nothing): agents and fleetctl
+    get only its node id and find it through the relay.
     """
 
-    def __init__(self, root: Path, *, substituter: str, trusted_key: str) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        substituter: str,
+        trusted_key: str,
+        relay_host: Host = LOCAL,
+        relay_args: Sequence[str] = (),
+        coordinator_host: Host = LOCAL,
+        coordinator_public: bool = True,
+        fleetctl_host: Host = LOCAL,
+    ) -> None:
         self.root = root
         self.substituter = substituter
         self.trusted_key = trusted_key
+        self.coordinator_public = coordinator_public
+        self.fleetctl_host = fleetctl_host
         self.logs = root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.admin_key = root / "admin.key"
@@ -259,11 +304,15 @@ class FleetLab:
             if not k.startswith("FLEET_")  # no FLEET_RELAY etc. of the user's shell
         }
         self.relay = self._daemon(
-            "relay", "relay_listening", "address", ["relay", "--key", str(self._key("relay"))]
+            "relay",
+            "relay_listening",
+            "address",
+            ["relay", "--key", str(self._key("relay")), *relay_args],
+            relay_host,
         )
         self.coordinator_id = write_new_key(root / "coordinator.key").node_id
         self.coordinator = self._daemon(
-            "coordinator", "coordinator_listening", "address", []
+            "coordinator", "coordinator_listening", "address", [], coordinator_host
         )  # arguments once the relay's URL is known
         self.agents: dict[str, Agent] = {}
         self.fleetctls: list[RunningFleetctl] = []
@@ -274,8 +323,12 @@ class FleetLab:
             write_new_key(path)
         return path
 
-    def _daemon(self, name: str, ready: str, address_key: str, args: list[str]) -> Daemon:
-        return Daemon(name, args, self.env, ready, address_key, self.logs)
+    def _daemon(
+        self, name: str, ready: str, address_key: str, args: list[str], host: Host = LOCAL
+    ) -> Daemon:
+        return Daemon(
+            name, args, self.env, ready, address_key, self.logs, listen=f"{host.ip}:0", host=host
+        )
 
     @property
     def relay_url(self) -> str:
@@ -283,7 +336,9 @@ class FleetLab:
 
     @property
     def coordinator_addr(self) -> str:
-        """NODEID@HOST:PORT, what fleetctl and agents are given."""
+        """NODEID@HOST:PORT, what fleetctl and agents are given (NODEID when not public)."""
+        if not self.coordinator_public:
+            return str(self.coordinator_id)
         return f"{self.coordinator_id}@{self.coordinator.listen}"
 
     async def start(self) -> None:
@@ -299,11 +354,17 @@ class FleetLab:
         await self.coordinator.wait_ready()
 
     def add_agent(
-        self, name: str, *, relay_only: bool = False, trusted_key: str | None = None
+        self,
+        name: str,
+        *,
+        relay_only: bool = False,
+        trusted_key: str | None = None,
+        host: Host = LOCAL,
     ) -> Agent:
-        """A device (not started). `relay_only`: it gets the coordinator's node id but no
-        address, and its UDP socket is IPv6 (::1) while the coordinator's is IPv4, so no
-        direct path exists: the relay is its only way, as for a device behind a hostile NAT."""
+        """A device (not started) running on `host`. `relay_only`: it gets the coordinator's
+        node id but no address, and its UDP socket is IPv6 (::1) while the coordinator's is
+        IPv4, so no direct path exists: the relay is its only way, as for a device behind a
+        hostile NAT (in the NAT lab, put it behind a real one instead)."""
         home = self.root / "agents" / name
         env = NixEnv.hermetic(home / "nix-env")
         store = NixStore.chroot(home / "store", env)
@@ -321,10 +382,15 @@ class FleetLab:
         switch_log = home / "switch.log"
         extra = {SWITCH_LOG_VAR: str(switch_log), **env.environ()}
         daemon = Daemon(
-            f"agent-{name}", args, {**self.env, **extra}, "agent_started", "listen", self.logs
+            f"agent-{name}",
+            args,
+            {**self.env, **extra},
+            "agent_started",
+            "listen",
+            self.logs,
+            listen="[::1]:0" if relay_only else f"{host.ip}:0",
+            host=host,
         )
-        if relay_only:
-            daemon.listen = "[::1]:0"
         agent = Agent(name, node_id, store, switch_log, daemon)
         self.agents[name] = agent
         return agent
@@ -353,9 +419,12 @@ class FleetLab:
         await asyncio.gather(self.register(*agents, tags=tags), self.start_agents(*agents))
 
     def fleetctl_argv(self, *args: str, key: Path | None = None) -> list[str]:
-        return fleetctl_argv(
-            "--coordinator", self.coordinator_addr, "--key", str(key or self.admin_key),
-            "--timeout", "20", *args,
+        relay = [] if self.coordinator_public else ["--relay", self.relay_url]
+        return self.fleetctl_host.argv(
+            *fleetctl_argv(
+                "--coordinator", self.coordinator_addr, "--key", str(key or self.admin_key),
+                *relay, "--timeout", "20", *args,
+            )
         )  # fmt: skip
 
     async def start_fleetctl(

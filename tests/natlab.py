@@ -341,15 +341,47 @@ class LabRelay:
     wan: Namespace
 
     async def metrics(self) -> dict[str, float]:
-        """Scraped from inside the wan namespace (the root namespace has no route to it)."""
-        out = await asyncio.to_thread(
-            self.wan.run, *self.wan.python("-m", "tests.natlab_node", "metrics", METRICS)
-        )
-        values: dict[str, float] = json.loads(out)
-        return values
+        return await relay_metrics(self.wan)
 
     async def forwarded_bytes(self) -> float:
         return (await self.metrics())["fleet_relay_bytes_forwarded_total"]
+
+
+RELAY_ARGS = ("--stun-listen", f"{WAN_IP}:{STUN_PORT}", "--metrics-listen", METRICS)
+"""What a relay in the wan namespace needs besides its key: STUN at the port every endpoint
+asks (the relay URL's host, UDP 3478) and metrics the tests scrape."""
+
+
+async def relay_metrics(wan: Namespace) -> dict[str, float]:
+    """The relay's metrics, scraped from inside the wan namespace (the root namespace has no
+    route to it)."""
+    out = await asyncio.to_thread(
+        wan.run, *wan.python("-m", "tests.natlab_node", "metrics", METRICS)
+    )
+    values: dict[str, float] = json.loads(out)
+    return values
+
+
+async def serve_directory_in(
+    ns: Namespace, directory: Path, timeout: float = 20.0
+) -> tuple[str, asyncio.subprocess.Process]:
+    """A static HTTP server (python -m http.server) for `directory` on the namespace's address,
+    e.g. a binary cache the agents behind the NATs fetch from; (base URL, process). The lab's
+    close() kills it with everything else in the namespace."""
+    proc = await ns.spawn(
+        ns.python("-m", "http.server", "0", "--bind", ns.ip, "--directory", str(directory))
+    )
+    assert proc.stdout is not None
+    try:
+        # "Serving HTTP on IP port PORT (http://IP:PORT/) ...", printed once it is bound
+        line = await asyncio.wait_for(proc.stdout.readline(), timeout)
+    except TimeoutError:
+        raise LabError(f"http.server in {ns.name} did not start within {timeout}s") from None
+    words = line.decode().split()
+    if "port" not in words:
+        raise LabError(f"http.server in {ns.name}: unexpected output {line!r}")
+    port = int(words[words.index("port") + 1])
+    return f"http://{ns.ip}:{port}", proc
 
 
 async def start_relay(lab: Lab, tmp: Path, timeout: float = 20.0) -> LabRelay:
@@ -366,10 +398,7 @@ async def start_relay(lab: Lab, tmp: Path, timeout: float = 20.0) -> LabRelay:
             str(key),
             "--listen",
             f"{WAN_IP}:{RELAY_PORT}",
-            "--stun-listen",
-            f"{WAN_IP}:{STUN_PORT}",
-            "--metrics-listen",
-            METRICS,
+            *RELAY_ARGS,
         ),
         stderr_path=log_path,
     )

@@ -141,9 +141,11 @@ async def test_blackholed_direct_path_falls_back_to_relay_and_returns() -> None:
             relay_before = hub.forwarded_by_src.get(ea.node_id, 0)
             await conn.wait_path("relay", timeout=8)
             fallback = time.monotonic() - cut
-            await asyncio.sleep(1.0)
-            relay_during = hub.forwarded_by_src.get(ea.node_id, 0) - relay_before
-            assert relay_during > 10  # the transfer really went through the relay
+            # The transfer really goes through the relay (after the blackhole, QUIC's loss
+            # recovery may take a moment to resume; on a loaded machine more than a second).
+            async with asyncio.timeout(8):
+                while hub.forwarded_by_src.get(ea.node_id, 0) - relay_before <= 10:
+                    await asyncio.sleep(0.05)
 
             # Restore the direct path.
             ea.socket.blackhole.clear()
