@@ -29,6 +29,7 @@ let
   # IPv6 addresses are written [ADDR]:PORT.
   hostPort = host: port: if lib.hasInfix ":" host then "[${host}]:${toString port}" else "${host}:${toString port}";
 
+  hardening = import ./hardening.nix { inherit lib; };
   lowPort = cfg.port < 1024;
 
   keygen = pkgs.writeShellScript "fleet-coordinator-keygen" ''
@@ -172,54 +173,14 @@ in
       wants = [ "network-online.target" ];
       after = [ "network-online.target" ];
 
-      serviceConfig = {
+      serviceConfig = hardening {
+        inherit lowPort;
+        inherit (cfg) stateDir keyFile;
+      } // {
         ExecStartPre = optional (cfg.keyFile == null) keygen;
         ExecStart = "${lib.getExe' cfg.package "fleet"} coordinator --config ${configFile}";
         Restart = "on-failure";
         RestartSec = 5;
-
-        DynamicUser = true;
-        StateDirectory = cfg.stateDir;
-        StateDirectoryMode = "0700";
-        LoadCredential = optional (cfg.keyFile != null) "node.key:${cfg.keyFile}";
-        UMask = "0077";
-
-        # Binding a port below 1024 is the only privilege it may need.
-        AmbientCapabilities = optional lowPort "CAP_NET_BIND_SERVICE";
-        CapabilityBoundingSet = if lowPort then [ "CAP_NET_BIND_SERVICE" ] else "";
-        DevicePolicy = "closed";
-        LockPersonality = true;
-        NoNewPrivileges = true;
-        PrivateDevices = true;
-        PrivateTmp = true;
-        # A user namespace would drop CAP_NET_BIND_SERVICE for the host network.
-        PrivateUsers = !lowPort;
-        ProcSubset = "pid";
-        ProtectClock = true;
-        ProtectControlGroups = true;
-        ProtectHome = true;
-        ProtectHostname = true;
-        ProtectKernelLogs = true;
-        ProtectKernelModules = true;
-        ProtectKernelTunables = true;
-        ProtectProc = "invisible";
-        ProtectSystem = "strict";
-        RemoveIPC = true;
-        RestrictAddressFamilies = [
-          "AF_INET"
-          "AF_INET6"
-          "AF_UNIX"
-        ];
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        SystemCallArchitectures = "native";
-        SystemCallFilter = [
-          "@system-service"
-          "~@privileged"
-        ];
-        # MemoryDenyWriteExecute is not set: the cffi-based dependencies (PyNaCl,
-        # cryptography) are not known to work without writable+executable pages.
       };
     };
   };
