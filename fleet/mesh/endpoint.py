@@ -117,7 +117,9 @@ class Endpoint:
 
     async def __aenter__(self) -> Endpoint:
         self._loop = asyncio.get_running_loop()
-        self._socket = UdpSocket(self._bind, buffer_size=self.config.socket_buffer)
+        self._socket = UdpSocket(
+            self._bind, buffer_size=self.config.socket_buffer, offload=self.config.udp_offload
+        )
         self._exit.callback(self._socket.close)
         try:
             self._tasks = await self._exit.enter_async_context(asyncio.TaskGroup())
@@ -706,14 +708,14 @@ class Endpoint:
             source = conn.direct_source
             if source is not None and source not in addrs:
                 addrs = [source]  # another process of the same node id holds the path
-            sock = self.socket
-            relay = peer.relay if via_relay else None
-            for data, _ in datagrams:
-                for addr in addrs:
-                    sock.sendto(data, addr)
-                if relay is not None:
-                    relay.send(peer.node, data)
-                    self.relay_packets_sent += 1
+            payloads = [data for data, _ in datagrams]
+            for addr in addrs:
+                self.socket.send_many(payloads, addr)
+            if via_relay and peer.relay is not None:
+                relay_send, node = peer.relay.send, peer.node
+                for data in payloads:
+                    relay_send(node, data)
+                self.relay_packets_sent += len(payloads)
         self._process_events(conn)
         conn.timer.set(conn.quic.get_timer())
 
