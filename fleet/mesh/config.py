@@ -22,6 +22,7 @@ class MeshConfig:
     max_connections: int = 4096
     tick: float = 0.1  # housekeeping period (path probes, keepalives)
     socket_buffer: int = 4 << 20  # SO_RCVBUF / SO_SNDBUF wish (the kernel may cap it)
+    udp_offload: bool = True  # Linux UDP_SEGMENT / UDP_GRO: fewer system calls per datagram
     # STUN: every relay we use is also asked at its host, UDP port `relay_stun_port` (the
     # relay runs `fleet relay --stun-listen HOST:3478`; None: do not ask relays), plus these
     # extra servers (IP literals or host names, resolved once).

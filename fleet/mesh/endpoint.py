@@ -117,7 +117,9 @@ class Endpoint:
 
     async def __aenter__(self) -> Endpoint:
         self._loop = asyncio.get_running_loop()
-        self._socket = UdpSocket(self._bind, buffer_size=self.config.socket_buffer)
+        self._socket = UdpSocket(
+            self._bind, buffer_size=self.config.socket_buffer, offload=self.config.udp_offload
+        )
         self._exit.callback(self._socket.close)
         try:
             self._tasks = await self._exit.enter_async_context(asyncio.TaskGroup())
@@ -426,20 +428,26 @@ class Endpoint:
         """One batch from the socket: feed everything, then flush each touched connection."""
         touched: set[Connection] = set()
         peer_at = self._peers.peer_at
+        now = self._now()  # one batch, one instant: aioquic only needs it for timers
+        last_addr: Addr | None = None  # a batch is mostly one sender's run: look it up once
+        peer: Peer | None = None
         for data, addr in datagrams:
             try:
                 if data[0] < 0x40:  # never QUIC v1 (fixed bit): disco or STUN
+                    last_addr = None  # disco may tie this address to another node
                     if disco.is_disco(data):
                         self._on_disco(data, addr, None, None)
                     elif looks_like_stun(data):
                         self._on_stun(data, addr)
                     continue
-                peer = peer_at(addr)
+                if addr != last_addr:
+                    peer = peer_at(addr)
+                    last_addr = addr
                 if peer is None:
                     self.quic_dropped += 1
-                    self._peers.hold(addr, data, self._now())
+                    self._peers.hold(addr, data, now)
                     continue
-                conn = self._receive_quic(peer, data, via_relay=False)
+                conn = self._receive_quic(peer, data, via_relay=False, now=now)
                 if conn is not None:
                     conn.direct_source = addr
                     touched.add(conn)
@@ -448,7 +456,9 @@ class Endpoint:
         for conn in touched:
             self._flush(conn)
 
-    def _receive_quic(self, peer: Peer, data: bytes, *, via_relay: bool) -> Connection | None:
+    def _receive_quic(
+        self, peer: Peer, data: bytes, *, via_relay: bool, now: float | None = None
+    ) -> Connection | None:
         """Feed one QUIC datagram to its connection; events are processed at the next flush."""
         if data[0] & 0xC0 == 0x40 and len(data) > CID_LENGTH:
             # Short header (the bulk of traffic): the DCID is the next CID_LENGTH bytes.
@@ -470,7 +480,7 @@ class Endpoint:
         elif self._conn_peer.get(conn) is not peer:
             self.quic_dropped += 1  # a packet for another node's connection
             return None
-        conn.quic.receive_datagram(data, peer.vaddr, self._now())
+        conn.quic.receive_datagram(data, peer.vaddr, self._now() if now is None else now)
         return conn
 
     def _new_server_connection(self, peer: Peer, header: Any, size: int) -> Connection | None:
@@ -499,7 +509,9 @@ class Endpoint:
     def _process_events(self, conn: Connection) -> None:
         quic = conn.quic
         while (event := quic.next_event()) is not None:
-            if isinstance(event, events.ConnectionIdIssued):
+            if type(event) is events.StreamDataReceived:  # the bulk of events: no chain
+                conn.handle_event(event)
+            elif isinstance(event, events.ConnectionIdIssued):
                 self._register_cid(conn, event.connection_id)
             elif isinstance(event, events.ConnectionIdRetired):
                 conn.cids.discard(event.connection_id)
@@ -706,14 +718,14 @@ class Endpoint:
             source = conn.direct_source
             if source is not None and source not in addrs:
                 addrs = [source]  # another process of the same node id holds the path
-            sock = self.socket
-            relay = peer.relay if via_relay else None
-            for data, _ in datagrams:
-                for addr in addrs:
-                    sock.sendto(data, addr)
-                if relay is not None:
-                    relay.send(peer.node, data)
-                    self.relay_packets_sent += 1
+            payloads = [data for data, _ in datagrams]
+            for addr in addrs:
+                self.socket.send_many(payloads, addr)
+            if via_relay and peer.relay is not None:
+                relay_send, node = peer.relay.send, peer.node
+                for data in payloads:
+                    relay_send(node, data)
+                self.relay_packets_sent += len(payloads)
         self._process_events(conn)
         conn.timer.set(conn.quic.get_timer())
 

@@ -3,9 +3,10 @@
 aioquic has no public API for what a mesh needs: the server must *request* a client
 certificate, and each side must pin the peer's certificate key to a node id instead of
 checking it against a CA. We get both by swapping the class of the connection's TLS context
-for a subclass that overrides three private methods. Three more small reaches: how much of a
+for a subclass that overrides three private methods. More small reaches: how much of a
 stream's data is unacknowledged (`drain()` backpressure), why a connection is closing (to fail
-`connect()` at once), and a retransmit-now kick after the path changed (`kick`).
+`connect()` at once), a retransmit-now kick after the path changed (`kick`), and a pacer
+whose bursts match asyncio's timer resolution (`TimerAwarePacer`).
 
 `check_internals()` runs at import and fails loudly if an aioquic upgrade moved any of it;
 tests/unit/test_tls_hooks.py checks the behaviour end to end.
@@ -23,7 +24,7 @@ from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated
-from aioquic.quic.recovery import QuicPacketRecovery
+from aioquic.quic.recovery import QuicPacketPacer, QuicPacketRecovery
 from aioquic.quic.stream import QuicStreamSender
 from cryptography.exceptions import InvalidSignature
 
@@ -44,6 +45,7 @@ _HOOKED_METHODS: dict[tuple[type, str], tuple[str, ...]] = {
     (tls.Context, "_server_handle_finished"): ("self", "input_buf", "output_buf"),
     (QuicConnection, "_initialize"): ("self", "peer_cid"),
     (QuicPacketRecovery, "reschedule_data"): ("self", "now", "speed_up_handshake"),
+    (QuicPacketPacer, "update_rate"): ("self", "congestion_window", "smoothed_rtt"),
 }
 
 
@@ -76,6 +78,11 @@ def check_internals() -> None:
             problems.append(f"tls.Context has no attribute {attr}")
     if not hasattr(QuicStreamSender(0, True), "_buffer"):
         problems.append("QuicStreamSender has no _buffer")
+    pacer = QuicPacketPacer(max_datagram_size=1200)
+    if not hasattr(pacer, "bucket_max"):
+        problems.append("QuicPacketPacer has no bucket_max")
+    if "self._pacer = QuicPacketPacer(" not in inspect.getsource(QuicPacketRecovery.__init__):
+        problems.append("QuicPacketRecovery.__init__ creates no self._pacer")
     init_source = inspect.getsource(QuicConnection.__init__)
     for attr in ("self._streams", "self._close_event", "self._loss", "self._handshake_complete"):
         if attr not in init_source:
@@ -139,6 +146,23 @@ class _PinnedContext(tls.Context):
         super()._server_handle_finished(input_buf, output_buf)
 
 
+# asyncio never sleeps less than 1 ms: the epoll selector rounds every timeout *up* to whole
+# milliseconds. aioquic's pacer lets a burst of at most 16 packets leave and then asks to be
+# woken a few microseconds later; we are woken >= 1 ms later, so a fast path (loopback, LAN)
+# was capped at 16 packets per millisecond (19 MB/s with 1200-byte packets) whatever its
+# congestion window. Bursts of PACING_BURST (in seconds of the pacing rate) cover the timer's
+# resolution; paths slower than that (WAN: big RTT or small window) are paced as before.
+PACING_BURST = 0.002
+
+
+class TimerAwarePacer(QuicPacketPacer):
+    """aioquic's pacer with a token bucket at least PACING_BURST deep."""
+
+    def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
+        super().update_rate(congestion_window, smoothed_rtt)
+        self.bucket_max = max(self.bucket_max, PACING_BURST)
+
+
 class PinnedQuicConnection(QuicConnection):
     """A QuicConnection whose TLS pins the peer to `expected_peer` on both sides."""
 
@@ -147,6 +171,7 @@ class PinnedQuicConnection(QuicConnection):
     ) -> None:
         self._fleet_expected = expected_peer
         super().__init__(configuration=configuration, **kwargs)
+        self._loss._pacer.__class__ = TimerAwarePacer
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
