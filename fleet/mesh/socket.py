@@ -46,6 +46,7 @@ class SocketStats:
     sent_to: dict[Addr, int] = field(default_factory=dict)
     gso_sends: int = 0  # sendmsg calls that carried more than one datagram
     gro_buffers: int = 0  # received buffers that carried more than one datagram
+    truncated: int = 0  # received buffers cut off by the kernel (dropped, counted as loss)
 
 
 class UdpSocket:
@@ -93,7 +94,11 @@ class UdpSocket:
             while len(datagrams) < batch:
                 try:
                     if gro:
-                        data, ancdata, _, addr = recvmsg(65535, cmsg_size)
+                        data, ancdata, flags, addr = recvmsg(65535, cmsg_size)
+                        if flags & socket.MSG_TRUNC:
+                            # Never split a cut-off buffer into datagrams: count it as loss.
+                            stats.truncated += 1
+                            continue
                     else:
                         data, addr = recvfrom(65535)
                         ancdata = None
