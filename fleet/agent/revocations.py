@@ -8,10 +8,10 @@ Written like the state file: temp file, fsync, rename, fsync of the directory.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Collection, Iterable
 from pathlib import Path
 
+from fleet.agent.durable import replace_durably
 from fleet.capability import BadRevocation, RevocationList, SignedRevocation
 from fleet.identity import NodeId
 from fleet.log import get_logger
@@ -68,18 +68,4 @@ class RevocationStore:
     def _save(self) -> None:
         if self.path is None:
             return
-        directory = self.path.parent
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        data = encode(Revocations(revocations=tuple(self.known.signed())))
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_durably(self.path, encode(Revocations(revocations=tuple(self.known.signed()))))

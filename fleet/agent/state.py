@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fleet.agent.durable import replace_durably
 from fleet.agent.procedure import Status
 from fleet.protocol.messages import AgentState, Progress
 from fleet.wire import SignedEnvelope, WireError, decode, encode
@@ -129,17 +129,5 @@ class StateFile:
 
     def save(self, record: AgentRecord) -> None:
         """Replace the file atomically; when this returns the record survives a crash."""
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         data = json.dumps(_to_json(record), indent=1, sort_keys=True).encode()
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_durably(self.path, data)
