@@ -1,8 +1,15 @@
 # The fleet Python application, built with nixpkgs' Python tooling.
+#
+# Its attribute is `nixos-fleet` (flake.nix's overlay and packages): nixpkgs' `fleet` and
+# `fleetctl` are fleetdm's, a different product. The binaries are still `fleet` and
+# `fleetctl`; docs/nix.md says how to have both installed.
 {
   lib,
+  stdenv,
   python3,
   fetchPypi,
+  installShellFiles,
+  openssh,
 }:
 
 let
@@ -50,7 +57,7 @@ let
   };
 in
 python.pkgs.buildPythonApplication {
-  pname = "fleet";
+  pname = "nixos-fleet";
   version = "0.1.0";
   pyproject = true;
 
@@ -66,6 +73,8 @@ python.pkgs.buildPythonApplication {
   };
 
   build-system = [ python.pkgs.setuptools ];
+
+  nativeBuildInputs = [ installShellFiles ];
 
   dependencies = with python.pkgs; [
     aioquic
@@ -83,15 +92,31 @@ python.pkgs.buildPythonApplication {
     pytest-asyncio
     pytest-timeout
     hypothesis
+    # tests/unit/test_identity.py reads OpenSSH host keys made by ssh-keygen (mark `openssh`).
+    openssh
   ];
 
   # The unit tests only: the integration tests need real Nix, network namespaces and root,
   # none of which the build sandbox has (the NixOS VM test in checks covers the real thing).
+  # scripts/sandbox-unit-tests runs this selection under the sandbox's conditions (no
+  # network, HOME=/homeless-shelter, no nix, not root), and a test runs that script.
   enabledTestPaths = [ "tests/unit" ];
   disabledTestMarks = [
     "nix"
     "root"
   ];
+
+  # Shell completion from click (`_FLEET_COMPLETE=bash_source fleet`, ...), generated from
+  # the installed entry points; skipped when cross-compiling, as they cannot run then.
+  postInstall = lib.optionalString (stdenv.buildPlatform.canExecute stdenv.hostPlatform) ''
+    for program in fleet fleetctl; do
+      variable=_''${program^^}_COMPLETE
+      installShellCompletion --cmd "$program" \
+        --bash <(env "$variable=bash_source" "$out/bin/$program") \
+        --zsh <(env "$variable=zsh_source" "$out/bin/$program") \
+        --fish <(env "$variable=fish_source" "$out/bin/$program")
+    done
+  '';
 
   pythonImportsCheck = [ "fleet" ];
 
