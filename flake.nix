@@ -23,11 +23,13 @@
         };
     in
     {
-      overlays.default = final: _prev: { fleet = final.callPackage ./nix/package.nix { }; };
+      # `nixos-fleet`, never `fleet`: nixpkgs' `fleet` and `fleetctl` are fleetdm's, a
+      # different product, and an overlay replacing them would break whoever uses it.
+      overlays.default = final: _prev: { nixos-fleet = final.callPackage ./nix/package.nix { }; };
 
       packages = forAllSystems (pkgs: rec {
-        fleet = pkgs.callPackage ./nix/package.nix { };
-        default = fleet;
+        nixos-fleet = pkgs.callPackage ./nix/package.nix { };
+        default = nixos-fleet;
       });
 
       nixosModules = {

@@ -15,10 +15,11 @@ let
     mkEnableOption
     mkIf
     mkOption
-    mkPackageOption
     optional
     types
     ;
+  fleetTypes = import ./types.nix { inherit lib; };
+  packageOption = import ./package-option.nix { inherit lib pkgs; };
 
   stateDirectory = "fleet-agent";
   defaultKeyFile = "/etc/ssh/ssh_host_ed25519_key";
@@ -30,13 +31,13 @@ in
   options.services.fleet.agent = {
     enable = mkEnableOption "the fleet agent, which applies admin-signed NixOS systems pushed through a fleet coordinator";
 
-    package = mkPackageOption pkgs "fleet" { };
+    package = packageOption "agent";
 
     coordinator = {
       nodeId = mkOption {
-        type = types.nullOr types.str;
+        type = types.nullOr fleetTypes.nodeId;
         default = null;
-        example = "3nxzva5ads6k2wxloichezh7wc3kfxmx3l5n2rvlou5n6c6hjwba";
+        example = "<COORDINATOR-ID>";
         description = ''
           Node id of the coordinator (what `fleet id` prints for its key).
           It is what the agent authenticates: the coordinator's TLS certificate must carry
@@ -45,7 +46,7 @@ in
       };
 
       addresses = mkOption {
-        type = types.listOf types.str;
+        type = types.listOf fleetTypes.hostPort;
         default = [ ];
         example = [
           "203.0.113.10:7443"
@@ -60,9 +61,9 @@ in
     };
 
     relays = mkOption {
-      type = types.listOf types.str;
+      type = types.listOf fleetTypes.relayUrl;
       default = [ ];
-      example = [ "fleet-relay://w7d7lwqx4q3cksnxvz3c4ca3mxrymm6456o6qbxxsjvr55nh5dea@relay.example.org:4433" ];
+      example = [ "fleet-relay://<RELAY-ID>@relay.example.org:4433" ];
       description = ''
         Relay URLs (`fleet-relay://NODEID@HOST:PORT`). The relay carries traffic when no
         direct UDP path to the coordinator works, for example behind carrier-grade NAT or
@@ -83,9 +84,9 @@ in
     };
 
     trustRoots = mkOption {
-      type = types.listOf types.str;
+      type = types.listOf fleetTypes.nodeId;
       default = [ ];
-      example = [ "oy3cjyr2cihy6wdpy42tweykrljewe65sz64o43kxle3dcqjvarq" ];
+      example = [ "<TRUST-ROOT-ID>" ];
       description = ''
         Node ids of the organization's trust roots (`fleetctl org init`). The agent accepts
         an announcement only if its signer's capability chain leads from one of these roots,
@@ -106,7 +107,7 @@ in
     };
 
     substituters = mkOption {
-      type = types.listOf types.str;
+      type = types.listOf fleetTypes.substituterUrl;
       default = config.nix.settings.substituters;
       defaultText = literalExpression "config.nix.settings.substituters";
       example = [ "https://cache.example.org" ];
@@ -118,10 +119,10 @@ in
     };
 
     trustedPublicKeys = mkOption {
-      type = types.listOf types.str;
+      type = types.listOf fleetTypes.nixPublicKey;
       default = config.nix.settings.trusted-public-keys;
       defaultText = literalExpression "config.nix.settings.trusted-public-keys";
-      example = [ "cache.example.org-1:BRBUqTnM6bXs36B64z9FVyKjgmekOd14u7LUrsMAqjY=" ];
+      example = [ "cache.example.org-1:<BASE64>" ];
       description = ''
         Nix signing keys (`NAME:BASE64`) that the fetched store paths must be signed with.
         The key your CI signs system closures with must be in this list.

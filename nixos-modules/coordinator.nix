@@ -15,10 +15,11 @@ let
     mkEnableOption
     mkIf
     mkOption
-    mkPackageOption
     optional
     types
     ;
+  fleetTypes = import ./types.nix { inherit lib; };
+  packageOption = import ./package-option.nix { inherit lib pkgs; };
 
   stateDirectory = "/var/lib/${cfg.stateDir}";
   # With DynamicUser the key file is handed over by systemd (LoadCredential), readable
@@ -43,7 +44,7 @@ in
   options.services.fleet.coordinator = {
     enable = mkEnableOption "the fleet coordinator, which keeps the device registry and hands admin-signed pushes to agents";
 
-    package = mkPackageOption pkgs "fleet" { };
+    package = packageOption "coordinator";
 
     listenAddress = mkOption {
       type = types.str;
@@ -96,9 +97,9 @@ in
     };
 
     relays = mkOption {
-      type = types.listOf types.str;
+      type = types.listOf fleetTypes.relayUrl;
       default = [ ];
-      example = [ "fleet-relay://w7d7lwqx4q3cksnxvz3c4ca3mxrymm6456o6qbxxsjvr55nh5dea@relay.example.org:4433" ];
+      example = [ "fleet-relay://<RELAY-ID>@relay.example.org:4433" ];
       description = ''
         Relay URLs (`fleet-relay://NODEID@HOST:PORT`) the coordinator keeps a connection to,
         so that agents and admins that cannot reach it over UDP reach it through a relay.
@@ -106,9 +107,9 @@ in
     };
 
     trustRoots = mkOption {
-      type = types.listOf types.str;
+      type = types.listOf fleetTypes.nodeId;
       default = [ ];
-      example = [ "oy3cjyr2cihy6wdpy42tweykrljewe65sz64o43kxle3dcqjvarq" ];
+      example = [ "<TRUST-ROOT-ID>" ];
       description = ''
         Node ids of the organization's trust roots (`fleetctl org init`). Admin and CI keys
         act with capability certificates issued from these roots (`fleetctl grant`).
@@ -166,6 +167,9 @@ in
     };
 
     networking.firewall.allowedUDPPorts = optional cfg.openFirewall cfg.port;
+
+    # `fleet id` (the node id agents and admins pin) and `fleet keygen` on the host.
+    environment.systemPackages = [ cfg.package ];
 
     systemd.services.fleet-coordinator = {
       description = "fleet coordinator";

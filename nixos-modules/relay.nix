@@ -15,10 +15,10 @@ let
     mkEnableOption
     mkIf
     mkOption
-    mkPackageOption
     optional
     types
     ;
+  packageOption = import ./package-option.nix { inherit lib pkgs; };
 
   stateDirectory = "/var/lib/${cfg.stateDir}";
   # With DynamicUser the key file is handed over by systemd (LoadCredential), readable
@@ -43,15 +43,15 @@ in
   options.services.fleet.relay = {
     enable = mkEnableOption "a fleet relay, which forwards encrypted packets between fleet nodes that cannot reach each other directly";
 
-    package = mkPackageOption pkgs "fleet" { };
+    package = packageOption "relay";
 
     listenAddress = mkOption {
       type = types.str;
       default = "0.0.0.0";
       example = "::";
       description = ''
-        Address the relay listens on (TCP, TLS), and answers STUN on when
-        {option}`services.fleet.relay.stunPort` is set.
+        Address the relay listens on (TCP, TLS), and answers STUN on (UDP
+        {option}`services.fleet.relay.stunPort`).
       '';
     };
 
@@ -67,11 +67,13 @@ in
 
     stunPort = mkOption {
       type = types.nullOr types.port;
-      default = null;
-      example = 3478;
+      default = 3478;
+      example = null;
       description = ''
-        UDP port on which the relay answers STUN binding requests, so that nodes learn their
-        public address for hole punching. `null` disables STUN.
+        UDP port on which the relay answers STUN binding requests. Nodes ask the relays they
+        know on port 3478 for their public address, and hole punching through NAT needs that
+        answer: without it every node behind NAT stays on the relay path. `null` turns STUN
+        off (`fleet relay --no-stun`).
       '';
     };
 
@@ -79,7 +81,7 @@ in
       type = types.bool;
       default = false;
       description = ''
-        Whether to open {option}`services.fleet.relay.port` (TCP) and, when set,
+        Whether to open {option}`services.fleet.relay.port` (TCP) and, unless it is `null`,
         {option}`services.fleet.relay.stunPort` (UDP) in the firewall.
       '';
     };
@@ -119,7 +121,8 @@ in
       description = ''
         Settings of `fleet relay`, written as TOML and passed with `--config`. Keys are the
         command-line flags without the leading dashes (`max_clients` or `max-clients`); see
-        `fleet relay --help`. The options above set `listen`, `key` and `stun_listen` here.
+        `fleet relay --help`. The options above set `listen`, `key` and `stun_listen` (or
+        `stun = false`) here.
       '';
     };
   };
@@ -151,10 +154,16 @@ in
         listen = hostPort cfg.listenAddress cfg.port;
         key = if cfg.keyFile == null then generatedKey else credentialKey;
       }
-      // lib.optionalAttrs (cfg.stunPort != null) {
-        stun_listen = hostPort cfg.listenAddress cfg.stunPort;
-      }
+      // (
+        if cfg.stunPort == null then
+          { stun = false; }
+        else
+          { stun_listen = hostPort cfg.listenAddress cfg.stunPort; }
+      )
     );
+
+    # `fleet id` (the node id in the relay's URL) and `fleet keygen` on the host.
+    environment.systemPackages = [ cfg.package ];
 
     networking.firewall = mkIf cfg.openFirewall {
       allowedTCPPorts = [ cfg.port ];

@@ -1,16 +1,19 @@
 """The Nix files of the repository: they parse, and the NixOS modules drive the real CLI.
 
-There is no nixpkgs on the test machines, so the modules are evaluated with a stand-in for
-the few `lib` functions they use (tests/integration/nixos_stub.nix). That still runs the
-modules' own code that turns options into TOML settings, assertions and systemd units; the
-settings are then fed to the real `fleet agent|coordinator|relay` commands (their start-up
-validation, up to the point where the daemon would run).
+The modules are evaluated with nixpkgs' real module system (lib.evalModules from
+tests/nixpkgs-lib, see tests/integration/nixos_eval.nix), with the NixOS options they touch
+declared as plain options and stand-in packages: option types, defaults, priorities and
+assertions behave as in `nixos-rebuild`. The settings they generate are then fed to the real
+`fleet agent|coordinator|relay` commands (their start-up validation, up to the point where the
+daemon would run).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,7 +32,8 @@ from fleet.identity import write_new_key
 pytestmark = pytest.mark.nix
 
 REPO = Path(__file__).resolve().parent.parent.parent
-STUB = Path(__file__).resolve().parent / "nixos_stub.nix"
+EVAL = Path(__file__).resolve().parent / "nixos_eval.nix"
+NIXPKGS_LIB = Path(os.environ.get("FLEET_NIXPKGS_LIB") or REPO / "tests" / "nixpkgs-lib")
 MODULES = REPO / "nixos-modules"
 
 COORDINATOR_ID = "3nxzva5ads6k2wxloichezh7wc3kfxmx3l5n2rvlou5n6c6hjwba"
@@ -46,7 +50,9 @@ KNOWN: dict[str, tuple[str, ...]] = {
 
 # Settings a module writes for a CLI option that another branch is adding. Each entry fails
 # test_pending_settings_are_still_pending as soon as the CLI knows it: then delete it here.
-PENDING: dict[str, dict[str, str]] = {}
+PENDING: dict[str, dict[str, str]] = {
+    "relay": {"stun": "`fleet relay --no-stun` / `stun = false` (issue 9, the relay's STUN part)"},
+}
 
 # Every option of each module set to a non-default value.
 FULL: dict[str, dict[str, Any]] = {
@@ -95,20 +101,24 @@ MINIMAL: dict[str, dict[str, Any]] = {
 }
 
 
-def evaluate(
+def run_eval(
     role: str,
     options: dict[str, Any],
     settings: dict[str, Any] | None = None,
     openssh: bool = True,
-) -> dict[str, Any]:
-    user = {"options": options, "settings": settings or {}, "openssh": openssh}
-    done = subprocess.run(
+    package: str = "overlay",
+) -> subprocess.CompletedProcess[str]:
+    user = {"options": options, "settings": settings or {}, "openssh": openssh, "package": package}
+    return subprocess.run(
         [
             "nix-instantiate",
             "--eval",
             "--strict",
             "--json",
-            str(STUB),
+            str(EVAL),
+            "--arg",
+            "nixpkgsLib",
+            str(NIXPKGS_LIB),
             "--arg",
             "modulePath",
             str(MODULES / f"{role}.nix"),
@@ -124,9 +134,26 @@ def evaluate(
         timeout=60,
         check=False,
     )
+
+
+def evaluate(
+    role: str,
+    options: dict[str, Any],
+    settings: dict[str, Any] | None = None,
+    openssh: bool = True,
+    package: str = "overlay",
+) -> dict[str, Any]:
+    done = run_eval(role, options, settings, openssh, package)
     assert done.returncode == 0, f"evaluating nixos-modules/{role}.nix failed:\n{done.stderr}"
     result: dict[str, Any] = json.loads(done.stdout)
     return result
+
+
+def evaluation_error(role: str, options: dict[str, Any], package: str = "overlay") -> str:
+    """What `nixos-rebuild` would stop with: evaluation must fail."""
+    done = run_eval(role, options, package=package)
+    assert done.returncode != 0, f"nixos-modules/{role}.nix accepted {options}: {done.stdout}"
+    return " ".join(done.stderr.split())
 
 
 def toml_value(value: Any) -> str:
@@ -144,8 +171,12 @@ def write_toml(path: Path, settings: dict[str, Any]) -> Path:
 
 
 def nix_files() -> Iterator[Path]:
+    """Our .nix files: not the vendored nixpkgs lib, nothing below a dot directory."""
     for path in sorted(REPO.rglob("*.nix")):
-        if not any(part.startswith(".") for part in path.relative_to(REPO).parts):
+        relative = path.relative_to(REPO)
+        if relative.parts[:2] == ("tests", "nixpkgs-lib"):
+            continue
+        if not any(part.startswith(".") for part in relative.parts):
             yield path
 
 
@@ -160,6 +191,9 @@ def test_every_nix_file_parses() -> None:
         "nixos-modules/coordinator.nix",
         "nixos-modules/relay.nix",
         "nixos-modules/default.nix",
+        "nixos-modules/types.nix",
+        "nixos-modules/package-option.nix",
+        "tests/integration/nixos_eval.nix",
     } <= names
     for path in files:
         done = subprocess.run(
@@ -268,10 +302,25 @@ def test_coordinator_settings_start_the_coordinator(
 def test_relay_settings_start_the_relay(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     settings = cli_settings("relay", FULL["relay"], tmp_path)
     config = write_toml(tmp_path / "relay.toml", settings)
-    _identity, _config, host, port, *_rest = run_cli(
+    _identity, _config, host, port, _metrics, stun_listen = run_cli(
         monkeypatch, fleet.cli.relay, "_serve", fleet.cli.relay.relay, config
     )
     assert (host, port) == ("0.0.0.0", 443)
+    assert stun_listen == ("0.0.0.0", 3478)
+
+
+def test_relay_answers_stun_on_3478_by_default() -> None:
+    settings = evaluate("relay", MINIMAL["relay"])["settings"]
+    assert settings["stun_listen"] == "0.0.0.0:3478"
+    assert "stun" not in settings
+    ipv6 = evaluate("relay", {**MINIMAL["relay"], "listenAddress": "::"})["settings"]
+    assert ipv6["stun_listen"] == "[::]:3478"
+
+
+def test_relay_stun_off_maps_to_no_stun() -> None:
+    settings = evaluate("relay", {**MINIMAL["relay"], "stunPort": None})["settings"]
+    assert settings["stun"] is False
+    assert "stun_listen" not in settings
 
 
 def test_pending_settings_are_still_pending() -> None:
@@ -394,20 +443,323 @@ def test_low_relay_port_gets_only_the_bind_capability() -> None:
 @pytest.mark.parametrize(
     ("role", "options", "tcp", "udp"),
     [
-        ("coordinator", {"openFirewall": True}, None, [7443]),
-        ("relay", {"openFirewall": True}, [4433], []),
-        ("relay", {"openFirewall": True, "stunPort": 3478}, [4433], [3478]),
-        ("relay", {"openFirewall": False, "stunPort": 3478}, None, None),
+        ("coordinator", {"openFirewall": True}, [], [7443]),
+        ("coordinator", {}, [], []),
+        ("relay", {"openFirewall": True}, [4433], [3478]),
+        ("relay", {"openFirewall": True, "stunPort": 3479}, [4433], [3479]),
+        ("relay", {"openFirewall": True, "stunPort": None}, [4433], []),
+        ("relay", {}, [], []),
     ],
 )
-def test_open_firewall(
-    role: str, options: dict[str, Any], tcp: list[int] | None, udp: list[int] | None
-) -> None:
+def test_open_firewall(role: str, options: dict[str, Any], tcp: list[int], udp: list[int]) -> None:
     firewall = evaluate(role, {**MINIMAL[role], **options})["firewall"]
-    assert firewall.get("allowedTCPPorts") == tcp
-    assert firewall.get("allowedUDPPorts") == udp
+    assert firewall["allowedTCPPorts"] == tcp
+    assert firewall["allowedUDPPorts"] == udp
 
 
 def test_user_settings_win_over_generated_ones() -> None:
     settings = evaluate("relay", MINIMAL["relay"], settings={"listen": "127.0.0.1:9000"})
     assert settings["settings"]["listen"] == "127.0.0.1:9000"
+
+
+# --- Values checked at evaluation time ------------------------------------------------------
+
+AGENT = MINIMAL["agent"]
+
+
+@pytest.mark.parametrize(
+    ("role", "options", "option"),
+    [
+        (
+            "agent",
+            {**AGENT, "coordinator": {"nodeId": COORDINATOR_ID[:-1], "addresses": ["h:1"]}},
+            "services.fleet.agent.coordinator.nodeId",
+        ),
+        (
+            "agent",
+            {**AGENT, "coordinator": {"nodeId": COORDINATOR_ID.upper(), "addresses": ["h:1"]}},
+            "services.fleet.agent.coordinator.nodeId",
+        ),
+        (
+            "agent",
+            {**AGENT, "coordinator": {"nodeId": COORDINATOR_ID, "addresses": ["203.0.113.10"]}},
+            "services.fleet.agent.coordinator.addresses",
+        ),
+        (
+            "agent",
+            {**AGENT, "coordinator": {"nodeId": COORDINATOR_ID, "addresses": ["2001:db8::1:7443"]}},
+            "services.fleet.agent.coordinator.addresses",
+        ),
+        (
+            "agent",
+            {**AGENT, "trustRoots": [ADMIN_ID[:-1] + "b"]},
+            "services.fleet.agent.trustRoots",
+        ),
+        ("agent", {**AGENT, "trustRoots": ["<TRUST-ROOT-ID>"]}, "services.fleet.agent.trustRoots"),
+        (
+            "agent",
+            {**AGENT, "relays": ["https://relay.example.org:4433"]},
+            "services.fleet.agent.relays",
+        ),
+        (
+            "agent",
+            {**AGENT, "relays": [f"fleet-relay://{RELAY_ID}@relay.example.org"]},
+            "services.fleet.agent.relays",
+        ),
+        (
+            "agent",
+            {**AGENT, "trustedPublicKeys": ["cache.example.org-1:<BASE64>"]},
+            "services.fleet.agent.trustedPublicKeys",
+        ),
+        (
+            "agent",
+            {**AGENT, "trustedPublicKeys": [CACHE_KEY.split(":")[1]]},
+            "services.fleet.agent.trustedPublicKeys",
+        ),
+        (
+            "agent",
+            {**AGENT, "substituters": ["cache.example.org"]},
+            "services.fleet.agent.substituters",
+        ),
+        (
+            "coordinator",
+            {"enable": True, "trustRoots": ["admin"]},
+            "services.fleet.coordinator.trustRoots",
+        ),
+        (
+            "coordinator",
+            {**MINIMAL["coordinator"], "relays": [f"fleet-relay://{RELAY_ID}"]},
+            "services.fleet.coordinator.relays",
+        ),
+        ("relay", {"enable": True, "stunPort": 70000}, "services.fleet.relay.stunPort"),
+    ],
+)
+def test_a_wrong_value_fails_evaluation_naming_the_option(
+    role: str, options: dict[str, Any], option: str
+) -> None:
+    error = evaluation_error(role, options)
+    assert f"`{option}" in error, error
+    assert "is not of type" in error, error
+
+
+def test_right_values_pass_the_types() -> None:
+    """IPv6 with brackets, relay URLs of both schemes, keys of other names, local stores."""
+    options = {
+        **FULL["agent"],
+        "relays": [RELAY_URL, f"fleet-relay+insecure://{RELAY_ID}@127.0.0.1:4433"],
+        "trustedPublicKeys": [CACHE_KEY, "nix-community.cachix.org-1:" + CACHE_KEY[-44:]],
+        "substituters": ["https://cache.example.org/", "file:///srv/cache", "/srv/store"],
+    }
+    assert evaluate("agent", options)["failedAssertions"] == []
+
+
+# One list of samples, checked by the modules' types and by the Python parsers that the
+# daemons run at start-up: the two must agree.
+TYPE_SAMPLES: dict[str, list[str]] = {
+    "nodeId": [
+        COORDINATOR_ID,
+        RELAY_ID,
+        COORDINATOR_ID[:-1] + "b",  # unused bits set
+        COORDINATOR_ID[:-1],
+        COORDINATOR_ID + "a",
+        COORDINATOR_ID.upper(),
+        COORDINATOR_ID[:-2] + "1a",
+    ],
+    "hostPort": [
+        "203.0.113.10:7443",
+        "relay.example.org:443",
+        "[2001:db8::10]:7443",
+        "host:65535",
+        "host:1",
+        "host:0",
+        "host:65536",
+        "2001:db8::1:80",
+        "host",
+        ":80",
+        "host:port",
+        "[2001:db8::1]",
+        "a b:80",
+        "user@host:80",
+    ],
+    "relayUrl": [
+        RELAY_URL,
+        f"fleet-relay+insecure://{RELAY_ID}@127.0.0.1:4433",
+        f"fleet-relay://{RELAY_ID}@[2001:db8::1]:443",
+        f"https://{RELAY_ID}@relay.example.org:4433",
+        f"fleet-relay://{RELAY_ID}@relay.example.org",
+        f"fleet-relay://{RELAY_ID}@relay.example.org:4433/",
+        "fleet-relay://relay.example.org:4433",
+        f"fleet-relay://{RELAY_ID[:-1]}b@relay.example.org:4433",
+    ],
+    "nixPublicKey": [
+        CACHE_KEY,
+        "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=",
+        "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY",
+        "6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=",
+        "name:short=",
+        "with space:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=",
+    ],
+    "substituterUrl": [
+        "https://cache.nixos.org/",
+        "http://10.0.0.1:5000",
+        "file:///srv/cache",
+        "s3://bucket?region=eu-west-1",
+        "ssh-ng://builder",
+        "/srv/store",
+        "local?root=/srv/x",
+        "cache.nixos.org",
+        "ftp://cache",
+        "https://cache example",
+    ],
+}
+
+
+def python_accepts(kind: str, text: str) -> bool:
+    from fleet.identity import InvalidNodeId, NodeId
+    from fleet.netaddr import InvalidAddress, parse_host_port
+    from fleet.nix.fetch import _check_config
+    from fleet.relay.url import InvalidRelayUrl, RelayUrl
+
+    try:
+        if kind == "nodeId":
+            NodeId.parse(text)
+        elif kind == "hostPort":
+            parse_host_port(text)
+        elif kind == "relayUrl":
+            RelayUrl.parse(text)
+        elif kind == "nixPublicKey":
+            _check_config(["https://cache.example.org"], [text])
+        elif kind == "substituterUrl":
+            _check_config([text], [CACHE_KEY])
+        else:
+            raise AssertionError(kind)
+    except (InvalidNodeId, InvalidAddress, InvalidRelayUrl, ValueError):
+        return False
+    return True
+
+
+def test_module_types_agree_with_the_python_parsers() -> None:
+    expression = (
+        f"let lib = import {json.dumps(str(NIXPKGS_LIB))};"
+        f" types = import {json.dumps(str(MODULES / 'types.nix'))} {{ inherit lib; }};"
+        f" samples = builtins.fromJSON {json.dumps(json.dumps(TYPE_SAMPLES))};"
+        " in builtins.mapAttrs (kind: map (types.${kind}.check)) samples"
+    )
+    done = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "--expr", expression],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    nix: dict[str, list[bool]] = json.loads(done.stdout)
+    disagree = [
+        (kind, text, accepted)
+        for kind, texts in TYPE_SAMPLES.items()
+        for text, accepted in zip(texts, nix[kind], strict=True)
+        if accepted != python_accepts(kind, text)
+    ]
+    assert not disagree, f"Nix type and Python parser disagree (kind, value, Nix says): {disagree}"
+    for kind, accepted in nix.items():
+        assert True in accepted, f"no {kind} sample is valid"
+        assert False in accepted, f"no {kind} sample is invalid"
+
+
+# --- The package --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("role", ["agent", "coordinator", "relay"])
+def test_package_is_nixos_fleet_and_on_the_system_path(role: str) -> None:
+    result = evaluate(role, MINIMAL[role])
+    assert result["package"].endswith("-nixos-fleet-0.1.0")
+    assert result["service"]["serviceConfig"]["ExecStart"].startswith(
+        result["package"] + "/bin/fleet "
+    )
+    # `fleet id KEYFILE` on the host, as the docs tell people to run.
+    assert result["systemPackages"] == [result["package"]]
+
+
+@pytest.mark.parametrize("role", ["agent", "coordinator", "relay"])
+def test_without_the_overlay_the_module_says_what_to_add(role: str) -> None:
+    """nixpkgs' `fleet` is fleetdm's: it must never become the default."""
+    error = evaluation_error(role, MINIMAL[role], package="none")
+    assert f"services.fleet.{role}.package" in error
+    assert "fleet.overlays.default" in error
+    assert "fleetdm" in error
+    given = evaluate(role, MINIMAL[role], package="option")
+    assert given["package"].endswith("-nixos-fleet-from-option")
+    assert "fleetdm" not in json.dumps(given)
+
+
+def test_disabled_modules_need_no_package() -> None:
+    for role in ("agent", "coordinator", "relay"):
+        result = evaluate(role, {}, package="none")
+        assert result["service"] is None
+        assert result["systemPackages"] == []
+
+
+def test_flake_uses_its_own_attribute_name() -> None:
+    flake = (REPO / "flake.nix").read_text()
+    assert "nixos-fleet = final.callPackage ./nix/package.nix" in flake
+    assert "fleet = final.callPackage" not in flake.replace("nixos-fleet = final", "")
+    assert "default = nixos-fleet;" in flake
+
+
+def test_flake_lock_pins_the_flake_inputs() -> None:
+    lock = json.loads((REPO / "flake.lock").read_text())
+    assert lock["version"] == 7
+    root = lock["nodes"][lock["root"]]
+    assert root["inputs"] == {"nixpkgs": "nixpkgs"}
+    nixpkgs = lock["nodes"]["nixpkgs"]
+    # The lock is stale (and Nix re-locks it) unless `original` is flake.nix's input URL.
+    original = nixpkgs["original"]
+    url = f"github:{original['owner']}/{original['repo']}/{original['ref']}"
+    assert f'inputs.nixpkgs.url = "{url}";' in (REPO / "flake.nix").read_text()
+    locked = nixpkgs["locked"]
+    assert locked["type"] == "github"
+    assert (locked["owner"], locked["repo"]) == (original["owner"], original["repo"])
+    assert len(locked["rev"]) == 40
+    assert int(locked["rev"], 16) >= 0
+    assert locked["narHash"].startswith("sha256-")
+    assert len(locked["narHash"]) == len("sha256-") + 44
+    assert isinstance(locked["lastModified"], int)
+
+
+def test_package_installs_completions_that_click_generates() -> None:
+    package = (REPO / "nix" / "package.nix").read_text()
+    assert "installShellFiles" in package
+    assert "for program in fleet fleetctl" in package
+    for shell in ("bash", "zsh", "fish"):
+        assert f'--{shell} <(env "$variable={shell}_source" "$out/bin/$program")' in package
+
+    # What that loop runs, with this checkout's entry points (installed as `fleet`, `fleetctl`).
+    def complete(program: str, **env: str) -> str:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"from fleet.cli.{program} import main; main(prog_name={program!r})",
+            ],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=REPO,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    for program in ("fleet", "fleetctl"):
+        variable = f"_{program.upper()}_COMPLETE"
+        assert f"{program}_completion()" in complete(program, **{variable: "bash_source"})
+        assert f"#compdef {program}" in complete(program, **{variable: "zsh_source"})
+        assert f"complete --no-files --command {program}" in complete(
+            program, **{variable: "fish_source"}
+        )
+    # The generated bash function asks the program itself; that answer names subcommands.
+    words = complete(
+        "fleetctl", _FLEETCTL_COMPLETE="bash_complete", COMP_WORDS="fleetctl pu", COMP_CWORD="1"
+    )
+    assert "plain,push" in words.splitlines(), words
