@@ -109,14 +109,14 @@ in
           enable = true;
           port = relayPort;
           keyFile = "${keys}/relay.key";
+          # STUN on UDP 3478 (stunPort's default), opened with the relay's port.
           openFirewall = true;
-          # stunPort = 3478;  # needs `fleet relay --stun-listen` (issue 4) on the branch tested
           settings.log_level = "debug";
         };
       };
 
     coordinator =
-      { config, nodes, pkgs, ... }:
+      { nodes, pkgs, ... }:
       {
         imports = [
           fleetModules
@@ -143,10 +143,8 @@ in
         networking.firewall.allowedTCPPorts = [ cachePort ];
         virtualisation.additionalPaths = [ nodes.agentNext.system.build.toplevel ];
 
-        environment.systemPackages = [
-          config.services.fleet.coordinator.package
-          pkgs.jq
-        ];
+        # fleet and fleetctl are on the PATH through the coordinator module itself.
+        environment.systemPackages = [ pkgs.jq ];
       };
 
     agent = agentConfig 1;
@@ -174,6 +172,9 @@ in
       coordinator.wait_for_unit("nix-serve.service")
       relay.wait_for_unit("fleet-relay.service")
       relay.wait_for_open_port(${toString relayPort})
+      # The relay module puts fleet on the PATH, as the docs' `fleet id` on the VPS needs.
+      assert relay.succeed("fleet id ${keys}/relay.key").strip() == "${relayId}"
+      relay.wait_until_succeeds("ss -Hlun 'sport = :3478' | grep -q 3478", timeout=30)
       agent.wait_for_unit("fleet-agent.service")
 
       with subtest("the agent is behind the NAT"):
