@@ -36,7 +36,7 @@ in
       nodeId = mkOption {
         type = types.nullOr types.str;
         default = null;
-        example = "3nxzva5ads6k2wxloichezh7wc3kfxmx3l5n2rvlou5n6c6hjwba";
+        example = "<COORDINATOR-ID>";
         description = ''
           Node id of the coordinator (what `fleet id` prints for its key).
           It is what the agent authenticates: the coordinator's TLS certificate must carry
@@ -62,7 +62,7 @@ in
     relays = mkOption {
       type = types.listOf types.str;
       default = [ ];
-      example = [ "fleet-relay://w7d7lwqx4q3cksnxvz3c4ca3mxrymm6456o6qbxxsjvr55nh5dea@relay.example.org:4433" ];
+      example = [ "fleet-relay://<RELAY-ID>@relay.example.org:4433" ];
       description = ''
         Relay URLs (`fleet-relay://NODEID@HOST:PORT`). The relay carries traffic when no
         direct UDP path to the coordinator works, for example behind carrier-grade NAT or
@@ -85,7 +85,7 @@ in
     trustRoots = mkOption {
       type = types.listOf types.str;
       default = [ ];
-      example = [ "oy3cjyr2cihy6wdpy42tweykrljewe65sz64o43kxle3dcqjvarq" ];
+      example = [ "<TRUST-ROOT-ID>" ];
       description = ''
         Node ids of the organization's trust roots (`fleetctl org init`). The agent accepts
         an announcement only if its signer's capability chain leads from one of these roots,
@@ -121,7 +121,7 @@ in
       type = types.listOf types.str;
       default = config.nix.settings.trusted-public-keys;
       defaultText = literalExpression "config.nix.settings.trusted-public-keys";
-      example = [ "cache.example.org-1:BRBUqTnM6bXs36B64z9FVyKjgmekOd14u7LUrsMAqjY=" ];
+      example = [ "cache.example.org-1:<BASE64>" ];
       description = ''
         Nix signing keys (`NAME:BASE64`) that the fetched store paths must be signed with.
         The key your CI signs system closures with must be in this list.

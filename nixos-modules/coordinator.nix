@@ -98,7 +98,7 @@ in
     relays = mkOption {
       type = types.listOf types.str;
       default = [ ];
-      example = [ "fleet-relay://w7d7lwqx4q3cksnxvz3c4ca3mxrymm6456o6qbxxsjvr55nh5dea@relay.example.org:4433" ];
+      example = [ "fleet-relay://<RELAY-ID>@relay.example.org:4433" ];
       description = ''
         Relay URLs (`fleet-relay://NODEID@HOST:PORT`) the coordinator keeps a connection to,
         so that agents and admins that cannot reach it over UDP reach it through a relay.
@@ -108,7 +108,7 @@ in
     trustRoots = mkOption {
       type = types.listOf types.str;
       default = [ ];
-      example = [ "oy3cjyr2cihy6wdpy42tweykrljewe65sz64o43kxle3dcqjvarq" ];
+      example = [ "<TRUST-ROOT-ID>" ];
       description = ''
         Node ids of the organization's trust roots (`fleetctl org init`). Admin and CI keys
         act with capability certificates issued from these roots (`fleetctl grant`).
