@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 import re
 from collections.abc import Iterator
@@ -107,6 +108,7 @@ def text_files(root: Path) -> Iterator[tuple[Path, str]]:
             continue
 
 
+@functools.cache
 def committed_secrets(root: Path = REPO) -> dict[str, Secret]:
     """Key material in any file under `root`, keyed by the text that must not appear."""
     found: dict[str, Secret] = {}
