@@ -5,7 +5,7 @@ empty environment, HOME=/homeless-shelter (absent, uncreatable), no network, not
 with nothing on PATH but python and stdenv's tools. It runs here once without ssh-keygen:
 the only failures must then be the tests marked `openssh` (package.nix provides OpenSSH for
 exactly those), each saying what is missing. Anything else that fails needs something a Nix
-build does not have.
+build does not have. Then the `openssh` tests alone run with ssh-keygen on PATH, and pass.
 """
 
 from __future__ import annotations
@@ -74,3 +74,16 @@ def test_unit_tests_pass_in_a_nix_like_sandbox() -> None:
     assert " error" not in done.stdout.splitlines()[-1], done.stdout[-3000:]
     assert done.returncode == 1
     assert not Path("/homeless-shelter").exists()
+
+    # With OpenSSH on PATH, as package.nix's nativeCheckInputs provide it, those pass too
+    # (only they run: the last -m wins).
+    with_openssh = subprocess.run(
+        [str(SCRIPT), "--with-openssh", "-q", "-m", "openssh"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
+    )
+    assert with_openssh.returncode == 0, with_openssh.stdout[-3000:] + with_openssh.stderr
+    assert f"{len(needs_openssh)} passed" in with_openssh.stdout, with_openssh.stdout[-3000:]
