@@ -13,18 +13,20 @@ from click.testing import CliRunner, Result
 from fleet.admin.client import AdminClient
 from fleet.admin.settings import Settings
 from fleet.cli import fleetctl
-from fleet.identity import Identity, write_new_key
+from fleet.identity import Identity, NodeId, write_new_key
 from fleet.protocol.messages import (
     Action,
     AgentState,
     Announcement,
     DeviceApprove,
+    DeviceAdd,
     DeviceInfo,
+    DeviceList,
     DeviceRemove,
     ErrorReply,
     PushRequest,
 )
-from fleet.wire import Tag, verify_envelope
+from fleet.wire import Message, Tag, verify_envelope
 from tests.admin_standin import StandIn, desired, device_status, memory_client
 
 STORE = "/nix/store/" + "d" * 32 + "-nixos-system-v2"
@@ -68,6 +70,12 @@ class Harness:
         )
 
 
+def _device_with_id(name: str, raw: bytes) -> DeviceInfo:
+    return DeviceInfo(
+        node_id=NodeId(raw), name=name, tags=(), approved=True, first_seen=None, last_seen=None
+    )
+
+
 @pytest.fixture
 def h(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Harness:
     harness = Harness(tmp_path)
@@ -103,21 +111,81 @@ def test_devices_list_json_and_text(h: Harness) -> None:
     assert text[3].split()[:4] == ["router", h.id_of("router"), "-", "yes"]
 
 
+def _changes(h: Harness) -> list[Message]:
+    """What fleetctl asked the stand-in to do, without the device-list lookups."""
+    return [m for m in h.standin.received if not isinstance(m, DeviceList)]
+
+
 def test_devices_add_approve_remove_send_the_requests(h: Harness) -> None:
     node = str(Identity.generate().node_id)
     result = h.run("devices", "add", node, "--name", "new", "--tag", "a", "--tag", "b")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("added new (")
     assert h.run("devices", "approve", node).exit_code == 0
-    assert h.run("devices", "remove", "new").stdout == "removed new\n"
-    add, approve, remove = h.standin.received
-    assert (add.node_id, add.name, add.tags) == (  # type: ignore[attr-defined]
-        approve.node_id,  # type: ignore[attr-defined]
-        "new",
-        ("a", "b"),
-    )
+    assert h.run("devices", "remove", "router").stdout == "removed router\n"
+    add, approve, remove = _changes(h)
+    assert isinstance(add, DeviceAdd)
+    assert (add.node_id, add.name, add.tags) == (NodeId.parse(node), "new", ("a", "b"))
     assert isinstance(approve, DeviceApprove)
+    assert approve.node_id == add.node_id
     assert isinstance(remove, DeviceRemove)
+    assert remove.name == "router"
+
+
+def test_devices_commands_take_short_ids(h: Harness) -> None:
+    router = h.devices[2].node_id
+    approved = h.run("devices", "approve", router.short(), "--json")
+    assert approved.exit_code == 0, approved.stderr
+    assert json.loads(approved.stdout) == {"name": "router", "id": str(router), "approved": True}
+    removed = h.run("devices", "remove", str(router)[:6], "--json")
+    assert removed.exit_code == 0, removed.stderr
+    assert json.loads(removed.stdout) == {"name": "router", "id": str(router), "removed": True}
+    approve, remove = _changes(h)
+    assert isinstance(approve, DeviceApprove)
+    assert approve.node_id == router
+    assert isinstance(remove, DeviceRemove)
+    assert remove.name == "router"  # the coordinator removes by name
+
+
+def test_an_ambiguous_short_id_lists_the_candidates_and_changes_nothing(h: Harness) -> None:
+    twins = [_device_with_id(f"twin-{i}", b"\x00" * 5 + bytes([i]) * 27) for i in (1, 2)]
+    h.standin.devices += twins
+    for args in (["devices", "remove", "aaaaaaaa"], ["devices", "approve", "aaaaaaaa"]):
+        result = h.run(*args)
+        assert result.exit_code == 1
+        assert "short id of 2 devices" in result.stderr
+        for twin in twins:
+            assert f"{twin.name} {twin.node_id}" in result.stderr
+        assert "Traceback" not in result.output
+    assert _changes(h) == []
+    pushed = h.run("push", STORE, "--to", "aaaa")
+    assert pushed.exit_code == 1
+    assert "short id of 2 devices" in pushed.stderr
+    assert h.standin.pushes == []
+
+
+def test_push_to_a_short_id_signs_the_full_id(h: Harness) -> None:
+    result = h.run("push", STORE, "--to", h.devices[1].node_id.short(), "--json")
+    assert result.exit_code == 0, result.stderr
+    [(_, announcement)] = h.standin.pushes
+    assert announcement.devices == (h.devices[1].node_id,)
+
+
+def test_remove_of_an_unknown_device_names_it(h: Harness) -> None:
+    result = h.run("devices", "remove", "printer")
+    assert result.exit_code == 1
+    assert "device 'printer': no device with that name or short id" in result.stderr
+    assert _changes(h) == []
+
+
+def test_a_grant_subject_must_be_a_full_node_id(h: Harness, tmp_path: Path) -> None:
+    out = tmp_path / "x.chain"
+    short = h.devices[0].node_id.short()
+    result = h.run("grant", short, "--allow", "read", "--scope", "*", "--out", str(out))
+    assert result.exit_code == 2
+    assert "looks like a short id" in result.stderr
+    assert "full node id" in result.stderr
+    assert not out.exists()
 
 
 def test_devices_add_with_a_bad_node_id_is_a_usage_error(h: Harness) -> None:
