@@ -662,12 +662,11 @@ def _record(ctx: click.Context, chain: Chain) -> str | None:
 
 
 def _not_recorded(out: str, cert_id: str, why: str) -> NoReturn:
+    """One line: what failed, what is still true, and the command that finishes the job."""
     _fail(
-        f"the grant was NOT recorded in the coordinator's audit log: {why}\n"
-        f"The certificate chain is valid and was written to {out} (certificate {cert_id}); "
-        "the subject can use it now.\n"
-        f"Record it when the coordinator is reachable: fleetctl record-grant {out} "
-        "(with the same --key and --cert), or grant with --no-record to skip recording.",
+        f"the grant was NOT recorded in the coordinator's audit log ({why}); the chain is "
+        f"valid and was written to {out} (certificate {cert_id}), so the subject can use it "
+        f"now; record it later with the same --key/--cert: fleetctl record-grant {out}",
         EXIT_NOT_RECORDED,
     )
 
@@ -778,19 +777,23 @@ def grant_command(
     except OSError as exc:
         raise click.ClickException(f"cannot write the chain to {out}: {exc}") from exc
     cert_id = format_id(certificate_id(chain.certificates[-1]))
-    if not as_json:
-        click.echo(cert_id)
-        click.echo(
-            f"granted {','.join(actions)} on {granted_scope.describe()} to {subject_id} until "
-            f"{iso_utc(not_after)}" + (" (may delegate)" if delegate else "") + f"; chain in {out}",
-            err=True,
-        )
     why = _record(ctx, chain) if record else None
     if as_json:
-        _print_json({**_grant_json(chain, out), "recorded": record and why is None,
-                     "record_error": why})  # fmt: skip
+        recorded = record and why is None
+        _print_json({**_grant_json(chain, out), "recorded": recorded, "record_error": why})
+    else:
+        click.echo(cert_id)
     if why is not None:
         _not_recorded(out, cert_id, why)
+    if not as_json:
+        click.echo(
+            f"granted {','.join(actions)} on {granted_scope.describe()} to {subject_id} until "
+            f"{iso_utc(not_after)}"
+            + (" (may delegate)" if delegate else "")
+            + f"; chain in {out}"
+            + ("" if record else " (not recorded: --no-record)"),
+            err=True,
+        )
 
 
 @main.command("record-grant")

@@ -7,13 +7,16 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 
 from fleet.admin.client import AdminClient
 from fleet.admin.settings import Settings
+from fleet.admin.views import iso_utc
+from fleet.capability import certificates_of, format_id, read_chain
 from fleet.cli import fleetctl
-from fleet.identity import Identity, NodeId, write_new_key
+from fleet.identity import Identity, NodeId, load_identity, write_new_key
 from fleet.protocol.messages import (
     Action,
     AgentState,
@@ -383,3 +386,62 @@ def test_unreachable_coordinator_is_reported(h: Harness) -> None:
     result = h.run("--timeout", "0.2", "devices", "list")
     assert result.exit_code == 1
     assert "no answer from the coordinator within 0.2 s" in result.stderr
+
+
+# ---------------------------------------------------------------- every command speaks JSON
+
+
+def _commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[str, click.Command]]:
+    """Every command a user can run: leaves, and groups that run without a subcommand."""
+    found: list[tuple[str, click.Command]] = []
+    for name, command in group.commands.items():
+        here = (*path, name)
+        if isinstance(command, click.Group):
+            if command.invoke_without_command:
+                found.append((" ".join(here), command))
+            found.extend(_commands(command, here))
+        else:
+            found.append((" ".join(here), command))
+    return found
+
+
+def test_every_command_takes_json() -> None:
+    commands = dict(_commands(fleetctl.main))
+    assert {"devices add", "grant", "record-grant", "org init", "audit", "audit list"} <= set(
+        commands
+    )
+    missing = [
+        name
+        for name, command in commands.items()
+        if not any("--json" in p.opts for p in command.params if isinstance(p, click.Option))
+    ]
+    assert missing == []
+
+
+def test_org_init_json(h: Harness, tmp_path: Path) -> None:
+    out = tmp_path / "root.key"
+    result = h.run("org", "init", "--out", str(out), "--json", global_args=False)
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc == {"id": str(load_identity(out).node_id), "key_file": str(out)}
+    assert result.stderr == ""  # --json: no advice for people on stderr either
+
+
+def test_grant_json_without_recording(h: Harness, tmp_path: Path) -> None:
+    out = tmp_path / "lead.chain"
+    subject = Identity.generate().node_id
+    result = h.run(
+        "grant", str(subject), "--allow", "push,read", "--scope", "tag:kiosk", "--expires",
+        "2h", "--out", str(out), "--no-record", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    [(cert_id, cert)] = certificates_of(read_chain(out))
+    assert doc["certificate"] == format_id(cert_id)
+    assert (doc["subject"], doc["issuer"]) == (str(subject), str(h.admin.node_id))
+    assert doc["actions"] == ["push", "read"]
+    assert doc["scope"] == "tag:kiosk"
+    assert doc["not_after"] == iso_utc(cert.not_after)
+    assert doc["not_after"].endswith("Z")
+    assert (doc["recorded"], doc["record_error"], doc["chain_file"]) == (False, None, str(out))
+    assert h.standin.received == []  # --no-record: the coordinator was not asked
