@@ -275,17 +275,24 @@ def main(
 # ---------------------------------------------------------------- devices
 
 
-async def _known_device(client: AdminClient, text: str) -> DeviceInfo:
-    """The known device TEXT names (name, node id or short id), from the coordinator's list."""
+async def _readable_devices(client: AdminClient) -> tuple[DeviceInfo, ...] | None:
+    """The coordinator's device list, or None when this key may not read it (`devices` alone)."""
     try:
-        known = await client.devices()
+        return await client.devices()
     except CoordinatorRefused as exc:
         if exc.code != "unauthorized":
             raise
+        return None
+
+
+async def _known_device(client: AdminClient, text: str) -> DeviceInfo:
+    """The known device TEXT names (name, node id or short id), from the coordinator's list."""
+    known = await _readable_devices(client)
+    if known is None:
         raise TargetError(
             f"device {text!r}: names and short ids are looked up in the device list, which "
-            f"this key may not read ({exc.reason}); give the full node id"
-        ) from exc
+            "this key may not read; give the full node id"
+        )
     return find_device(text, known)
 
 
@@ -330,7 +337,7 @@ def devices_add(
             try:
                 node = (await _known_device(client, node_id)).node_id
             except AmbiguousTarget:
-                raise
+                raise  # it lists the candidates: nothing to add
             except TargetError as exc:
                 raise TargetError(
                     f"{exc}; a device that has not connected is added by its full node id"
@@ -390,13 +397,16 @@ def devices_remove(ctx: click.Context, device: str, as_json: bool) -> None:
     full = _full_id(device)
 
     async def work(client: AdminClient) -> tuple[NodeId | None, str]:
-        try:
-            found = await _known_device(client, device)
-        except TargetError as exc:
-            if full is not None or not isinstance(exc.__cause__, CoordinatorRefused):
-                raise
-            await client.remove_device(device)  # may not read the list: the name as given
+        known = await _readable_devices(client)
+        if known is None:  # this key may change devices but not read the list
+            if full is not None:
+                raise TargetError(
+                    f"device {device!r}: the coordinator removes devices by name, and this key "
+                    "may not read the device list to find it; give the device's name"
+                )
+            await client.remove_device(device)
             return None, device
+        found = find_device(device, known)
         if found.name is None:
             raise TargetError(
                 f"device {device!r} is pending and has no name, so it cannot be removed; "
@@ -653,7 +663,7 @@ def _grant_json(chain: Chain, out: str) -> dict[str, Any]:
 
 
 def _record(ctx: click.Context, chain: Chain) -> str | None:
-    """Report a grant to the coordinator; None when recorded, else why not (never raises)."""
+    """Report a grant to the coordinator; None when recorded, else why not (the error line)."""
     try:
         _run(ctx, lambda c: c.record_grant(chain))
     except click.ClickException as exc:

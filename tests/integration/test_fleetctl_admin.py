@@ -173,6 +173,8 @@ def test_every_admin_command_prints_one_json_document(admin: Admin, tmp_path: Pa
     assert verified["entries"] == len(listed)
     assert verified["trust_roots"] == [admin.root]
     assert admin.json("audit", "--verify")["intact"] is True
+    before_subcommand = admin.run("audit", "--json", "verify")  # --json given to `audit`
+    assert json.loads(before_subcommand.stdout)["intact"] is True
 
     export = tmp_path / "audit.jsonl"
     exported = admin.json("audit", "export", "--out", str(export))

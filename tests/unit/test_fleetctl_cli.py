@@ -6,6 +6,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -165,6 +166,32 @@ def test_an_ambiguous_short_id_lists_the_candidates_and_changes_nothing(h: Harne
     assert pushed.exit_code == 1
     assert "short id of 2 devices" in pushed.stderr
     assert h.standin.pushes == []
+
+
+class ListRefusing(StandIn):
+    """A coordinator for a key with `devices` but neither `read` nor `push`: no device list."""
+
+    async def _answer(self, body: Message, writer: Any) -> None:
+        if isinstance(body, DeviceList):
+            await self._send(writer, ErrorReply(code="unauthorized", message="may not read"))
+        else:
+            await super()._answer(body, writer)
+
+
+def test_a_key_that_may_not_list_devices_uses_names_and_full_ids(h: Harness) -> None:
+    h.standin = ListRefusing(
+        identity=h.standin.identity, admins=h.standin.admins, devices=h.devices
+    )
+    router = h.devices[2].node_id
+    assert h.run("devices", "remove", "router").stdout == "removed router\n"  # as given
+    by_id = h.run("devices", "remove", str(router))
+    assert by_id.exit_code == 1
+    assert "give the device's name" in by_id.stderr
+    short = h.run("devices", "approve", router.short())
+    assert short.exit_code == 1
+    assert "may not read; give the full node id" in short.stderr
+    assert h.run("devices", "approve", str(router)).exit_code == 0
+    assert [type(m) for m in _changes(h)] == [DeviceRemove, DeviceApprove]
 
 
 def test_push_to_a_short_id_signs_the_full_id(h: Harness) -> None:
