@@ -25,7 +25,7 @@ MIN_SHORT_ID = 4  # fewer characters match too much to mean one device
 MAX_CANDIDATES = 8  # listed in an ambiguity error
 
 
-def label(device: DeviceInfo) -> str:
+def _label(device: DeviceInfo) -> str:
     """How a person recognises a device: its name, or its short id while pending."""
     return device.name or device.node_id.short()
 
@@ -103,7 +103,7 @@ def _resolve_one(target: str, devices: Sequence[DeviceInfo]) -> list[DeviceInfo]
     device = find_device(target, devices, what="target")
     if not device.approved:
         raise TargetError(
-            f"target {target!r}: device {label(device)} is pending approval "
+            f"target {target!r}: device {_label(device)} is pending approval "
             f"(fleetctl devices approve {device.node_id})"
         )
     return [device]
