@@ -154,10 +154,33 @@ def table(entries: Sequence[AuditEntry]) -> str:
     )
 
 
+DETAIL_TIMES = ("not_before", "not_after", "issued_at", "valid_until")  # unix seconds in details
+
+
 def as_json(entry: AuditEntry) -> dict[str, Any]:
+    """One entry of `fleetctl audit --json`: times as ISO 8601 strings, detail as an object.
+
+    (The export, `fleetctl audit export`, keeps the stored form: it is what gets verified.)
+    """
     document = entry_json(entry)
     document.pop("type")
-    document["time_iso"] = iso_utc(entry.time)
+    document["time"] = iso_utc(entry.time)
     with contextlib.suppress(ValueError):
-        document["detail"] = json.loads(entry.detail)
+        detail = json.loads(entry.detail)
+        if isinstance(detail, dict):
+            for key in DETAIL_TIMES:
+                if isinstance(detail.get(key), int | float):
+                    detail[key] = iso_utc(float(detail[key]))
+        document["detail"] = detail
     return document
+
+
+def report_json(report: AuditReport) -> dict[str, int]:
+    """The counts of a verified log, for `fleetctl audit verify --json`."""
+    return {
+        "entries": report.entries,
+        "accepted": report.accepted,
+        "refused": report.refused,
+        "checkpoints": report.checkpoints,
+        "sealed": report.sealed,
+    }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fleet.identity import NodeId
+
 
 class AdminError(Exception):
     """Base: something an admin command could not do."""
@@ -12,7 +14,15 @@ class SettingsError(AdminError):
 
 
 class TargetError(AdminError):
-    """A push target that names no device (unknown name or id, a tag nobody has)."""
+    """A device or push target that names no device (unknown name or id, a tag nobody has)."""
+
+
+class AmbiguousTarget(TargetError):
+    """A short id that several known devices share; the message lists them."""
+
+    def __init__(self, message: str, candidates: tuple[NodeId, ...]) -> None:
+        super().__init__(message)
+        self.candidates = candidates
 
 
 class CoordinatorUnreachable(AdminError):

@@ -1,23 +1,44 @@
-"""Push targets as admins write them (a device name, a node id or `tag:NAME`) -> node ids.
+"""Devices as admins name them (a name, a node id, a short id as tables show it, `tag:NAME`).
 
-Resolution happens on the admin's side, against the coordinator's device list, so that the
-signed announcement lists exactly the devices the admin meant: the coordinator cannot widen
-a push by changing a tag later.
+One resolver for every command that takes a device: `find_device` for one device (devices
+approve/remove), `resolve_targets` for push targets. Resolution happens on the admin's side,
+against the coordinator's device list, so that the signed announcement lists exactly the
+devices the admin meant: the coordinator cannot widen a push by changing a tag later.
+
+A short id is a prefix of a node id (tables show the first 10 characters, NodeId.short());
+it names a device only when exactly one known device has it. A name wins over a short id
+that happens to spell it. Where an id is signed into something that grants authority (a
+certificate's subject or scope), only a full node id is accepted (see fleetctl grant).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from fleet.admin.errors import TargetError
+from fleet.admin.errors import AmbiguousTarget, TargetError
 from fleet.identity import InvalidNodeId, NodeId
+from fleet.identity.nodeid import NODE_ID_TEXT_LEN
 from fleet.protocol.messages import DeviceInfo
 
 TAG_PREFIX = "tag:"
+MIN_SHORT_ID = 4  # fewer characters match too much to mean one device
+MAX_CANDIDATES = 8  # listed in an ambiguity error
 
 
 def _label(device: DeviceInfo) -> str:
+    """How a person recognises a device: its name, or its short id while pending."""
     return device.name or device.node_id.short()
+
+
+def is_short_id(text: str) -> bool:
+    """Whether `text` could be the start of a node id (and is long enough to look one up)."""
+    if not MIN_SHORT_ID <= len(text) < NODE_ID_TEXT_LEN:
+        return False
+    try:  # completed with zero digits, a prefix in the node id alphabet parses
+        NodeId.parse(text + "a" * (NODE_ID_TEXT_LEN - len(text)))
+    except InvalidNodeId:
+        return False
+    return True
 
 
 def _by_id(devices: Sequence[DeviceInfo], node_id: NodeId) -> DeviceInfo | None:
@@ -25,6 +46,47 @@ def _by_id(devices: Sequence[DeviceInfo], node_id: NodeId) -> DeviceInfo | None:
         if device.node_id == node_id:
             return device
     return None
+
+
+def _candidates(matches: Sequence[DeviceInfo]) -> str:
+    shown = [f"{d.name or '(pending)'} {d.node_id}" for d in matches[:MAX_CANDIDATES]]
+    more = len(matches) - len(shown)
+    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+
+def find_device(text: str, devices: Sequence[DeviceInfo], *, what: str = "device") -> DeviceInfo:
+    """The one known device `text` names: by name, full node id or unambiguous short id.
+
+    Raises TargetError (AmbiguousTarget, listing the candidates, for a short id that several
+    devices share); `what` starts the message ("device 'x': ...", "target 'x': ...").
+    """
+    text = text.strip()
+    for device in devices:
+        if device.name == text:
+            return device
+    try:
+        node_id = NodeId.parse(text)
+    except InvalidNodeId:
+        node_id = None
+    if node_id is not None:
+        found = _by_id(devices, node_id)
+        if found is None:
+            raise TargetError(f"{what} {text!r}: no device with that node id")
+        return found
+    if is_short_id(text):
+        matches = [d for d in devices if str(d.node_id).startswith(text)]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise AmbiguousTarget(
+                f"{what} {text!r}: short id of {len(matches)} devices, give more of the id "
+                f"or the name: {_candidates(matches)}",
+                tuple(d.node_id for d in matches),
+            )
+    raise TargetError(
+        f"{what} {text!r}: no device with that name or short id "
+        "(`fleetctl devices list` shows names and ids)"
+    )
 
 
 def _resolve_one(target: str, devices: Sequence[DeviceInfo]) -> list[DeviceInfo]:
@@ -38,17 +100,7 @@ def _resolve_one(target: str, devices: Sequence[DeviceInfo]) -> list[DeviceInfo]
             pending = f" ({len(tagged)} pending approval)" if tagged else ""
             raise TargetError(f"target {target!r}: no approved device has tag {tag!r}{pending}")
         return approved
-    named = [d for d in devices if d.name == target]
-    if not named:
-        try:
-            node_id = NodeId.parse(target)
-        except InvalidNodeId:
-            raise TargetError(f"target {target!r}: no device with that name") from None
-        found = _by_id(devices, node_id)
-        if found is None:
-            raise TargetError(f"target {target!r}: no device with that node id")
-        named = [found]
-    device = named[0]
+    device = find_device(target, devices, what="target")
     if not device.approved:
         raise TargetError(
             f"target {target!r}: device {_label(device)} is pending approval "
@@ -60,7 +112,8 @@ def _resolve_one(target: str, devices: Sequence[DeviceInfo]) -> list[DeviceInfo]
 def resolve_targets(targets: Iterable[str], devices: Sequence[DeviceInfo]) -> tuple[NodeId, ...]:
     """The node ids of every approved device the targets name, in order, without duplicates.
 
-    Raises TargetError naming the first target that matches nothing (or only pending devices).
+    Raises TargetError naming the first target that matches nothing (or only pending devices,
+    or, as a short id, several devices).
     """
     resolved: list[NodeId] = []
     seen: set[NodeId] = set()

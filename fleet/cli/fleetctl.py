@@ -1,9 +1,10 @@
 """`fleetctl`: the admin CLI. Parses options and prints; the work is in fleet.admin.
 
-Exit codes: 0 success (also Ctrl-C ending `status --watch`); 1 an error (settings, key,
-unknown target, coordinator unreachable or refusing, with the reason on stderr); 2 a usage
-error; 3 `push --wait`: the push was accepted but not every device applied it (devices and
-reasons on stderr); 130 interrupted.
+Exit codes (docs/fleetctl.md has the table): 0 success (also Ctrl-C ending `status
+--watch`); 1 an error (settings, key, unknown target, coordinator unreachable or refusing,
+with the reason on stderr); 2 a usage error; 3 `push --wait`: the push was accepted but not
+every device applied it (devices and reasons on stderr); 4 `grant`: the chain is valid and
+written, but the coordinator did not record the grant; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -33,10 +34,17 @@ from fleet.admin.auditing import (
 )
 from fleet.admin.client import AdminClient
 from fleet.admin.duration import parse_duration
-from fleet.admin.errors import AdminError, unwrap_group
+from fleet.admin.errors import (
+    AdminError,
+    AmbiguousTarget,
+    CoordinatorRefused,
+    ProtocolViolation,
+    TargetError,
+    unwrap_group,
+)
 from fleet.admin.push import PushPlan, push, wait_for_devices
 from fleet.admin.settings import Credentials, Settings, resolve_credentials, resolve_settings
-from fleet.admin.targets import resolve_targets
+from fleet.admin.targets import find_device, is_short_id, resolve_targets
 from fleet.admin.tracking import PushTracker
 from fleet.admin.views import (
     StatusBoard,
@@ -66,15 +74,16 @@ from fleet.capability import (
     write_chain,
 )
 from fleet.cli.common import load_key_or_fail, parse_node_id_or_fail
-from fleet.identity import Identity, KeyFileError, NodeId, write_new_key
+from fleet.identity import Identity, InvalidNodeId, KeyFileError, NodeId, write_new_key
 from fleet.log import setup_logging
 from fleet.nix.errors import InvalidStorePath
 from fleet.nix.store import check_store_path
-from fleet.protocol.messages import Action, StatusSnapshot
+from fleet.protocol.messages import Action, DeviceInfo, StatusSnapshot
 
 T = TypeVar("T")
 
 EXIT_NOT_APPLIED = 3
+EXIT_NOT_RECORDED = 4  # grant: chain written and valid, not in the coordinator's audit log
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
 DEFAULT_WAIT = 600.0
 DEFAULT_GRANT = "30d"
@@ -168,6 +177,11 @@ def _run(ctx: click.Context, work: Callable[[AdminClient], Awaitable[T]]) -> T:
         raise
 
 
+JSON_OPTION = click.option(
+    "--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout."
+)
+
+
 def _print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2))
 
@@ -185,7 +199,20 @@ def _fail(message: str, code: int) -> NoReturn:
 # ---------------------------------------------------------------- the group
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+EPILOG = """\b
+Every command takes --json (one JSON document on stdout; errors on stderr).
+Exit codes: 0 done, 1 error, 2 usage error, 3 push --wait: not every device
+applied, 4 grant: chain written but not recorded, 130 interrupted.
+
+\b
+Shell completion (bash, zsh, fish), e.g. in ~/.bashrc:
+  eval "$(_FLEETCTL_COMPLETE=bash_source fleetctl)"
+zsh: _FLEETCTL_COMPLETE=zsh_source; fish: _FLEETCTL_COMPLETE=fish_source
+(`fleet` likewise with _FLEET_COMPLETE). See docs/fleetctl.md.
+"""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
 @click.version_option(__version__, prog_name="fleetctl")
 @click.option(
     "--coordinator",
@@ -248,35 +275,108 @@ def main(
 # ---------------------------------------------------------------- devices
 
 
+async def _readable_devices(client: AdminClient) -> tuple[DeviceInfo, ...] | None:
+    """The coordinator's device list, or None when this key may not read it (`devices` alone)."""
+    try:
+        return await client.devices()
+    except CoordinatorRefused as exc:
+        if exc.code != "unauthorized":
+            raise
+        return None
+
+
+async def _known_device(client: AdminClient, text: str) -> DeviceInfo:
+    """The known device TEXT names (name, node id or short id), from the coordinator's list."""
+    known = await _readable_devices(client)
+    if known is None:
+        raise TargetError(
+            f"device {text!r}: names and short ids are looked up in the device list, which "
+            "this key may not read; give the full node id"
+        )
+    return find_device(text, known)
+
+
+def _full_id(text: str) -> NodeId | None:
+    try:
+        return NodeId.parse(text.strip())
+    except InvalidNodeId:
+        return None
+
+
 @main.group()
 def devices() -> None:
-    """Register, approve, list and remove devices."""
+    """Register, approve, list and remove devices.
+
+    A device is given by its name, its node id, or a short id as tables show it (the start
+    of its node id, when no other known device shares it).
+    """
 
 
 @devices.command("add")
 @click.argument("node_id")
 @click.option("--name", required=True, help="A unique name for the device.")
 @click.option("--tag", "tags", multiple=True, help="A tag to push to (tag:NAME); repeatable.")
+@JSON_OPTION
 @click.pass_context
-def devices_add(ctx: click.Context, node_id: str, name: str, tags: tuple[str, ...]) -> None:
-    """Register and approve the device NODE_ID under NAME."""
-    node = parse_node_id_or_fail(node_id, "NODE_ID")
-    _run(ctx, lambda c: c.add_device(node, name, tags))
-    click.echo(f"added {name} ({node.short()})" + (f" tags {','.join(tags)}" if tags else ""))
+def devices_add(
+    ctx: click.Context, node_id: str, name: str, tags: tuple[str, ...], as_json: bool
+) -> None:
+    """Register and approve the device NODE_ID under NAME.
+
+    NODE_ID is the device's full node id (`fleet id /etc/ssh/ssh_host_ed25519_key` on the
+    device), or the short id of a device that connected and is pending.
+    """
+    full = _full_id(node_id)
+    if full is None and not is_short_id(node_id.strip()):
+        parse_node_id_or_fail(node_id, "NODE_ID")  # a usage error saying what an id looks like
+
+    async def work(client: AdminClient) -> NodeId:
+        if full is not None:
+            node = full
+        else:
+            try:
+                node = (await _known_device(client, node_id)).node_id
+            except AmbiguousTarget:
+                raise  # it lists the candidates: nothing to add
+            except TargetError as exc:
+                raise TargetError(
+                    f"{exc}; a device that has not connected is added by its full node id"
+                ) from exc
+        await client.add_device(node, name, tags)
+        return node
+
+    node = _run(ctx, work)
+    if as_json:
+        _print_json({"name": name, "id": str(node), "tags": list(tags), "approved": True})
+    else:
+        click.echo(f"added {name} ({node.short()})" + (f" tags {','.join(tags)}" if tags else ""))
 
 
 @devices.command("approve")
-@click.argument("node_id")
+@click.argument("device")
+@JSON_OPTION
 @click.pass_context
-def devices_approve(ctx: click.Context, node_id: str) -> None:
-    """Approve a pending device (one that connected but is not yet known)."""
-    node = parse_node_id_or_fail(node_id, "NODE_ID")
-    _run(ctx, lambda c: c.approve_device(node))
-    click.echo(f"approved {node.short()}")
+def devices_approve(ctx: click.Context, device: str, as_json: bool) -> None:
+    """Approve a pending DEVICE (one that connected but is not yet known): node id or short id."""
+    full = _full_id(device)
+
+    async def work(client: AdminClient) -> tuple[NodeId, str | None]:
+        if full is not None:
+            await client.approve_device(full)
+            return full, None
+        found = await _known_device(client, device)
+        await client.approve_device(found.node_id)
+        return found.node_id, found.name
+
+    node, name = _run(ctx, work)
+    if as_json:
+        _print_json({"name": name, "id": str(node), "approved": True})
+    else:
+        click.echo(f"approved {name or node.short()}")
 
 
 @devices.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+@JSON_OPTION
 @click.pass_context
 def devices_list(ctx: click.Context, as_json: bool) -> None:
     """Known and pending devices."""
@@ -289,12 +389,37 @@ def devices_list(ctx: click.Context, as_json: bool) -> None:
 
 
 @devices.command("remove")
-@click.argument("name")
+@click.argument("device")
+@JSON_OPTION
 @click.pass_context
-def devices_remove(ctx: click.Context, name: str) -> None:
-    """Forget the device NAME (it gets nothing more until added again)."""
-    _run(ctx, lambda c: c.remove_device(name))
-    click.echo(f"removed {name}")
+def devices_remove(ctx: click.Context, device: str, as_json: bool) -> None:
+    """Forget DEVICE: its name, node id or short id (it gets nothing more until added again)."""
+    full = _full_id(device)
+
+    async def work(client: AdminClient) -> tuple[NodeId | None, str]:
+        known = await _readable_devices(client)
+        if known is None:  # this key may change devices but not read the list
+            if full is not None:
+                raise TargetError(
+                    f"device {device!r}: the coordinator removes devices by name, and this key "
+                    "may not read the device list to find it; give the device's name"
+                )
+            await client.remove_device(device)
+            return None, device
+        found = find_device(device, known)
+        if found.name is None:
+            raise TargetError(
+                f"device {device!r} is pending and has no name, so it cannot be removed; "
+                "it gets nothing unless approved"
+            )
+        await client.remove_device(found.name)
+        return found.node_id, found.name
+
+    node, name = _run(ctx, work)
+    if as_json:
+        _print_json({"name": name, "id": None if node is None else str(node), "removed": True})
+    else:
+        click.echo(f"removed {name}")
 
 
 # ---------------------------------------------------------------- push
@@ -491,12 +616,16 @@ def org() -> None:
 @click.option(
     "--out", "out", required=True, type=click.Path(dir_okay=False), help="Where to write the key."
 )
-def org_init(out: str) -> None:
+@JSON_OPTION
+def org_init(out: str, as_json: bool) -> None:
     """Create a trust root key (keep it offline) and print its node id."""
     try:
         identity = write_new_key(out)
     except KeyFileError as exc:
         raise click.ClickException(str(exc)) from exc
+    if as_json:
+        _print_json({"id": str(identity.node_id), "key_file": out})
+        return
     click.echo(str(identity.node_id))
     click.echo(
         f"trust root written to {out} (mode 0600). Configure coordinators and agents with\n"
@@ -515,6 +644,41 @@ def _issuer_authority(identity: Identity, chain: Chain, now: float) -> frozenset
     except CapabilityError as exc:
         raise click.ClickException(f"your own certificate chain: {exc}") from exc
     return roots
+
+
+def _grant_json(chain: Chain, out: str) -> dict[str, Any]:
+    """What `grant --json` and `record-grant --json` say about the chain's new certificate."""
+    cert_id, cert = certificates_of(chain)[-1]
+    return {
+        "certificate": format_id(cert_id),
+        "issuer": str(cert.issuer),
+        "subject": str(cert.subject),
+        "actions": list(cert.actions),
+        "scope": cert.scope.describe(),
+        "not_before": iso_utc(cert.not_before),
+        "not_after": iso_utc(cert.not_after),
+        "may_delegate": cert.may_delegate,
+        "chain_file": out,
+    }
+
+
+def _record(ctx: click.Context, chain: Chain) -> str | None:
+    """Report a grant to the coordinator; None when recorded, else why not (the error line)."""
+    try:
+        _run(ctx, lambda c: c.record_grant(chain))
+    except click.ClickException as exc:
+        return exc.format_message()
+    return None
+
+
+def _not_recorded(out: str, cert_id: str, why: str) -> NoReturn:
+    """One line: what failed, what is still true, and the command that finishes the job."""
+    _fail(
+        f"the grant was NOT recorded in the coordinator's audit log ({why}); the chain is "
+        f"valid and was written to {out} (certificate {cert_id}), so the subject can use it "
+        f"now; record it later with the same --key/--cert: fleetctl record-grant {out}",
+        EXIT_NOT_RECORDED,
+    )
 
 
 @main.command("grant")
@@ -543,6 +707,7 @@ def _issuer_authority(identity: Identity, chain: Chain, now: float) -> frozenset
     show_default=True,
     help="Report the grant to the coordinator for its audit log.",
 )
+@JSON_OPTION
 @click.pass_context
 def grant_command(
     ctx: click.Context,
@@ -553,10 +718,22 @@ def grant_command(
     delegate: bool,
     out: str,
     record: bool,
+    as_json: bool,
 ) -> None:
-    """Issue SUBJECT a certificate within your own authority; write its whole chain to --out."""
+    """Issue SUBJECT a certificate within your own authority; write its whole chain to --out.
+
+    SUBJECT is the full node id of the key being granted (it is signed into the certificate,
+    so a short id is not accepted). Exit 4: the chain was written but the coordinator could
+    not record the grant (see `fleetctl record-grant`).
+    """
     options = ctx.find_object(GlobalOptions)
     assert options is not None
+    if is_short_id(subject.strip()):
+        raise click.BadParameter(
+            f"{subject!r} looks like a short id; a grant is signed for one key, so give its "
+            "full node id (52 characters, `fleet id KEYFILE` prints it)",
+            param_hint="SUBJECT",
+        )
     subject_id = parse_node_id_or_fail(subject, "SUBJECT")
     try:
         actions = parse_permissions(allow)
@@ -605,16 +782,59 @@ def grant_command(
         )
     except CapabilityError as exc:
         raise click.ClickException(f"cannot grant this: {exc}") from exc
-    write_chain(out, chain)
+    try:
+        write_chain(out, chain)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the chain to {out}: {exc}") from exc
     cert_id = format_id(certificate_id(chain.certificates[-1]))
-    click.echo(cert_id)
-    click.echo(
-        f"granted {','.join(actions)} on {granted_scope.describe()} to {subject_id} until "
-        f"{iso_utc(not_after)}" + (" (may delegate)" if delegate else "") + f"; chain in {out}",
-        err=True,
-    )
-    if record:
-        _run(ctx, lambda c: c.record_grant(chain))
+    why = _record(ctx, chain) if record else None
+    if as_json:
+        recorded = record and why is None
+        _print_json({**_grant_json(chain, out), "recorded": recorded, "record_error": why})
+    else:
+        click.echo(cert_id)
+    if why is not None:
+        _not_recorded(out, cert_id, why)
+    if not as_json:
+        click.echo(
+            f"granted {','.join(actions)} on {granted_scope.describe()} to {subject_id} until "
+            f"{iso_utc(not_after)}"
+            + (" (may delegate)" if delegate else "")
+            + f"; chain in {out}"
+            + ("" if record else " (not recorded: --no-record)"),
+            err=True,
+        )
+
+
+@main.command("record-grant")
+@click.argument("chain_file", type=click.Path(dir_okay=False))
+@JSON_OPTION
+@click.pass_context
+def record_grant_command(ctx: click.Context, chain_file: str, as_json: bool) -> None:
+    """Report a grant already written to CHAIN_FILE (by `grant --no-record`, or one whose
+    recording failed) to the coordinator's audit log; run it with the issuer's key."""
+    options = ctx.find_object(GlobalOptions)
+    assert options is not None
+    chain = _load_chain(Path(chain_file))
+    if not chain.certificates:
+        raise click.ClickException(f"{chain_file}: the chain holds no certificate")
+    credentials = _credentials(options)
+    identity = load_key_or_fail(credentials.key)
+    try:
+        cert_id, cert = certificates_of(chain)[-1]
+        authority_of(cert.subject, chain, roots_of(cert.subject, chain), time.time())
+    except CapabilityError as exc:
+        raise click.ClickException(f"{chain_file}: {exc}") from exc
+    if cert.issuer != identity.node_id:
+        raise click.ClickException(
+            f"{chain_file}: its certificate was issued by {cert.issuer}, not by your key "
+            f"{identity.node_id}; record it with the issuer's key"
+        )
+    _run(ctx, lambda c: c.record_grant(chain))
+    if as_json:
+        _print_json({**_grant_json(chain, chain_file), "recorded": True, "record_error": None})
+    else:
+        click.echo(f"recorded certificate {format_id(cert_id)} for {cert.subject}")
 
 
 @main.command("revoke")
@@ -626,9 +846,15 @@ def grant_command(
     type=click.Path(dir_okay=False),
     help="The revoked key's chain file (else the coordinator's copy is used).",
 )
+@JSON_OPTION
 @click.pass_context
-def revoke_command(ctx: click.Context, cert_id: str, reason: str, chain_file: str | None) -> None:
-    """Revoke the certificate CERT_ID (and every chain through it), for good."""
+def revoke_command(
+    ctx: click.Context, cert_id: str, reason: str, chain_file: str | None, as_json: bool
+) -> None:
+    """Revoke the certificate CERT_ID (and every chain through it), for good.
+
+    CERT_ID is the full certificate id (64 hex digits) that `grant` printed.
+    """
     try:
         target = parse_id(cert_id)
     except ValueError as exc:
@@ -648,9 +874,12 @@ def revoke_command(ctx: click.Context, cert_id: str, reason: str, chain_file: st
         chain = revoked_chain
         if chain is None and own.certificates:  # a root needs no proof
             chain = await client.certificate_chain(target)
-            if certificate_id(chain.certificates[-1]) != target:
-                raise click.ClickException("the coordinator returned the wrong chain")
-            certificates_of(chain)  # signatures verify: the coordinator cannot forge them
+            if not chain.certificates or certificate_id(chain.certificates[-1]) != target:
+                raise ProtocolViolation("the coordinator returned the wrong chain")
+            try:
+                certificates_of(chain)  # signatures verify: the coordinator cannot forge them
+            except CapabilityError as exc:
+                raise ProtocolViolation(f"the coordinator's chain does not verify: {exc}") from exc
         signed = revoke(
             identity,
             own,
@@ -662,27 +891,64 @@ def revoke_command(ctx: click.Context, cert_id: str, reason: str, chain_file: st
         await client.revoke(signed)
 
     _run(ctx, work)
-    click.echo(f"revoked {cert_id}")
+    if as_json:
+        _print_json({"certificate": format_id(target), "revoked": True, "reason": reason})
+    else:
+        click.echo(f"revoked {format_id(target)}")
 
 
 # ---------------------------------------------------------------- audit
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _audit_filters(command: F) -> F:
+    """The options of listing the log, shared by `audit` and `audit list`."""
+    command = click.option("--actor", help="Only entries of this actor (node id or its prefix).")(
+        command
+    )
+    return click.option(
+        "--since", help="Only entries since this time (ISO 8601) or duration ago (2h, 7d)."
+    )(command)
+
+
+def _group_json(ctx: click.Context, as_json: bool) -> bool:
+    """`--json` given to the command, or to `audit` before it (`fleetctl audit --json verify`)."""
+    parent = ctx.parent.params if ctx.parent is not None else {}
+    return as_json or bool(parent.get("as_json"))
+
+
 @main.group("audit", invoke_without_command=True)
-@click.option("--since", help="Only entries since this time (ISO 8601) or duration ago (2h, 7d).")
-@click.option("--actor", help="Only entries of this actor (node id or its prefix).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+@_audit_filters
+@JSON_OPTION
 @click.option("--verify", "check", is_flag=True, help="Same as `fleetctl audit verify`.")
 @click.pass_context
 def audit_group(
     ctx: click.Context, since: str | None, actor: str | None, as_json: bool, check: bool
 ) -> None:
-    """List the audit log (or verify / export it, see the subcommands)."""
+    """List the audit log (also `audit list`), or verify / export it (see the subcommands)."""
     if ctx.invoked_subcommand is not None:
         return
     if check:
-        ctx.invoke(audit_verify, export_file=None, trust_roots=())
+        ctx.invoke(audit_verify, export_file=None, trust_roots=(), as_json=as_json)
         return
+    _audit_list(ctx, since, actor, as_json)
+
+
+@audit_group.command("list")
+@_audit_filters
+@JSON_OPTION
+@click.pass_context
+def audit_list(ctx: click.Context, since: str | None, actor: str | None, as_json: bool) -> None:
+    """List the audit log: the same as `fleetctl audit`."""
+    parent = ctx.parent.params if ctx.parent is not None else {}
+    _audit_list(
+        ctx, since or parent.get("since"), actor or parent.get("actor"), _group_json(ctx, as_json)
+    )
+
+
+def _audit_list(ctx: click.Context, since: str | None, actor: str | None, as_json: bool) -> None:
     try:
         since_time = parse_since(since, time.time()) if since else None
     except ValueError as exc:
@@ -708,9 +974,13 @@ def audit_group(
     multiple=True,
     help="Trust root NODEID to check authority against (default: the root of your --cert).",
 )
+@JSON_OPTION
 @click.pass_context
-def audit_verify(ctx: click.Context, export_file: str | None, trust_roots: tuple[str, ...]) -> None:
+def audit_verify(
+    ctx: click.Context, export_file: str | None, trust_roots: tuple[str, ...], as_json: bool
+) -> None:
     """Check the whole log: hash chain, every signature, checkpoints, authority."""
+    as_json = _group_json(ctx, as_json)
     roots = frozenset(parse_node_id_or_fail(r, "--trust-root") for r in trust_roots)
     if export_file is not None:
         if not roots:
@@ -735,18 +1005,34 @@ def audit_verify(ctx: click.Context, export_file: str | None, trust_roots: tuple
         fetched = _run(ctx, fetch_log)
         entries, checkpoints = fetched.entries, fetched.checkpoints
         coordinator = settings.coordinator.node_id
+    source = {
+        "source": export_file or "coordinator",
+        "coordinator": str(coordinator),
+        "trust_roots": sorted(str(r) for r in roots),
+    }
     try:
         report = verify(entries, checkpoints, coordinator, roots)
     except AuditVerifyError as exc:
+        if as_json:
+            _print_json({"intact": False, "problem": str(exc), **source})
         _fail(f"audit log is NOT intact: {exc}", 1)
-    click.echo(report.summary())
+    if as_json:
+        _print_json({"intact": True, **auditing.report_json(report), **source})
+    else:
+        click.echo(report.summary())
 
 
 @audit_group.command("export")
 @click.option("--out", "out", type=click.Path(dir_okay=False), help="File (default stdout).")
+@JSON_OPTION
 @click.pass_context
-def audit_export(ctx: click.Context, out: str | None) -> None:
-    """Write the log and its checkpoints as JSON lines, verifiable offline."""
+def audit_export(ctx: click.Context, out: str | None, as_json: bool) -> None:
+    """Write the log and its checkpoints as JSON lines, verifiable offline.
+
+    Without --out the export itself goes to stdout (JSON lines, --json or not); with --out,
+    --json prints a summary of what was written.
+    """
+    as_json = _group_json(ctx, as_json)
     options = ctx.find_object(GlobalOptions)
     assert options is not None
     coordinator = _settings(options).coordinator.node_id
@@ -757,9 +1043,22 @@ def audit_export(ctx: click.Context, out: str | None) -> None:
             sys.stdout.write(line)
         sys.stdout.flush()
         return
-    with open(out, "w", encoding="utf-8") as f:
-        f.writelines(lines)
-    click.echo(f"exported {len(fetched.entries)} entries to {out}", err=True)
+    try:
+        with open(out, "w", encoding="utf-8") as f:
+            f.writelines(lines)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {out}: {exc}") from exc
+    if as_json:
+        _print_json(
+            {
+                "file": out,
+                "coordinator": str(coordinator),
+                "entries": len(fetched.entries),
+                "checkpoints": len(fetched.checkpoints),
+            }
+        )
+    else:
+        click.echo(f"exported {len(fetched.entries)} entries to {out}", err=True)
 
 
 if __name__ == "__main__":

@@ -6,25 +6,31 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 
 from fleet.admin.client import AdminClient
 from fleet.admin.settings import Settings
+from fleet.admin.views import iso_utc
+from fleet.capability import certificates_of, format_id, read_chain
 from fleet.cli import fleetctl
-from fleet.identity import Identity, write_new_key
+from fleet.identity import Identity, NodeId, load_identity, write_new_key
 from fleet.protocol.messages import (
     Action,
     AgentState,
     Announcement,
+    DeviceAdd,
     DeviceApprove,
     DeviceInfo,
+    DeviceList,
     DeviceRemove,
     ErrorReply,
     PushRequest,
 )
-from fleet.wire import Tag, verify_envelope
+from fleet.wire import Message, Tag, verify_envelope
 from tests.admin_standin import StandIn, desired, device_status, memory_client
 
 STORE = "/nix/store/" + "d" * 32 + "-nixos-system-v2"
@@ -68,6 +74,12 @@ class Harness:
         )
 
 
+def _device_with_id(name: str, raw: bytes) -> DeviceInfo:
+    return DeviceInfo(
+        node_id=NodeId(raw), name=name, tags=(), approved=True, first_seen=None, last_seen=None
+    )
+
+
 @pytest.fixture
 def h(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Harness:
     harness = Harness(tmp_path)
@@ -103,21 +115,107 @@ def test_devices_list_json_and_text(h: Harness) -> None:
     assert text[3].split()[:4] == ["router", h.id_of("router"), "-", "yes"]
 
 
+def _changes(h: Harness) -> list[Message]:
+    """What fleetctl asked the stand-in to do, without the device-list lookups."""
+    return [m for m in h.standin.received if not isinstance(m, DeviceList)]
+
+
 def test_devices_add_approve_remove_send_the_requests(h: Harness) -> None:
     node = str(Identity.generate().node_id)
     result = h.run("devices", "add", node, "--name", "new", "--tag", "a", "--tag", "b")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("added new (")
     assert h.run("devices", "approve", node).exit_code == 0
-    assert h.run("devices", "remove", "new").stdout == "removed new\n"
-    add, approve, remove = h.standin.received
-    assert (add.node_id, add.name, add.tags) == (  # type: ignore[attr-defined]
-        approve.node_id,  # type: ignore[attr-defined]
-        "new",
-        ("a", "b"),
-    )
+    assert h.run("devices", "remove", "router").stdout == "removed router\n"
+    add, approve, remove = _changes(h)
+    assert isinstance(add, DeviceAdd)
+    assert (add.node_id, add.name, add.tags) == (NodeId.parse(node), "new", ("a", "b"))
     assert isinstance(approve, DeviceApprove)
+    assert approve.node_id == add.node_id
     assert isinstance(remove, DeviceRemove)
+    assert remove.name == "router"
+
+
+def test_devices_commands_take_short_ids(h: Harness) -> None:
+    router = h.devices[2].node_id
+    approved = h.run("devices", "approve", router.short(), "--json")
+    assert approved.exit_code == 0, approved.stderr
+    assert json.loads(approved.stdout) == {"name": "router", "id": str(router), "approved": True}
+    removed = h.run("devices", "remove", str(router)[:6], "--json")
+    assert removed.exit_code == 0, removed.stderr
+    assert json.loads(removed.stdout) == {"name": "router", "id": str(router), "removed": True}
+    approve, remove = _changes(h)
+    assert isinstance(approve, DeviceApprove)
+    assert approve.node_id == router
+    assert isinstance(remove, DeviceRemove)
+    assert remove.name == "router"  # the coordinator removes by name
+
+
+def test_an_ambiguous_short_id_lists_the_candidates_and_changes_nothing(h: Harness) -> None:
+    twins = [_device_with_id(f"twin-{i}", b"\x00" * 5 + bytes([i]) * 27) for i in (1, 2)]
+    h.standin.devices += twins
+    for args in (["devices", "remove", "aaaaaaaa"], ["devices", "approve", "aaaaaaaa"]):
+        result = h.run(*args)
+        assert result.exit_code == 1
+        assert "short id of 2 devices" in result.stderr
+        for twin in twins:
+            assert f"{twin.name} {twin.node_id}" in result.stderr
+        assert "Traceback" not in result.output
+    assert _changes(h) == []
+    pushed = h.run("push", STORE, "--to", "aaaa")
+    assert pushed.exit_code == 1
+    assert "short id of 2 devices" in pushed.stderr
+    assert h.standin.pushes == []
+
+
+class ListRefusing(StandIn):
+    """A coordinator for a key with `devices` but neither `read` nor `push`: no device list."""
+
+    async def _answer(self, body: Message, writer: Any) -> None:
+        if isinstance(body, DeviceList):
+            await self._send(writer, ErrorReply(code="unauthorized", message="may not read"))
+        else:
+            await super()._answer(body, writer)
+
+
+def test_a_key_that_may_not_list_devices_uses_names_and_full_ids(h: Harness) -> None:
+    h.standin = ListRefusing(
+        identity=h.standin.identity, admins=h.standin.admins, devices=h.devices
+    )
+    router = h.devices[2].node_id
+    assert h.run("devices", "remove", "router").stdout == "removed router\n"  # as given
+    by_id = h.run("devices", "remove", str(router))
+    assert by_id.exit_code == 1
+    assert "give the device's name" in by_id.stderr
+    short = h.run("devices", "approve", router.short())
+    assert short.exit_code == 1
+    assert "may not read; give the full node id" in short.stderr
+    assert h.run("devices", "approve", str(router)).exit_code == 0
+    assert [type(m) for m in _changes(h)] == [DeviceRemove, DeviceApprove]
+
+
+def test_push_to_a_short_id_signs_the_full_id(h: Harness) -> None:
+    result = h.run("push", STORE, "--to", h.devices[1].node_id.short(), "--json")
+    assert result.exit_code == 0, result.stderr
+    [(_, announcement)] = h.standin.pushes
+    assert announcement.devices == (h.devices[1].node_id,)
+
+
+def test_remove_of_an_unknown_device_names_it(h: Harness) -> None:
+    result = h.run("devices", "remove", "printer")
+    assert result.exit_code == 1
+    assert "device 'printer': no device with that name or short id" in result.stderr
+    assert _changes(h) == []
+
+
+def test_a_grant_subject_must_be_a_full_node_id(h: Harness, tmp_path: Path) -> None:
+    out = tmp_path / "x.chain"
+    short = h.devices[0].node_id.short()
+    result = h.run("grant", short, "--allow", "read", "--scope", "*", "--out", str(out))
+    assert result.exit_code == 2
+    assert "looks like a short id" in result.stderr
+    assert "full node id" in result.stderr
+    assert not out.exists()
 
 
 def test_devices_add_with_a_bad_node_id_is_a_usage_error(h: Harness) -> None:
@@ -315,3 +413,62 @@ def test_unreachable_coordinator_is_reported(h: Harness) -> None:
     result = h.run("--timeout", "0.2", "devices", "list")
     assert result.exit_code == 1
     assert "no answer from the coordinator within 0.2 s" in result.stderr
+
+
+# ---------------------------------------------------------------- every command speaks JSON
+
+
+def _commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[str, click.Command]]:
+    """Every command a user can run: leaves, and groups that run without a subcommand."""
+    found: list[tuple[str, click.Command]] = []
+    for name, command in group.commands.items():
+        here = (*path, name)
+        if isinstance(command, click.Group):
+            if command.invoke_without_command:
+                found.append((" ".join(here), command))
+            found.extend(_commands(command, here))
+        else:
+            found.append((" ".join(here), command))
+    return found
+
+
+def test_every_command_takes_json() -> None:
+    commands = dict(_commands(fleetctl.main))
+    assert {"devices add", "grant", "record-grant", "org init", "audit", "audit list"} <= set(
+        commands
+    )
+    missing = [
+        name
+        for name, command in commands.items()
+        if not any("--json" in p.opts for p in command.params if isinstance(p, click.Option))
+    ]
+    assert missing == []
+
+
+def test_org_init_json(h: Harness, tmp_path: Path) -> None:
+    out = tmp_path / "root.key"
+    result = h.run("org", "init", "--out", str(out), "--json", global_args=False)
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc == {"id": str(load_identity(out).node_id), "key_file": str(out)}
+    assert result.stderr == ""  # --json: no advice for people on stderr either
+
+
+def test_grant_json_without_recording(h: Harness, tmp_path: Path) -> None:
+    out = tmp_path / "lead.chain"
+    subject = Identity.generate().node_id
+    result = h.run(
+        "grant", str(subject), "--allow", "push,read", "--scope", "tag:kiosk", "--expires",
+        "2h", "--out", str(out), "--no-record", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    [(cert_id, cert)] = certificates_of(read_chain(out))
+    assert doc["certificate"] == format_id(cert_id)
+    assert (doc["subject"], doc["issuer"]) == (str(subject), str(h.admin.node_id))
+    assert doc["actions"] == ["push", "read"]
+    assert doc["scope"] == "tag:kiosk"
+    assert doc["not_after"] == iso_utc(cert.not_after)
+    assert doc["not_after"].endswith("Z")
+    assert (doc["recorded"], doc["record_error"], doc["chain_file"]) == (False, None, str(out))
+    assert h.standin.received == []  # --no-record: the coordinator was not asked

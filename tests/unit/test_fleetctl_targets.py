@@ -1,11 +1,12 @@
-"""Push targets (name, node id, tag:NAME) resolve to exactly the approved devices meant."""
+"""Devices and push targets (name, node id, short id, tag:NAME) resolve to exactly the devices
+meant; a short id that several devices share is refused with the candidates."""
 
 from __future__ import annotations
 
 import pytest
 
-from fleet.admin.errors import TargetError
-from fleet.admin.targets import resolve_targets
+from fleet.admin.errors import AmbiguousTarget, TargetError
+from fleet.admin.targets import MIN_SHORT_ID, find_device, is_short_id, resolve_targets
 from fleet.identity import Identity, NodeId
 from fleet.protocol.messages import DeviceInfo
 
@@ -81,3 +82,82 @@ def test_empty_tag_and_no_targets_are_errors(fleet: list[DeviceInfo]) -> None:
         resolve_targets(["tag:"], fleet)
     with pytest.raises(TargetError, match="no target"):
         resolve_targets([], fleet)
+
+
+# ---------------------------------------------------------------- one device, short ids
+
+
+def _with_id(name: str | None, raw: bytes, *, approved: bool = True) -> DeviceInfo:
+    return DeviceInfo(
+        node_id=NodeId(raw), name=name, tags=(), approved=approved, first_seen=None, last_seen=None
+    )
+
+
+TWIN_A = b"\x00" * 5 + b"\x11" * 27  # both start with "aaaaaaaa" (40 zero bits)
+TWIN_B = b"\x00" * 5 + b"\x99" * 27
+
+
+@pytest.fixture
+def twins() -> list[DeviceInfo]:
+    return [
+        _with_id("twin-a", TWIN_A),
+        _with_id("twin-b", TWIN_B),
+        _with_id(None, b"\xff" * 32, approved=False),  # pending, "7777..."
+    ]
+
+
+def test_find_device_by_name_full_id_and_short_id(twins: list[DeviceInfo]) -> None:
+    a, b, pending = twins
+    assert find_device("twin-b", twins) is b
+    assert find_device(str(a.node_id), twins) is a
+    assert find_device(b.node_id.short(), twins) is b  # the 10 characters tables show
+    assert find_device(str(b.node_id)[:9], twins) is b  # as many as tell it apart
+    assert find_device("7777", twins) is pending  # pending devices are found too
+
+
+def test_a_short_id_shared_by_several_devices_lists_every_candidate(
+    twins: list[DeviceInfo],
+) -> None:
+    a, b, _ = twins
+    with pytest.raises(AmbiguousTarget, match="short id of 2 devices") as caught:
+        find_device("aaaaaaaa", twins)
+    assert set(caught.value.candidates) == {a.node_id, b.node_id}
+    message = str(caught.value)
+    assert f"twin-a {a.node_id}" in message
+    assert f"twin-b {b.node_id}" in message
+
+
+def test_no_match_and_too_short_are_not_found(twins: list[DeviceInfo]) -> None:
+    with pytest.raises(TargetError, match="no device with that name or short id"):
+        find_device("bbbbbb", twins)
+    with pytest.raises(TargetError, match="no device with that name or short id"):
+        find_device("777", twins)  # under MIN_SHORT_ID characters: never a short id
+    assert len("777") < MIN_SHORT_ID
+    with pytest.raises(TargetError, match="no device with that node id"):
+        find_device(str(Identity.generate().node_id), twins)
+
+
+def test_a_name_wins_over_a_short_id_that_spells_it() -> None:
+    named = _with_id("aaaaaaaa", b"\xff" * 32)
+    other = _with_id("x", TWIN_A)
+    assert find_device("aaaaaaaa", [other, named]) is named
+
+
+def test_is_short_id() -> None:
+    node = str(Identity.generate().node_id)
+    assert is_short_id(node[:10])
+    assert is_short_id(node[:MIN_SHORT_ID])
+    assert not is_short_id(node[: MIN_SHORT_ID - 1])
+    assert not is_short_id(node)  # a full id is a full id
+    assert not is_short_id("kiosk-1")
+    assert not is_short_id("ABCDEF")
+    assert not is_short_id("abc018")  # 0, 1, 8 are not in base32
+
+
+def test_push_targets_take_short_ids_and_still_refuse_pending(twins: list[DeviceInfo]) -> None:
+    a, b, pending = twins
+    assert resolve_targets([str(b.node_id)[:9], "twin-a"], twins) == (b.node_id, a.node_id)
+    with pytest.raises(AmbiguousTarget, match="target 'aaaaaaaa'"):
+        resolve_targets(["aaaaaaaa"], twins)
+    with pytest.raises(TargetError, match=f"pending approval.*devices approve {pending.node_id}"):
+        resolve_targets(["7777"], twins)
