@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import signal
 import subprocess
 import time
@@ -70,6 +71,12 @@ class RelayProcess:
             self.proc.kill()
             self.proc.wait(5)
             raise
+
+
+def private_loopback() -> str:
+    """A loopback address of the caller's own (all of 127/8 is local on Linux), so a relay can
+    take the default STUN port 3478 there while other tests and relays run."""
+    return f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
 
 
 def without_stun(args: Sequence[str]) -> list[str]:

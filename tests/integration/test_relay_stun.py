@@ -7,7 +7,6 @@ UDP sockets to a relay started through the CLI.
 from __future__ import annotations
 
 import asyncio
-import random
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,13 +21,7 @@ from fleet import stun
 from fleet.identity import Identity
 from fleet.mesh import Endpoint, MeshConfig
 from tests.cli import run_fleet
-from tests.integration.relay_process import RelayProcess, start_relay
-
-
-def private_loopback() -> str:
-    """A loopback address of this test's own (all of 127/8 is local on Linux), so a relay can
-    take the default STUN port 3478 there while other tests and relays run."""
-    return f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
+from tests.integration.relay_process import RelayProcess, private_loopback, start_relay
 
 
 @pytest.fixture
