@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from fleet.identity import NodeId, write_new_key
 from fleet.nix import NixEnv, NixStore, current_system
 from tests.cli import cli_env, fleet_argv, fleetctl_argv
+from tests.integration.relay_process import without_stun
 from tests.nixlab import SWITCH_LOG_VAR, switch_log_lines
 
 START_TIMEOUT = 30.0  # generous: two cores shared with other test runs
@@ -271,7 +272,8 @@ class FleetLab:
     `substituter` and `trusted_key` are what every agent trusts unless told otherwise
     (add_agent(trusted_key=...)): the agents' own Nix configuration, never the push's.
     `relay_host`, `coordinator_host` and `fleetctl_host` say where those run (agents: in
-    add_agent); `relay_args` are extra relay flags (STUN, metrics). `coordinator_public=False`
+    add_agent); `relay_args` are extra relay flags (STUN, metrics; without a STUN flag the
+    relay runs with --no-stun, so labs can run side by side). `coordinator_public=False`
     is a coordinator nobody can dial (behind a NAT that forwards nothing): agents and fleetctl
     get only its node id and find it through the relay.
     """
@@ -307,7 +309,7 @@ class FleetLab:
             "relay",
             "relay_listening",
             "address",
-            ["relay", "--key", str(self._key("relay")), *relay_args],
+            ["relay", "--key", str(self._key("relay")), *without_stun(relay_args)],
             relay_host,
         )
         self.coordinator_id = write_new_key(root / "coordinator.key").node_id

@@ -347,9 +347,10 @@ class LabRelay:
         return (await self.metrics())["fleet_relay_bytes_forwarded_total"]
 
 
-RELAY_ARGS = ("--stun-listen", f"{WAN_IP}:{STUN_PORT}", "--metrics-listen", METRICS)
-"""What a relay in the wan namespace needs besides its key: STUN at the port every endpoint
-asks (the relay URL's host, UDP 3478) and metrics the tests scrape."""
+RELAY_ARGS = ("--stun", "--metrics-listen", METRICS)
+"""What a relay in the wan namespace needs besides its key: STUN where every endpoint asks,
+the relay URL's host and UDP 3478 (STUN_PORT), which is where `fleet relay` answers by default
+(`--stun` only says so to the harnesses that add --no-stun otherwise), and metrics."""
 
 
 async def relay_metrics(wan: Namespace) -> dict[str, float]:

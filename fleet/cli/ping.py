@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import statistics
 import time
@@ -18,7 +19,11 @@ from fleet.log import setup_logging
 from fleet.mesh import ConnectError, Endpoint, MeshError, PathChanged
 from fleet.mesh.peer_addr import InvalidPeerAddr, PeerAddr
 from fleet.mesh.ping import PING_ALPN, PingClient
+from fleet.mesh.reflexive import StunServerStatus
+from fleet.netaddr import format_host_port
 from fleet.relay.url import InvalidRelayUrl, RelayUrl
+
+STUN_GRACE = 2.0  # seconds a STUN server gets to answer before ping says it did not
 
 
 @dataclass
@@ -28,6 +33,8 @@ class PingReport:
     connect_seconds: float | None = None
     direct_after: float | None = None  # seconds from the start of connecting
     direct_addr: str | None = None
+    stun: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         rtts_ms = [r * 1000 for r in self.rtts]
@@ -43,6 +50,8 @@ class PingReport:
             if self.direct_after is not None
             else None,
             "direct_addr": self.direct_addr,
+            "stun": self.stun,
+            "warnings": self.warnings,
         }
 
 
@@ -192,6 +201,7 @@ async def _run(
                 if seq < count:
                     await asyncio.sleep(interval)
             await client.close()
+            _report_stun(report, relay, await _stun_outcome(ep))
     except OSError as exc:
         raise click.ClickException(f"cannot open a UDP socket on {bind}: {exc}") from exc
     summary = report.summary()
@@ -210,4 +220,51 @@ async def _run(
             click.echo(f"direct path {report.direct_addr} after {report.direct_after:.3f} s")
         else:
             click.echo("no direct path: every ping went through the relay")
+        for entry in report.stun:
+            if entry["mapped"] is not None:
+                click.echo(f"public address {entry['mapped']} (STUN answer from {entry['from']})")
+        for warning in report.warnings:
+            click.echo(f"warning: {warning}")
     return report
+
+
+async def _stun_outcome(ep: Endpoint) -> list[StunServerStatus]:
+    """What the STUN servers said, giving each up to STUN_GRACE seconds to answer."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(STUN_GRACE + 1):
+            while True:
+                status = ep.stun_status()
+                if all(s.mapped is not None or (s.waited or 0) >= STUN_GRACE for s in status):
+                    break
+                await asyncio.sleep(0.05)
+    return ep.stun_status()
+
+
+def _report_stun(
+    report: PingReport, relay: RelayUrl | None, status: list[StunServerStatus]
+) -> None:
+    """Fill in what STUN told us; no answer at all is a warning people need to read: without
+    a public address a node behind NAT cannot punch holes."""
+    for entry in status:
+        server = format_host_port(*entry.server)
+        source = f"relay {server}" if relay is not None else f"STUN server {server}"
+        if relay is not None and relay.host != entry.server[0]:
+            source = f"relay {format_host_port(relay.host, entry.server[1])} ({server})"
+        report.stun.append(
+            {
+                "server": server,
+                "from": source,
+                "mapped": format_host_port(*entry.mapped) if entry.mapped else None,
+                "waited_s": _round(entry.waited),
+            }
+        )
+    if status and all(entry.mapped is None for entry in status):
+        asked = ", ".join(entry["from"] for entry in report.stun)
+        port = status[0].server[1]
+        waited = max(entry.waited or 0.0 for entry in status)
+        report.warnings.append(
+            f"no STUN answer from {asked} in {waited:.1f} s: hole punching is off, "
+            "so traffic stays on the relay whenever a NAT is in the way; check that the relay "
+            f"answers STUN (`fleet relay` does on UDP {port} unless --no-stun; --stun-listen "
+            f"moves it) and that UDP {port} to it is open"
+        )

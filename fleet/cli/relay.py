@@ -13,8 +13,10 @@ from fleet.cli.common import load_key_or_fail
 from fleet.config import ConfigError, merge_settings
 from fleet.identity import Identity
 from fleet.log import get_logger, setup_logging
+from fleet.netaddr import format_host_port
 from fleet.relay.protocol import ServerSessionConfig
 from fleet.relay.server import RelayServer, RelayServerConfig
+from fleet.relay.stun_responder import StunListenError
 
 SETTINGS = (
     "listen",
@@ -27,9 +29,12 @@ SETTINGS = (
     "ping_interval",
     "ping_timeout",
     "metrics_listen",
+    "stun",
     "stun_listen",
     "log_level",
 )
+
+STUN_PORT = 3478  # where nodes look for STUN: the relay URL's host (MeshConfig.relay_stun_port)
 
 
 def parse_host_port(text: str, what: str) -> tuple[str, int]:
@@ -66,6 +71,33 @@ def _number(settings: dict[str, Any], key: str, kind: type, default: Any) -> Any
     return result
 
 
+def _stun_listen(
+    settings: dict[str, Any], flags: dict[str, Any], host: str
+) -> tuple[str, int] | None:
+    """Where to answer STUN, or None for `--no-stun` / `stun = false`.
+
+    On by default at the --listen host, UDP 3478, because that is where nodes ask; a flag
+    wins over the file in either direction, and both settings in one place contradict.
+    """
+    if flags.get("stun") is False and flags.get("stun_listen") is None:
+        settings.pop("stun_listen", None)  # --no-stun beats the file's stun-listen
+    if flags.get("stun_listen") is not None and flags.get("stun") is None:
+        settings["stun"] = True  # --stun-listen beats the file's stun = false
+    enabled = settings.get("stun", True)
+    if not isinstance(enabled, bool):
+        raise click.BadParameter(f"expected true or false, got {enabled!r}", param_hint="stun")
+    listen = settings.get("stun_listen")
+    if not enabled:
+        if listen is not None:
+            raise click.UsageError(
+                "--no-stun (stun = false) and --stun-listen contradict each other; give one"
+            )
+        return None
+    if listen is None:
+        return host, STUN_PORT
+    return parse_host_port(listen, "stun-listen")
+
+
 @click.command("relay")
 @click.option("--listen", help="HOST:PORT to listen on (port 0: any free port).")
 @click.option("--key", type=click.Path(dir_okay=False), help="The relay's key file.")
@@ -85,7 +117,12 @@ def _number(settings: dict[str, Any], key: str, kind: type, default: Any) -> Any
 @click.option("--metrics-listen", help="HOST:PORT for Prometheus GET /metrics.")
 @click.option(
     "--stun-listen",
-    help="UDP HOST:PORT to answer STUN Binding requests on (off unless given; usually :3478).",
+    help=f"UDP HOST:PORT to answer STUN on (default: the --listen host, port {STUN_PORT}).",
+)
+@click.option(
+    "--stun/--no-stun",
+    default=None,
+    help="Answer STUN (default), or not: nodes behind NAT then never punch holes.",
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 def relay(config_file: str | None, **flags: Any) -> None:
@@ -105,9 +142,7 @@ def relay(config_file: str | None, **flags: Any) -> None:
     metrics_listen = None
     if settings.get("metrics_listen"):
         metrics_listen = parse_host_port(settings["metrics_listen"], "metrics-listen")
-    stun_listen = None
-    if settings.get("stun_listen"):
-        stun_listen = parse_host_port(settings["stun_listen"], "stun-listen")
+    stun_listen = _stun_listen(settings, flags, host)
     defaults = ServerSessionConfig()
     session = ServerSessionConfig(
         handshake_timeout=_number(settings, "handshake_timeout", float, defaults.handshake_timeout),
@@ -146,8 +181,15 @@ async def _serve(
         await server.run(host, port, metrics_listen=metrics_listen, stun_listen=stun_listen)
     except asyncio.CancelledError:
         log.info("relay_signal", action="shutdown")
+    except StunListenError as exc:
+        raise click.ClickException(
+            f"{exc}; give --stun-listen HOST:PORT for another address, or --no-stun to run "
+            "without STUN (nodes behind NAT then stay on the relay path)"
+        ) from exc
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        raise click.ClickException(
+            f"cannot listen on TCP {format_host_port(host, port)}: {exc.strerror or exc}"
+        ) from exc
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

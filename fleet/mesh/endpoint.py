@@ -33,10 +33,16 @@ from fleet.mesh.connection import ConnectError, Connection, MeshError
 from fleet.mesh.disco import Addr
 from fleet.mesh.paths import Path, PathChanged
 from fleet.mesh.peers import Peer, PeerTable
-from fleet.mesh.reflexive import ReflexiveChanged, ReflexiveProbe
+from fleet.mesh.reflexive import (
+    ReflexiveChanged,
+    ReflexiveProbe,
+    StunServerStatus,
+    StunUnanswered,
+)
 from fleet.mesh.relay import RelayFactory, RelayRunner, RelayTransport
 from fleet.mesh.socket import UdpSocket
 from fleet.mesh.tls_hooks import PinnedQuicConnection, kick, quic_configuration
+from fleet.netaddr import format_host_port
 from fleet.relay.client import RelayClient
 from fleet.relay.url import InvalidRelayUrl, RelayUrl
 from fleet.stun import looks_like_stun
@@ -217,6 +223,10 @@ class Endpoint:
     def stun_servers(self) -> list[Addr]:
         return self._reflexive.servers
 
+    def stun_status(self) -> list[StunServerStatus]:
+        """Each STUN server we ask: its fresh answer, or how long it has been silent."""
+        return self._reflexive.status(self._now())
+
     async def wait_relays(self, timeout: float) -> None:
         """Return once every home relay is connected (TimeoutError after `timeout`): a daemon
         is reachable by node id from then on."""
@@ -387,8 +397,17 @@ class Endpoint:
             self._after_stun()
 
     def _after_stun(self) -> None:
-        while (change := self._reflexive.next_event()) is not None:
-            self._on_reflexive_changed(change)
+        while (event := self._reflexive.next_event()) is not None:
+            if isinstance(event, StunUnanswered):
+                log.warning(
+                    "mesh_stun_unanswered",
+                    server=format_host_port(*event.server),
+                    waited=round(event.waited, 1),
+                    hint="no public address: nodes behind NAT cannot punch holes and stay on "
+                    "the relay; check the relay answers STUN and UDP to it is open",
+                )
+            else:
+                self._on_reflexive_changed(event)
 
     def _on_reflexive_changed(self, change: ReflexiveChanged) -> None:
         log.info(

@@ -4,7 +4,9 @@ A NAT maps each (local address, port) to a public one; asking from the socket th
 QUIC and disco is the only way to learn the mapping peers will see. `ReflexiveProbe` sends
 Binding requests to a few servers (the relays' STUN ports, configured extras), retransmits
 them, accepts only responses to its own transactions *from the server it asked*, and reports
-when the set of reflexive addresses changes, so the endpoint can tell its peers (CallMeMaybe).
+when the set of reflexive addresses changes, so the endpoint can tell its peers (CallMeMaybe),
+and when a server does not answer at all (without an answer, nodes behind NAT cannot punch
+holes; a relay started with --no-stun or a firewall on UDP 3478 is the usual reason).
 """
 
 from __future__ import annotations
@@ -34,6 +36,27 @@ class ReflexiveChanged:
     new: frozenset[Addr]
 
 
+@dataclass(frozen=True, slots=True)
+class StunUnanswered:
+    """A whole round of requests to `server` went unanswered and we have no fresh answer from
+    it; reported once until it answers again."""
+
+    server: Addr
+    waited: float  # seconds since the first unanswered request
+
+
+ReflexiveEvent = ReflexiveChanged | StunUnanswered
+
+
+@dataclass(frozen=True, slots=True)
+class StunServerStatus:
+    """One server as `ReflexiveProbe.status` reports it (for `fleet ping` and status)."""
+
+    server: Addr
+    mapped: Addr | None  # its fresh answer: our address as it saw it
+    waited: float | None  # seconds we have been asking without an answer; None: not asking
+
+
 @dataclass(slots=True)
 class _Server:
     addr: Addr
@@ -45,6 +68,8 @@ class _Server:
     mapped: Addr | None = None
     answered_at: float | None = None
     rtt: float | None = None
+    unanswered_since: float | None = None  # first request since the last answer
+    reported: bool = False  # StunUnanswered sent for this outage
 
 
 @dataclass
@@ -54,7 +79,7 @@ class ReflexiveProbe:
     timing: StunTiming = field(default_factory=StunTiming)
     _servers: dict[Addr, _Server] = field(default_factory=dict)
     _by_tx: dict[bytes, _Server] = field(default_factory=dict)
-    _events: deque[ReflexiveChanged] = field(default_factory=deque)
+    _events: deque[ReflexiveEvent] = field(default_factory=deque)
     _current: frozenset[Addr] = frozenset()
     responses: int = 0
     rejected: int = 0
@@ -87,9 +112,12 @@ class ReflexiveProbe:
                 server.tries = 0
                 server.next_send = now
                 server.sent_at = now
+                if server.unanswered_since is None:
+                    server.unanswered_since = now
             if server.tx_id is not None and now >= server.next_send:
                 if server.tries >= self.timing.tries:
                     self._end_round(server, now)
+                    self._report_silence(server, now)
                     continue
                 out.append((binding_request(server.tx_id), server.addr))
                 server.next_send = now + self.timing.retransmit * (2**server.tries)
@@ -114,6 +142,8 @@ class ReflexiveProbe:
         self.responses += 1
         server.mapped = message.mapped
         server.answered_at = now
+        server.unanswered_since = None
+        server.reported = False
         server.rtt = now - server.sent_at
         self._end_round(server, now)
         self._update(now)
@@ -127,8 +157,31 @@ class ReflexiveProbe:
                 deadlines.append(server.answered_at + self.timing.stale_after)
         return min(deadlines) if deadlines else None
 
-    def next_event(self) -> ReflexiveChanged | None:
+    def next_event(self) -> ReflexiveEvent | None:
         return self._events.popleft() if self._events else None
+
+    def status(self, now: float) -> list[StunServerStatus]:
+        out = []
+        for server in self._servers.values():
+            fresh = self._fresh(server, now)
+            waited = None
+            if not fresh and server.unanswered_since is not None:
+                waited = now - server.unanswered_since
+            out.append(StunServerStatus(server.addr, server.mapped if fresh else None, waited))
+        return out
+
+    def _fresh(self, server: _Server, now: float) -> bool:
+        return (
+            server.mapped is not None
+            and server.answered_at is not None
+            and now < server.answered_at + self.timing.stale_after
+        )
+
+    def _report_silence(self, server: _Server, now: float) -> None:
+        if server.reported or self._fresh(server, now) or server.unanswered_since is None:
+            return
+        server.reported = True
+        self._events.append(StunUnanswered(server.addr, now - server.unanswered_since))
 
     def _end_round(self, server: _Server, now: float) -> None:
         if server.tx_id is not None:
@@ -138,11 +191,7 @@ class ReflexiveProbe:
 
     def _update(self, now: float) -> None:
         fresh = frozenset(
-            s.mapped
-            for s in self._servers.values()
-            if s.mapped is not None
-            and s.answered_at is not None
-            and now < s.answered_at + self.timing.stale_after
+            s.mapped for s in self._servers.values() if s.mapped is not None and self._fresh(s, now)
         )
         if fresh != self._current:
             self._events.append(ReflexiveChanged(self._current, fresh))

@@ -30,8 +30,9 @@ class RelayMetrics:
         self.bytes_forwarded = 0
         self.drops: Counter[str] = Counter()
         self.disconnects: Counter[str] = Counter()
-        self.stun_requests = 0  # Binding requests answered
-        self.stun_rejected = 0  # datagrams on the STUN port that were not Binding requests
+        self.stun_requests = 0  # Binding requests answered with the sender's address
+        self.stun_errors = 0  # Binding requests answered with error 420 (unknown attributes)
+        self.stun_rejected = 0  # datagrams on the STUN port dropped, never answered
 
     def render(self) -> str:
         lines: list[str] = []
@@ -68,13 +69,21 @@ class RelayMetrics:
         metric(
             "fleet_relay_stun_requests_total",
             "counter",
-            "STUN Binding requests answered.",
+            "STUN Binding requests answered with the sender's address (RFC 5389 and 3489).",
             self.stun_requests,
+        )
+        metric(
+            "fleet_relay_stun_errors_total",
+            "counter",
+            "STUN Binding requests answered with error 420 (unknown comprehension-required "
+            "attributes, such as RFC 3489 CHANGE-REQUEST).",
+            self.stun_errors,
         )
         metric(
             "fleet_relay_stun_rejected_total",
             "counter",
-            "Datagrams on the STUN port dropped as malformed or not a Binding request.",
+            "Datagrams on the STUN port dropped unanswered (malformed, not a Binding "
+            "request, or an erroring transaction repeated too often).",
             self.stun_rejected,
         )
         labelled("fleet_relay_packets_dropped_total", "Packets dropped, by reason.", self.drops)

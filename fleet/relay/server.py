@@ -225,6 +225,7 @@ class RelayServer:
         )
         metrics_server: asyncio.Server | None = None
         stun_transport: asyncio.DatagramTransport | None = None
+        listening = False
         try:
             bound_host, bound_port = listener.sockets[0].getsockname()[:2]
             self.url = RelayUrl(
@@ -250,6 +251,7 @@ class RelayServer:
                 max_clients=self.config.max_clients,
                 rate_limit=self.config.session.rate_limit,
             )
+            listening = True
             if on_listening is not None:
                 on_listening(self.url)
             await asyncio.Future()  # serve until cancelled
@@ -261,7 +263,8 @@ class RelayServer:
                 stun_transport.close()
             for conn in list(self._connections):
                 conn.close("shutdown", "relay shutting down")
-            log.info("relay_stopped")
+            if listening:  # a relay that could not start says so once, in the CLI's error
+                log.info("relay_stopped")
 
     # bookkeeping (called by connections)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,14 +73,32 @@ class RelayProcess:
             raise
 
 
-def start_relay(tmp: Path, *args: str, metrics: bool = True, timeout: float = 20) -> RelayProcess:
-    """Start `fleet relay --listen 127.0.0.1:0` and read its URL from the relay_listening log."""
+def private_loopback() -> str:
+    """A loopback address of the caller's own (all of 127/8 is local on Linux), so a relay can
+    take the default STUN port 3478 there while other tests and relays run."""
+    return f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
+
+
+def without_stun(args: Sequence[str]) -> list[str]:
+    """`args` plus `--no-stun` unless they say where STUN goes: tests run many relays side by
+    side on loopback, and the default (UDP 3478 of the listen host) can be bound only once."""
+    if any(a in ("--stun", "--no-stun", "--stun-listen") for a in args):
+        return list(args)
+    return [*args, "--no-stun"]
+
+
+def start_relay(
+    tmp: Path, *args: str, metrics: bool = True, timeout: float = 20, listen: str = "127.0.0.1:0"
+) -> RelayProcess:
+    """Start `fleet relay --listen 127.0.0.1:0` and read its URL from the relay_listening log.
+
+    No STUN unless `args` ask for it (see without_stun)."""
     key = tmp / "relay.key"
     if not key.exists():
         result = run_fleet("keygen", str(key))
         assert result.returncode == 0, result.stderr
     log_path = tmp / f"relay-{time.monotonic_ns()}.log"
-    argv = fleet_argv("relay", "--listen", "127.0.0.1:0", "--key", str(key), *args)
+    argv = fleet_argv("relay", "--listen", listen, "--key", str(key), *without_stun(args))
     if metrics:
         argv += ["--metrics-listen", "127.0.0.1:0"]
     with log_path.open("wb") as log_file:

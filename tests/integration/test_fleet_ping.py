@@ -13,7 +13,7 @@ from fleet.identity import Identity
 from fleet.mesh import Endpoint
 from fleet.mesh.ping import PING_ALPN, PingClient, serve_ping
 from tests.cli import cli_env, fleet_argv
-from tests.integration.relay_process import RelayProcess, start_relay
+from tests.integration.relay_process import RelayProcess, private_loopback, start_relay
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ async def pinged(tmp_path: Path) -> AsyncIterator[Endpoint]:
 
 @pytest.fixture
 def relay(tmp_path: Path) -> Iterator[RelayProcess]:
-    process = start_relay(tmp_path)
+    process = start_relay(tmp_path, "--no-stun")
     try:
         yield process
     finally:
@@ -100,6 +100,53 @@ async def test_fleet_ping_json_through_a_relay(pinged: Endpoint, relay: RelayPro
     assert summary["direct_after_s"] is not None
     assert pings[-1]["path"] == "direct"
     assert pings[-1]["addr"] == summary["direct_addr"] == target_addr
+    # The relay runs with --no-stun: ping asked it for our public address and says it got none.
+    [asked] = summary["stun"]
+    assert asked["server"] == "127.0.0.1:3478"
+    assert asked["mapped"] is None
+    assert asked["waited_s"] >= 2
+    [warning] = summary["warnings"]
+    assert warning.startswith("no STUN answer from relay 127.0.0.1:3478 in ")
+    assert "hole punching is off" in warning
+    assert "--no-stun" in warning
+
+
+async def test_fleet_ping_says_what_stun_answered(pinged: Endpoint, tmp_path: Path) -> None:
+    """A relay with STUN on by default (at its own loopback address, UDP 3478): ping prints
+    the public address it learnt; through a relay without STUN it warns, in text too."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with_stun = start_relay(tmp_path / "a", "--stun", listen=f"{private_loopback()}:0")
+    without = start_relay(tmp_path / "b", "--no-stun", listen=f"{private_loopback()}:0")
+    try:
+        for relay in (with_stun, without):
+            async with (
+                Endpoint(
+                    Identity.generate(),
+                    bind=("127.0.0.1", 0),
+                    alpns=[PING_ALPN],
+                    relay_urls=[str(relay.url)],
+                ) as target,
+                asyncio.TaskGroup() as tg,
+            ):
+                server = tg.create_task(serve_ping(target))
+                code, out, err = await _fleet_ping(
+                    str(target.node_id), "--relay", str(relay.url), "--count", "1"
+                )
+                server.cancel()
+            assert code == 0, err
+            stun_at = f"{relay.url.host}:3478"
+            if relay is with_stun:
+                assert f"(STUN answer from relay {stun_at})" in out, out
+                assert "public address 127.0.0.1:" in out
+                assert "warning" not in out
+            else:
+                [warning] = [line for line in out.splitlines() if line.startswith("warning:")]
+                assert warning.startswith(f"warning: no STUN answer from relay {stun_at} in ")
+                assert "traffic stays on the relay" in warning
+    finally:
+        with_stun.stop()
+        without.stop()
 
 
 async def test_fleet_ping_fails_cleanly_when_nobody_answers() -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.natlab import (
+    WAN_IP,
     Lab,
     LabProcess,
     LabRelay,
@@ -134,10 +135,15 @@ async def test_1_fleet_ping_shows_the_direct_path(world: World) -> None:
     assert proc.returncode == 0, text + (world.tmp / "ping.log").read_text()
     assert "5 sent, 5 received, 0 lost" in text
     r2_wan = r2.ip
-    last = text.splitlines()[-1]
-    assert last.startswith(f"direct path {r2_wan}:"), text  # b's public (NAT) address
-    assert float(last.rsplit(" after ", 1)[1].removesuffix(" s")) <= 2.0, text
-    assert f"via direct {r2_wan}:" in text.splitlines()[-3], text  # the last ping went direct
+    lines = text.splitlines()
+    [direct] = [line for line in lines if line.startswith("direct path ")]
+    assert direct.startswith(f"direct path {r2_wan}:"), text  # b's public (NAT) address
+    assert float(direct.rsplit(" after ", 1)[1].removesuffix(" s")) <= 2.0, text
+    pings = [line for line in lines if line.startswith("ping ")]
+    assert f"via direct {r2_wan}:" in pings[-1], text  # the last ping went direct
+    # The relay answers STUN by default, at its host, UDP 3478: a's NAT mapping came back.
+    assert lines[-1].startswith(f"public address {r1.ip}:"), text
+    assert lines[-1].endswith(f"(STUN answer from relay {WAN_IP}:3478)"), text
 
 
 async def test_2_one_symmetric_nat_works_through_the_relay(world: World) -> None:

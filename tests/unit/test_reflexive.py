@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from fleet import stun
-from fleet.mesh.reflexive import ReflexiveChanged, ReflexiveProbe, StunTiming
+from fleet.mesh.reflexive import (
+    ReflexiveChanged,
+    ReflexiveProbe,
+    StunServerStatus,
+    StunTiming,
+    StunUnanswered,
+)
 
 SERVER = ("10.99.0.1", 3478)
 OTHER = ("10.99.0.9", 3478)
@@ -74,3 +80,41 @@ def test_address_change_and_expiry_are_reported() -> None:
         probe.poll(float(t))
     assert probe.addresses == frozenset()
     assert probe.next_event() == ReflexiveChanged(frozenset({rebound}), frozenset())
+
+
+def test_a_silent_server_is_reported_once_and_its_status_says_how_long() -> None:
+    timing = StunTiming(interval=10.0, retransmit=0.5, tries=3, stale_after=25.0)
+    probe = ReflexiveProbe(timing)
+    assert probe.status(0.0) == []
+    probe.add_server(SERVER, 0.0)
+    assert probe.status(0.0) == [StunServerStatus(SERVER, None, None)]  # not asked yet
+    probe.poll(0.0)
+    assert probe.status(1.2) == [StunServerStatus(SERVER, None, 1.2)]
+    for t in (0.5, 1.5, 3.4):
+        probe.poll(t)
+    assert probe.next_event() is None  # the round is not over yet
+    probe.poll(3.5)  # 0.5 + 1 + 2 s after the last try: the round failed
+    assert probe.next_event() == StunUnanswered(SERVER, 3.5)
+    for t in range(4, 40):  # more failed rounds: no new report
+        probe.poll(float(t))
+    assert probe.next_event() is None
+    assert probe.status(40.0) == [StunServerStatus(SERVER, None, 40.0)]
+    # It answers at last: the status has the address, and a later outage is reported again.
+    start = probe.next_deadline()  # rounds start 10 s after the last one ended
+    assert start is not None
+    [(req, _)] = probe.poll(start)
+    probe.receive(stun.binding_response(_tx(req), MAPPED), SERVER, 40.5)
+    assert probe.status(41.0) == [StunServerStatus(SERVER, MAPPED, None)]
+    assert probe.next_event() == ReflexiveChanged(frozenset(), frozenset({MAPPED}))
+    for t in range(41, 100):
+        probe.poll(float(t))
+    events = []
+    while (event := probe.next_event()) is not None:
+        events.append(event)
+    # Silent from the round at 51 on (polled once a second: rounds 51-55 and 65-69): the
+    # answer goes stale at 65.5, and the first round to end after that is reported, as
+    # waiting since 51.
+    assert events == [
+        ReflexiveChanged(frozenset({MAPPED}), frozenset()),
+        StunUnanswered(SERVER, 69.0 - 51.0),
+    ]
