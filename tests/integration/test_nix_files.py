@@ -50,9 +50,7 @@ KNOWN: dict[str, tuple[str, ...]] = {
 
 # Settings a module writes for a CLI option that another branch is adding. Each entry fails
 # test_pending_settings_are_still_pending as soon as the CLI knows it: then delete it here.
-PENDING: dict[str, dict[str, str]] = {
-    "relay": {"stun": "`fleet relay --no-stun` / `stun = false` (issue 9, the relay's STUN part)"},
-}
+PENDING: dict[str, dict[str, str]] = {}
 
 # Every option of each module set to a non-default value.
 FULL: dict[str, dict[str, Any]] = {
