@@ -31,7 +31,12 @@ from fleet.admin.auditing import (
     table,
     verify,
 )
-from fleet.admin.cache_check import CacheCheckFailed, check_pushed_path
+from fleet.admin.cache_check import (
+    SKIP_HINT,
+    CacheCheckFailed,
+    CacheUnavailable,
+    check_pushed_path,
+)
 from fleet.admin.client import AdminClient
 from fleet.admin.duration import parse_duration
 from fleet.admin.errors import AdminError, unwrap_group
@@ -505,6 +510,9 @@ def _check_cache(
         )
     except KeyboardInterrupt:
         raise SystemExit(EXIT_INTERRUPTED) from None
+    except CacheUnavailable as exc:
+        hint = "" if SKIP_HINT in str(exc) else f" ({SKIP_HINT})"
+        _fail(f"{exc}; nothing was pushed{hint}", 1)
     except CacheCheckFailed as exc:
         _fail(f"{exc}; nothing was pushed", 1)
     if not as_json:

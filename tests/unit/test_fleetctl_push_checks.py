@@ -19,6 +19,7 @@ from fleet.admin.settings import Settings
 from fleet.cli import fleetctl
 from fleet.identity import Identity
 from tests.admin_standin import memory_client
+from tests.nixlab import unreachable_url
 from tests.unit.narinfos import CacheKey, narinfo, store_path, write_narinfo
 from tests.unit.test_fleetctl_cli import Harness
 
@@ -106,6 +107,17 @@ def test_a_missing_dependency_is_refused_naming_it(h: Harness, cache: Path) -> N
     result = h.run("push", SYSTEM, "--to", "kiosk-1", *check_args(cache))
     assert result.exit_code == 1
     assert f"{DEP} (in the closure of {SYSTEM}) is not in the binary cache" in result.stderr
+    assert h.standin.received == []
+
+
+def test_an_unreachable_cache_is_refused_saying_how_to_skip(h: Harness) -> None:
+    nowhere = unreachable_url()
+    result = h.run("push", SYSTEM, "--to", "kiosk-1", "--cache", nowhere,
+                   "--trusted-public-key", KEY.public)  # fmt: skip
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"Error: cannot reach the cache {nowhere}: ")
+    assert line.endswith("; nothing was pushed (--no-cache-check pushes without this check)")
     assert h.standin.received == []
 
 
