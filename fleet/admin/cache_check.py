@@ -8,31 +8,20 @@ present in one of the caches, in the caches' order as Nix asks them, with a vali
 by one of the trusted keys. The walk is bounded (MAX_PATHS, DEADLINE), runs CONCURRENCY
 requests at a time, and stops at the first path that fails.
 
-The walk is independent of how narinfos are read (`NarinfoSource`); `CacheReader` reads
-them over http(s):// (urllib in a small thread pool, each request with a timeout) and from
-file:// directories.
+The walk is independent of how narinfos are read (`NarinfoSource`); the real one is
+fleet/admin/cache_reader.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gzip
-import lzma
-import os
-import urllib.error
 import urllib.parse
-import urllib.request
-import zlib
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Protocol
 
-from fleet import __version__
 from fleet.admin.errors import AdminError, unwrap_group
 from fleet.nix.narinfo import (
-    MAX_NARINFO_BYTES,
     NarInfoError,
     PublicKey,
     UntrustedNarInfo,
@@ -41,18 +30,11 @@ from fleet.nix.narinfo import (
 )
 from fleet.nix.store import STORE_DIR
 
-CONCURRENCY = 16
+CONCURRENCY = 25  # Nix's own http-connections default
 MAX_PATHS = 100_000
 DEADLINE = 300.0  # seconds for the whole walk
 CHECKABLE_SCHEMES = ("http", "https", "file")
 SKIP_HINT = "--no-cache-check pushes without this check"
-_MISSING_STATUS = (403, 404, 410)  # Nix, too, reads 403 (S3 without listing) as "not there"
-_DECODERS: dict[str, Callable[[bytes], bytes]] = {
-    "gzip": gzip.decompress,
-    "x-gzip": gzip.decompress,
-    "xz": lzma.decompress,
-    "deflate": zlib.decompress,
-}
 
 
 class CacheCheckFailed(AdminError):
@@ -195,94 +177,3 @@ async def check_closure(
             first = failed[0]
         raise first from None
     return CheckReport(root, len(walk.seen), tuple(caches), tuple(sorted(walk.signers)))
-
-
-# ---------------------------------------------------------------- reading narinfo files
-
-
-def _narinfo_url(cache: str, hash_part: str) -> str:
-    parts = urllib.parse.urlsplit(cache)  # store parameters (?priority=...) are not a path
-    return urllib.parse.urlunsplit(
-        (parts.scheme, parts.netloc, parts.path.rstrip("/") + f"/{hash_part}.narinfo", "", "")
-    )
-
-
-def _read_file(cache: str, hash_part: str) -> bytes | None:
-    path = urllib.parse.unquote(urllib.parse.urlsplit(_narinfo_url(cache, hash_part)).path)
-    try:
-        with open(path, "rb") as f:
-            return f.read(MAX_NARINFO_BYTES + 1)
-    except FileNotFoundError:
-        if not os.path.isdir(os.path.dirname(path)):
-            raise CacheUnavailable(
-                f"cannot read the cache {cache}: {os.path.dirname(path)} is not a directory"
-            ) from None
-        return None
-    except OSError as exc:
-        raise CacheUnavailable(f"cannot read the cache {cache}: {exc.strerror}") from None
-
-
-def _get(cache: str, hash_part: str, timeout: float) -> bytes | None:
-    if urllib.parse.urlsplit(cache).scheme == "file":
-        return _read_file(cache, hash_part)
-    url = _narinfo_url(cache, hash_part)
-    agent = {"User-Agent": f"fleetctl/{__version__}"}
-    request = urllib.request.Request(url, headers=agent)  # noqa: S310 (http/https only here)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-            body: bytes = response.read(MAX_NARINFO_BYTES + 1)
-            encoding = (response.headers.get("Content-Encoding") or "identity").lower()
-    except urllib.error.HTTPError as exc:
-        if exc.code in _MISSING_STATUS:
-            return None
-        raise CacheUnavailable(f"the cache {cache} answered HTTP {exc.code} for {url}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise CacheUnavailable(f"cannot reach the cache {cache}: {reason}") from None
-    if encoding in ("identity", ""):
-        return body
-    decode = _DECODERS.get(encoding)
-    if decode is None:
-        raise CacheUnavailable(f"the cache {cache} sent {url} with Content-Encoding {encoding}")
-    try:
-        return decode(body)
-    except (OSError, EOFError, lzma.LZMAError, zlib.error):
-        raise CacheUnavailable(f"the cache {cache} sent a corrupt {encoding} body") from None
-
-
-class CacheReader:
-    """Reads narinfos over http(s):// and file://, `CONCURRENCY` at a time, each within
-    `timeout` seconds (a thread that runs past a cancelled walk ends by its own timeout)."""
-
-    def __init__(self, *, timeout: float, concurrency: int = CONCURRENCY) -> None:
-        self.timeout = timeout
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="narinfo")
-
-    async def __aenter__(self) -> CacheReader:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    async def narinfo(self, cache: str, hash_part: str) -> bytes | None:
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self.timeout * 2):  # connect, then read
-                return await loop.run_in_executor(self._pool, _get, cache, hash_part, self.timeout)
-        except TimeoutError:
-            raise CacheUnavailable(
-                f"the cache {cache} did not answer within {self.timeout:.0f}s"
-            ) from None
-
-
-async def check_pushed_path(
-    root: str, caches: Sequence[str], keys: Sequence[PublicKey], *, timeout: float
-) -> CheckReport:
-    """`check_closure` against the real caches."""
-    async with CacheReader(timeout=timeout) as reader:
-        return await check_closure(root, caches, keys, reader)

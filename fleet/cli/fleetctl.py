@@ -35,8 +35,10 @@ from fleet.admin.cache_check import (
     SKIP_HINT,
     CacheCheckFailed,
     CacheUnavailable,
-    check_pushed_path,
+    CheckReport,
+    check_closure,
 )
+from fleet.admin.cache_reader import CacheReader
 from fleet.admin.client import AdminClient
 from fleet.admin.duration import parse_duration
 from fleet.admin.errors import AdminError, unwrap_group
@@ -502,12 +504,13 @@ def _check_cache(
             f"{cache.source} (or --no-cache-check)",
             1,
         )
+
+    async def check() -> CheckReport:
+        async with CacheReader(timeout=settings.timeout) as reader:
+            return await check_closure(store_path, cache.caches, cache.trusted_public_keys, reader)
+
     try:
-        report = asyncio.run(
-            check_pushed_path(
-                store_path, cache.caches, cache.trusted_public_keys, timeout=settings.timeout
-            )
-        )
+        report = asyncio.run(check())
     except KeyboardInterrupt:
         raise SystemExit(EXIT_INTERRUPTED) from None
     except CacheUnavailable as exc:

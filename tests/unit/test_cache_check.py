@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import http.server
 import threading
 from collections.abc import Iterator
@@ -11,12 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.admin.cache_check import (
-    CacheCheckFailed,
-    CacheReader,
-    CacheUnavailable,
-    check_closure,
-)
+from fleet.admin.cache_check import CacheCheckFailed, CacheUnavailable, check_closure
+from fleet.admin.cache_reader import CacheReader
 from fleet.nix.narinfo import PublicKey, parse_public_key
 from tests.nixlab import serve_directory, unreachable_url
 from tests.unit.narinfos import CacheKey, narinfo, store_path, write_narinfo
@@ -196,3 +193,73 @@ async def test_the_reader_reports_unreachable_and_failing_caches(
             await reader.narinfo(failing_server, "0" * 32)
         with pytest.raises(CacheUnavailable, match="is not a directory"):
             await reader.narinfo(f"file://{tmp_path}/no-such-cache", "0" * 32)
+
+
+class _KeepAlive(http.server.BaseHTTPRequestHandler):
+    """HTTP/1.1 with keep-alive: narinfos from `files`, `/moved/...` redirects, `/gz/...`
+    gzip-encoded; records each connection's client address."""
+
+    protocol_version = "HTTP/1.1"
+    files: dict[str, bytes] = {}
+    clients: set[tuple[str, int]] = set()
+
+    def do_GET(self) -> None:
+        self.clients.add(self.client_address)
+        if self.path.startswith("/moved/"):
+            self.send_response(302)
+            self.send_header("Location", self.path.removeprefix("/moved"))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        gz = self.path.startswith("/gz/")
+        body = self.files.get(self.path.removeprefix("/gz").lstrip("/"))
+        if body is None:
+            self.send_error(404)
+            return
+        if gz:
+            body = gzip.compress(body)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        if gz:
+            self.send_header("Content-Encoding", "gzip")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def keep_alive_server() -> Iterator[tuple[str, type[_KeepAlive]]]:
+    handler = type("Handler", (_KeepAlive,), {"files": {}, "clients": set()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+async def test_the_reader_keeps_connections_alive_follows_redirects_and_decodes_gzip(
+    keep_alive_server: tuple[str, type[_KeepAlive]],
+) -> None:
+    url, handler = keep_alive_server
+    leaves = [store_path(f"leaf-{i}") for i in range(40)]
+    handler.files[f"{ROOT.removeprefix('/nix/store/')[:32]}.narinfo"] = narinfo(
+        ROOT, leaves, key=KEY
+    ).encode()
+    for leaf in leaves:
+        handler.files[f"{leaf.removeprefix('/nix/store/')[:32]}.narinfo"] = narinfo(
+            leaf, key=KEY
+        ).encode()
+    async with CacheReader(timeout=5, concurrency=3) as reader:
+        report = await check_closure(ROOT, [url], TRUSTED, reader, concurrency=3)
+        assert report.paths == 41
+        assert len(handler.clients) <= 3  # 41 requests over at most one connection a thread
+        for prefix in ("/moved", "/gz"):
+            report = await check_closure(ROOT, [url + prefix], TRUSTED, reader)
+            assert report.paths == 41
