@@ -67,14 +67,22 @@ class CheckReport:
 
 
 def check_cache_urls(caches: Sequence[str]) -> None:
-    """Refuse, before any request, a cache this check cannot read."""
+    """Refuse, before any request, a cache this check cannot read or a malformed URL."""
     for cache in caches:
-        scheme = urllib.parse.urlsplit(cache).scheme
-        if scheme not in CHECKABLE_SCHEMES:
+        try:
+            parts = urllib.parse.urlsplit(cache)
+            parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+        except ValueError as exc:
+            raise CacheUnavailable(f"not a cache URL: {cache!r} ({exc})") from None
+        if parts.scheme not in CHECKABLE_SCHEMES:
             raise CacheUnavailable(
                 f"cannot check the cache {cache}: fleetctl reads narinfo files over "
                 "http(s):// and file:// only; give the URL the devices fetch from "
                 f"(--cache https://...), or {SKIP_HINT}"
+            )
+        if (parts.scheme == "file") != (not parts.hostname) or any(c.isspace() for c in cache):
+            raise CacheUnavailable(
+                f"not a cache URL: {cache!r} (http(s)://HOST[:PORT][/PATH] or file:///DIR)"
             )
 
 

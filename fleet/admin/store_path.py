@@ -75,7 +75,10 @@ def resolve_system_path(text: str) -> str:
     """
     if os.path.dirname(text) == STORE_DIR:
         return _check_top(text, text)
-    top, rest = _follow(text)
+    try:
+        top, rest = _follow(text)
+    except OSError as exc:
+        raise NotASystemPath(f"{text}: {exc.strerror}; {_HINT}") from None
     resolved = f"{top}/{rest}" if top and rest else top or rest
     shown = text if os.path.abspath(text) == resolved else f"{text} (-> {resolved})"
     if top and rest:

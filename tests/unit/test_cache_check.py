@@ -121,6 +121,16 @@ async def test_uncheckable_cache_urls_are_refused_before_any_request() -> None:
     assert caches.requests == []
 
 
+@pytest.mark.parametrize(
+    "url", ["http://host:port", "https://", "file://host/dir", "http://a b", "http:///x"]
+)
+async def test_malformed_cache_urls_are_refused_before_any_request(url: str) -> None:
+    caches = MemoryCaches()
+    with pytest.raises(CacheUnavailable, match="not a cache URL"):
+        await check_closure(ROOT, [url], TRUSTED, caches)
+    assert caches.requests == []
+
+
 async def test_the_walk_is_bounded_in_size_and_concurrency() -> None:
     caches = MemoryCaches()
     leaves = [store_path(f"leaf-{i}") for i in range(60)]
