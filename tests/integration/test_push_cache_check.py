@@ -169,3 +169,11 @@ async def test_refused_pushes_never_reach_the_coordinator(
     doc = json.loads(skipped.out)
     assert (doc["sequence"], doc["cache_check"]) == (3, {"result": "skipped"})
     assert coordinator_rows(lab)["announcements"] == 3
+
+    # the same cache read as the directory Nix wrote (file://), as CI that uploads to a mount
+    from_disk = await lab.fleetctl(
+        "push", v1, "--to", "kiosk-1", "--cache", f"file://{nix_cache.directory}",
+        "--trusted-public-key", trusted, "--json",
+    )  # fmt: skip
+    assert from_disk.code == 0, from_disk
+    assert json.loads(from_disk.out)["cache_check"]["result"] == "passed"
