@@ -87,7 +87,10 @@ async def run_fleet(lab: FleetLab, paths: list[str], *, once: bool) -> None:
     await lab.launch(*agents, tags=(TAG,))
     for path in paths:
         say(f"pushing {path.rpartition('-')[2]}")
-        await show(lab, "push", path, "--to", f"tag:{TAG}", "--wait", "--timeout", "120")
+        await show(
+            lab, "push", path, "--to", f"tag:{TAG}", "--wait", "--timeout", "120",
+            "--cache", lab.substituter, "--trusted-public-key", lab.trusted_key,
+        )  # fmt: skip
         await show(lab, "status")
     if once:
         return

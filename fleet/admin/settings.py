@@ -4,6 +4,10 @@ Precedence is flag > environment (FLEET_COORDINATOR, FLEET_KEY, FLEET_CERT, FLEE
 config file
 (`--config FILE`, else `$XDG_CONFIG_HOME/fleet/fleetctl.toml` or ~/.config/fleet/fleetctl.toml
 when it exists). Pure: the caller passes the environment and the home directory in.
+
+The binary caches and Nix keys `push` checks a closure against are spelled as in the agent's
+TOML (`substituter`, `trusted-public-key` or `trusted_public_key`), so the lines can be
+copied from a device's configuration.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 from fleet.admin.errors import SettingsError
 from fleet.config import ConfigError, load_toml
 from fleet.mesh.peer_addr import InvalidPeerAddr, PeerAddr
+from fleet.nix.narinfo import NarInfoError, PublicKey, parse_public_key
 from fleet.relay.url import InvalidRelayUrl, RelayUrl
 
 ENV_COORDINATOR = "FLEET_COORDINATOR"
@@ -23,7 +28,11 @@ ENV_KEY = "FLEET_KEY"
 ENV_CERT = "FLEET_CERT"
 ENV_RELAY = "FLEET_RELAY"  # several relays: separated by commas or whitespace
 DEFAULT_TIMEOUT = 10.0
-FILE_KEYS = ("coordinator", "key", "cert", "relay", "timeout")
+FILE_KEYS = (
+    "coordinator", "key", "cert", "relay", "timeout", "substituter", "trusted-public-key",
+)  # fmt: skip
+_FILE_ALIASES = {"trusted_public_key": "trusted-public-key"}  # the agent accepts both
+_LISTS = ("relay", "substituter", "trusted-public-key")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,17 +62,21 @@ def _file_values(path: Path) -> dict[str, Any]:
         raise SettingsError(str(exc)) from exc
     values: dict[str, Any] = {}
     for key, value in raw.items():
-        if key not in FILE_KEYS:
+        name = _FILE_ALIASES.get(key, key)
+        if name not in FILE_KEYS:
             raise SettingsError(f"{path}: unknown setting {key!r}; known: {', '.join(FILE_KEYS)}")
-        values[key] = value
-    if "relay" in values and isinstance(values["relay"], str):
-        values["relay"] = [values["relay"]]
+        if name in values:
+            raise SettingsError(f"{path}: {name} is set twice")
+        values[name] = value
     for key in ("coordinator", "key", "cert"):
         if key in values and not isinstance(values[key], str):
             raise SettingsError(f"{path}: {key} must be a string")
-    relays = values.get("relay", [])
-    if not isinstance(relays, list) or not all(isinstance(r, str) for r in relays):
-        raise SettingsError(f"{path}: relay must be a string or a list of strings")
+    for key in _LISTS:
+        if isinstance(values.get(key), str):
+            values[key] = [values[key]]
+        items = values.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(r, str) for r in items):
+            raise SettingsError(f"{path}: {key} must be a string or a list of strings")
     timeout = values.get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)):
         raise SettingsError(f"{path}: timeout must be a number of seconds")
@@ -156,4 +169,37 @@ def resolve_settings(
         relays=relay_urls,
         timeout=final_timeout,
         cert=credentials.cert,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """Where `push` checks that the closure is, and whose Nix signatures count."""
+
+    caches: tuple[str, ...]  # empty: nothing configured (push warns and does not check)
+    trusted_public_keys: tuple[PublicKey, ...]
+    source: str = ""  # the config file consulted, for messages
+
+
+def resolve_cache_settings(
+    *,
+    caches: Sequence[str],
+    trusted_public_keys: Sequence[str],
+    config_file: str | None,
+    env: Mapping[str, str],
+    home: Path,
+) -> CacheSettings:
+    """Flags (`--cache`, `--trusted-public-key`) over the file's `substituter` and
+    `trusted-public-key`; every key must parse."""
+    file_values, source = _file_of(config_file, env, home)
+    cache_texts = list(caches) or list(file_values.get("substituter", []))
+    key_texts = list(trusted_public_keys) or list(file_values.get("trusted-public-key", []))
+    keys = []
+    for text in key_texts:
+        try:
+            keys.append(parse_public_key(text))
+        except NarInfoError as exc:
+            raise SettingsError(f"trusted-public-key: {exc}") from exc
+    return CacheSettings(
+        tuple(dict.fromkeys(cache_texts)), tuple(dict.fromkeys(keys)), source=source
     )

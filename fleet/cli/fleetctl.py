@@ -32,6 +32,14 @@ from fleet.admin.auditing import (
     table,
     verify,
 )
+from fleet.admin.cache_check import (
+    SKIP_HINT,
+    CacheCheckFailed,
+    CacheUnavailable,
+    CheckReport,
+    check_closure,
+)
+from fleet.admin.cache_reader import CacheReader
 from fleet.admin.client import AdminClient
 from fleet.admin.duration import parse_duration
 from fleet.admin.errors import (
@@ -43,7 +51,15 @@ from fleet.admin.errors import (
     unwrap_group,
 )
 from fleet.admin.push import PushPlan, push, wait_for_devices
-from fleet.admin.settings import Credentials, Settings, resolve_credentials, resolve_settings
+from fleet.admin.settings import (
+    CacheSettings,
+    Credentials,
+    Settings,
+    resolve_cache_settings,
+    resolve_credentials,
+    resolve_settings,
+)
+from fleet.admin.store_path import resolve_system_path
 from fleet.admin.targets import find_device, is_short_id, resolve_targets
 from fleet.admin.tracking import PushTracker
 from fleet.admin.views import (
@@ -77,7 +93,6 @@ from fleet.cli.common import load_key_or_fail, parse_node_id_or_fail
 from fleet.identity import Identity, InvalidNodeId, KeyFileError, NodeId, write_new_key
 from fleet.log import setup_logging
 from fleet.nix.errors import InvalidStorePath
-from fleet.nix.store import check_store_path
 from fleet.protocol.messages import Action, DeviceInfo, StatusSnapshot
 
 T = TypeVar("T")
@@ -450,11 +465,25 @@ def _valid_for(_ctx: click.Context, _param: click.Parameter, value: str) -> floa
     help="What switch-to-configuration does on the device.",
 )
 @click.option(
+    "--cache",
     "--substituter",
-    "substituters",
+    "caches",
     multiple=True,
     metavar="URL",
-    help="Binary cache hint (devices fetch only from caches they trust); repeatable.",
+    help="Binary cache the devices fetch from (setting `substituter`): the closure is "
+    "checked there before signing, and the URL is sent as a hint; repeatable.",
+)
+@click.option(
+    "--trusted-public-key",
+    "trusted_public_keys",
+    multiple=True,
+    metavar="NAME:BASE64",
+    help="Nix signing key the devices trust (setting `trusted-public-key`); repeatable.",
+)
+@click.option(
+    "--no-cache-check",
+    is_flag=True,
+    help="Push without checking that the caches have the closure, signed.",
 )
 @click.option(
     "--valid-for",
@@ -479,19 +508,38 @@ def push_command(
     store_path: str,
     targets: tuple[str, ...],
     action: str,
-    substituters: tuple[str, ...],
+    caches: tuple[str, ...],
+    trusted_public_keys: tuple[str, ...],
+    no_cache_check: bool,
     valid_for: float,
     wait: bool,
     wait_timeout: float,
     as_json: bool,
 ) -> None:
-    """Announce that the TARGETs should run the system STORE_PATH."""
+    """Announce that the TARGETs should run the system STORE_PATH (or ./result).
+
+    Unless --no-cache-check, the whole closure must first be in one of the caches, signed
+    by a trusted key: otherwise nothing is numbered, signed or sent.
+    """
     try:
-        check_store_path(store_path)
+        store_path = resolve_system_path(store_path)
     except InvalidStorePath as exc:
-        raise click.BadParameter(str(exc), param_hint="STORE_PATH") from exc
+        _fail(str(exc), 2)
     if wait_timeout <= 0:
         raise click.BadParameter("must be positive", param_hint="--timeout")
+    options = ctx.find_object(GlobalOptions)
+    assert options is not None
+    try:
+        cache = resolve_cache_settings(
+            caches=caches,
+            trusted_public_keys=trusted_public_keys,
+            config_file=options.config_file,
+            env=os.environ,
+            home=Path.home(),
+        )
+    except AdminError as exc:
+        raise click.ClickException(str(exc)) from exc
+    cache_check = _check_cache(store_path, cache, _settings(options), no_cache_check, as_json)
 
     def emit(line: str) -> None:
         if not as_json:
@@ -503,7 +551,7 @@ def push_command(
             store_path=store_path,
             devices=resolve_targets(targets, known),
             targets=targets,
-            substituters=substituters,
+            substituters=cache.caches,
             action=Action(action),
             valid_for=valid_for,
         )
@@ -523,7 +571,11 @@ def push_command(
 
     sequence, device_ids, tracker = _run(ctx, work)
     if as_json:
-        document: dict[str, Any] = {"sequence": sequence, "devices": list(device_ids)}
+        document: dict[str, Any] = {
+            "sequence": sequence,
+            "devices": list(device_ids),
+            "cache_check": cache_check,
+        }
         if tracker is not None:
             document["ok"] = tracker.succeeded
             document["results"] = [
@@ -550,6 +602,55 @@ def push_command(
         + "\n".join(lines),
         EXIT_NOT_APPLIED,
     )
+
+
+def _check_cache(
+    store_path: str, cache: CacheSettings, settings: Settings, skip: bool, as_json: bool
+) -> dict[str, Any]:
+    """The cache check before signing (exit 1 when it fails); its result for --json."""
+    if skip:
+        click.echo(
+            f"notice: --no-cache-check: not checking that the devices can fetch {store_path}",
+            err=True,
+        )
+        return {"result": "skipped"}
+    if not cache.caches:
+        click.echo(
+            "warning: no binary cache configured (--cache URL --trusted-public-key KEY, or "
+            f"substituter and trusted-public-key in fleetctl.toml): not checking that the "
+            f"devices can fetch {store_path}",
+            err=True,
+        )
+        return {"result": "not-configured"}
+    if not cache.trusted_public_keys:
+        _fail(
+            "checking the binary cache needs the Nix keys the devices trust: give "
+            "--trusted-public-key NAME:BASE64 or set trusted-public-key in "
+            f"{cache.source} (or --no-cache-check)",
+            1,
+        )
+
+    async def check() -> CheckReport:
+        async with CacheReader(timeout=settings.timeout) as reader:
+            return await check_closure(store_path, cache.caches, cache.trusted_public_keys, reader)
+
+    try:
+        report = asyncio.run(check())
+    except KeyboardInterrupt:
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except CacheUnavailable as exc:
+        hint = "" if SKIP_HINT in str(exc) else f" ({SKIP_HINT})"
+        _fail(f"{exc}; nothing was pushed{hint}", 1)
+    except CacheCheckFailed as exc:
+        _fail(f"{exc}; nothing was pushed", 1)
+    if not as_json:
+        click.echo(report.summary())
+    return {
+        "result": "passed",
+        "paths": report.paths,
+        "caches": list(report.caches),
+        "signed_by": list(report.signers),
+    }
 
 
 # ---------------------------------------------------------------- status

@@ -131,7 +131,11 @@ async def test_push_prints_the_sequence_and_sends_a_signed_announcement(fleet: F
     )
     assert code == 0, err
     kiosks = [fleet.id_of("kiosk-1"), fleet.id_of("kiosk-2")]
-    assert json.loads(out) == {"sequence": 5, "devices": [str(k) for k in kiosks]}
+    assert json.loads(out) == {
+        "sequence": 5,
+        "devices": [str(k) for k in kiosks],
+        "cache_check": {"result": "not-configured"},
+    }
     # the stand-in verified the envelope's Tag.ANNOUNCEMENT signature when it took the push
     [(signer, announcement)] = fleet.standin.pushes
     assert signer == fleet.admin.node_id

@@ -232,12 +232,12 @@ def test_push_json_prints_sequence_and_devices_and_signs_the_announcement(h: Har
     h.standin.next_sequence = 12
     result = h.run(
         "push", STORE, "--to", "tag:kiosk", "--to", "router", "--action", "boot",
-        "--substituter", "http://cache", "--valid-for", "2h", "--json",
+        "--substituter", "http://cache", "--valid-for", "2h", "--json", "--no-cache-check",
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
     ids = [h.id_of("kiosk-1"), h.id_of("kiosk-2"), h.id_of("router")]
-    assert doc == {"sequence": 12, "devices": ids}
+    assert doc == {"sequence": 12, "devices": ids, "cache_check": {"result": "skipped"}}
     push = h.standin.received[-1]
     assert isinstance(push, PushRequest)
     signer, announcement = verify_envelope(push.announcement, Tag.ANNOUNCEMENT, Announcement)
@@ -246,6 +246,7 @@ def test_push_json_prints_sequence_and_devices_and_signs_the_announcement(h: Har
     assert [str(d) for d in announcement.devices] == ids
     assert announcement.action is Action.BOOT
     assert announcement.valid_until - announcement.issued_at == 7200
+    assert announcement.substituters == ("http://cache",)
 
 
 def test_push_text_names_the_sequence_and_devices(h: Harness) -> None:
@@ -270,10 +271,10 @@ def test_push_to_an_empty_tag_is_an_error(h: Harness) -> None:
 
 def test_push_refusal_shows_the_coordinators_code_and_message(h: Harness) -> None:
     h.standin.refuse = ErrorReply(code="unauthorized", message="not an admin of this fleet")
-    result = h.run("push", STORE, "--to", "router")
+    result = h.run("push", STORE, "--to", "router", "--no-cache-check")
     assert result.exit_code == 1
-    assert result.stderr == (
-        "Error: coordinator refused (unauthorized): not an admin of this fleet\n"
+    assert result.stderr.splitlines()[-1] == (
+        "Error: coordinator refused (unauthorized): not an admin of this fleet"
     )
 
 

@@ -9,8 +9,10 @@ import pytest
 from fleet.admin.errors import SettingsError
 from fleet.admin.settings import (
     DEFAULT_TIMEOUT,
+    CacheSettings,
     Settings,
     default_config_path,
+    resolve_cache_settings,
     resolve_settings,
 )
 from fleet.identity import Identity
@@ -146,3 +148,61 @@ def test_bad_values_name_the_setting(tmp_path: Path) -> None:
         _resolve(tmp_path, coordinator=str(C_FLAG), key="k", relays=("http://x",))
     with pytest.raises(SettingsError, match="no such configuration file"):
         _resolve(tmp_path, config_file=str(tmp_path / "missing.toml"))
+
+
+# ---------------------------------------------------------------- push's cache check settings
+
+CACHE_KEY = "cache.example.org-1:" + "A" * 43 + "="
+
+
+def _caches(
+    tmp_path: Path, text: str, *, caches: tuple[str, ...] = (), keys: tuple[str, ...] = ()
+) -> CacheSettings:
+    config = tmp_path / "fleetctl.toml"
+    config.write_text(text)
+    return resolve_cache_settings(
+        caches=caches,
+        trusted_public_keys=keys,
+        config_file=str(config),
+        env={},
+        home=tmp_path / "home",
+    )
+
+
+def test_cache_settings_use_the_agents_names_as_strings_or_lists(tmp_path: Path) -> None:
+    for text in (
+        f'substituter = "https://c"\ntrusted-public-key = "{CACHE_KEY}"\n',
+        f'substituter = ["https://c"]\ntrusted_public_key = ["{CACHE_KEY}"]\n',
+    ):
+        got = _caches(tmp_path, text)
+        assert got.caches == ("https://c",)
+        assert [str(k) for k in got.trusted_public_keys] == [CACHE_KEY]
+
+
+def test_cache_flags_replace_the_files_lists(tmp_path: Path) -> None:
+    other = "other-1:" + "B" * 42 + "A="
+    got = _caches(
+        tmp_path,
+        f'substituter = ["https://file"]\ntrusted-public-key = ["{CACHE_KEY}"]\n',
+        caches=("https://flag", "https://flag"),
+        keys=(other,),
+    )
+    assert got.caches == ("https://flag",)
+    assert [str(k) for k in got.trusted_public_keys] == [other]
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("substituter = 3\n", "substituter must be a string or a list of strings"),
+        ('trusted-public-key = "nope"\n', "not a Nix public key"),
+        (
+            f'trusted-public-key = "{CACHE_KEY}"\ntrusted_public_key = "{CACHE_KEY}"\n',
+            "trusted-public-key is set twice",
+        ),
+        ('substituters = ["https://c"]\n', "unknown setting 'substituters'"),
+    ],
+)
+def test_bad_cache_settings_name_the_setting(tmp_path: Path, text: str, match: str) -> None:
+    with pytest.raises(SettingsError, match=match):
+        _caches(tmp_path, text)
