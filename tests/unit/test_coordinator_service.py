@@ -85,6 +85,7 @@ def hello(last_sequence: int = 0) -> Hello:
         last_sequence=last_sequence,
         state=AgentState.IDLE,
         state_since=NOW - 100,
+        tags=(),
     )
 
 
@@ -419,10 +420,14 @@ async def test_status_snapshot_and_live_updates(h: Harness) -> None:
         SystemState(store_path=V2, generation=2),
     )
 
-    await h.service.agent_message(session, AnnouncementRejected(sequence=1, reason="replayed"))
+    await h.service.agent_message(
+        session, AnnouncementRejected(sequence=1, code="replay", reason="replayed")
+    )
     rejected = await watcher.next(timeout=1)
-    assert rejected.error is not None
-    assert "replayed" in rejected.error
+    assert rejected.rejection is not None
+    assert (rejected.rejection.sequence, rejected.rejection.code) == (1, "replay")
+    assert rejected.rejection.reason == "replayed"
+    assert rejected.error is None  # the agent's own error field is left alone
 
     await h.service.agent_gone(session)
     offline = await watcher.next(timeout=1)
@@ -432,7 +437,8 @@ async def test_status_snapshot_and_live_updates(h: Harness) -> None:
     snap = (await h.request(StatusRequest(watch=False))).reply
     assert isinstance(snap, StatusSnapshot)
     assert snap.devices[0].state is AgentState.APPLIED
-    assert "replayed" in (snap.devices[0].error or "")
+    assert snap.devices[0].rejection is not None
+    assert snap.devices[0].rejection.reason == "replayed"
 
 
 async def test_slow_watcher_is_cut_off_not_waited_for(h: Harness) -> None:
