@@ -28,8 +28,8 @@ from fleet.protocol.messages import (
     StatusReport,
     StatusUpdate,
 )
-from fleet.wire import UnexpectedMessageType, read_frame, write_frame
 from fleet.protocol.stream import MESSAGE_CAP, recv_message, send_message
+from fleet.wire import UnexpectedMessageType, read_frame, write_frame
 
 log = get_logger(__name__)
 

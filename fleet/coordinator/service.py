@@ -832,9 +832,13 @@ class CoordinatorService:
     ) -> DeviceStatus:
         session = self.sessions.get(device.node_id)
         live = session if session is not None and session.phase is not Phase.GONE else None
-        if rejection is not None and report is not None and report.sequence is not None:
-            if report.sequence > rejection.sequence:
-                rejection = None  # the device has worked on a newer push since
+        if (
+            rejection is not None
+            and report is not None
+            and report.sequence is not None
+            and report.sequence > rejection.sequence
+        ):
+            rejection = None  # the device has worked on a newer push since
         return DeviceStatus(
             node_id=device.node_id,
             name=device.name,
