@@ -96,11 +96,15 @@ class InPlace:
         self._out = out
         self._size = size
         self._drawn = 0  # rows of the block on screen, the cursor just below it
+        self._last: list[str] | None = None
 
     def draw(self, lines: Sequence[str]) -> None:
         columns, rows = self._size()
         # One row is kept free: the cursor waits below the block.
         shown = fit(lines, columns, rows - 1)
+        if shown == self._last:
+            return  # nothing changed on screen
+        self._last = shown
         parts = [cursor_up(self._drawn)] if self._drawn else []
         parts.extend(f"{CLEAR_LINE}{line}\n" for line in shown)
         parts.append(CLEAR_BELOW)  # the rest of a previous, taller block
