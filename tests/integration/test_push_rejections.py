@@ -9,21 +9,11 @@ device that the registry tags `lab` (so the coordinator accepts the push) while 
 
 from __future__ import annotations
 
-import asyncio
-import errno
-import fcntl
 import json
-import os
-import pty
-import select
-import struct
-import subprocess
-import termios
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pyte
 import pytest
 
 from fleet.identity import write_new_key
@@ -31,10 +21,10 @@ from tests.conftest import NixCache, Systems
 from tests.fleetlab import FleetLab
 from tests.integration.test_update_chain import pushed_sequence
 from tests.nixlab import Builder
+from tests.terminal import Terminal
 
 pytestmark = pytest.mark.nix
 
-COLUMNS, ROWS = 160, 40
 QUICK = 30.0  # "within a few seconds", with room for a loaded two-core machine
 
 
@@ -59,45 +49,6 @@ async def scoped_key(lab: FleetLab) -> tuple[Path, Path]:
     )
     assert grant.code == 0, grant
     return key, chain
-
-
-def run_on_a_terminal(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, bytes]:
-    """Run `argv` with stdin, stdout and stderr on a new pty of COLUMNS x ROWS; (exit, output)."""
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLUMNS, 0, 0))
-    env = {k: v for k, v in env.items() if k not in ("COLUMNS", "LINES")}
-    proc = subprocess.Popen(
-        argv, stdin=follower, stdout=follower, stderr=follower, env=env, start_new_session=True
-    )
-    os.close(follower)
-    output = bytearray()
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            ready, _, _ = select.select([leader], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                raise TimeoutError(f"no end of output within {timeout} s: {bytes(output)!r}")
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError as exc:  # EIO: every process holding the terminal has exited
-                if exc.errno != errno.EIO:
-                    raise
-                break
-            if not chunk:
-                break
-            output += chunk
-        return proc.wait(timeout=timeout), bytes(output)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(leader)
-
-
-def screen_of(output: bytes) -> list[str]:
-    screen = pyte.Screen(COLUMNS, ROWS)
-    pyte.ByteStream(screen).feed(output)
-    return [line.rstrip() for line in screen.display]
 
 
 async def test_a_refused_push_is_reported_at_once_with_its_reason(
@@ -128,9 +79,10 @@ async def test_a_refused_push_is_reported_at_once_with_its_reason(
         key=key,
     )  # fmt: skip
     started = time.monotonic()
-    code, output = await asyncio.to_thread(run_on_a_terminal, argv, lab.env, 80)
+    terminal = Terminal(argv, lab.env)
+    code = await terminal.finish(80)
     elapsed = time.monotonic() - started
-    shown = screen_of(output)
+    output, shown = bytes(terminal.output), terminal.screen()
     text = "\n".join(shown)
     assert code == 3, text
     assert elapsed < QUICK + 60, elapsed  # kiosk-2 really downloads and switches meanwhile
