@@ -67,6 +67,7 @@ from fleet.protocol.messages import (
     DesiredSystem,
     DeviceAdd,
     DeviceApprove,
+    DeviceInfo,
     DeviceList,
     DeviceListReply,
     DeviceRemove,
@@ -296,7 +297,7 @@ class CoordinatorService:
                 if Permission.READ not in authority.actions:
                     self._require(authority, Permission.PUSH, signer=str(opened.signer))
                     devices = [d for d in devices if authority.scope.contains(d.node_id, d.tags)]
-                return AdminResult(DeviceListReply(devices=tuple(d.info() for d in devices)))
+                return AdminResult(DeviceListReply(devices=tuple(self._info(d) for d in devices)))
             assert isinstance(body, StatusRequest)
             watcher = None
             if body.watch:
@@ -822,6 +823,14 @@ class CoordinatorService:
         return self._row(
             device, report, latest.desired() if latest is not None else None, rejection
         )
+
+    def _info(self, device: DeviceRecord) -> DeviceInfo:
+        """A registry entry, with the time of the last message of a connected device."""
+        info = device.info()
+        session = self.sessions.get(device.node_id)
+        if session is None or session.phase is Phase.GONE:
+            return info
+        return dataclasses.replace(info, last_seen=session.last_seen)
 
     def _row(
         self,

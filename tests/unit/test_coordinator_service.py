@@ -616,6 +616,9 @@ async def test_a_fresh_device_has_no_state_since_and_last_seen_is_its_last_messa
     stored = await h.service.db.fetchone("SELECT last_seen FROM devices")
     assert stored is not None
     assert stored["last_seen"] == NOW + 50  # persisted with the state change, not per message
+    listed = (await h.request(DeviceList())).reply
+    assert isinstance(listed, DeviceListReply)
+    assert listed.devices[0].last_seen == NOW + 100  # `devices list` agrees with `status`
     h.clock.now += 10
     await h.service.agent_gone(session)
     assert (await _row(h)).last_seen == NOW + 110
