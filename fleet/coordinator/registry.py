@@ -66,6 +66,7 @@ class LastReport:
     error: str | None
     exit_code: int | None
     log_tail: str | None
+    reported_at: float  # when the coordinator learned of this state (not of a repeat)
 
 
 def _device(row: Row) -> DeviceRecord:
@@ -90,6 +91,7 @@ def _report(row: Row) -> LastReport:
         error=row["error"],
         exit_code=row["exit_code"],
         log_tail=row["log_tail"],
+        reported_at=float(row["reported_at"]),
     )
 
 
@@ -272,7 +274,8 @@ async def save_hello(tx: Transaction, node: NodeId, hello: Hello | HelloV1, now:
         " state = excluded.state, state_since = excluded.state_since,"
         " sequence = coalesce(sequence, excluded.sequence),"
         " current_path = excluded.current_path, current_generation = excluded.current_generation,"
-        " reported_at = excluded.reported_at",
+        " reported_at = CASE WHEN state = excluded.state AND state_since = excluded.state_since"
+        "   THEN reported_at ELSE excluded.reported_at END",
         (
             str(node),
             hello.state.value,

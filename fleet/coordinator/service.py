@@ -846,6 +846,7 @@ class CoordinatorService:
             and report is not None
             and report.sequence is not None
             and report.sequence > rejection.sequence
+            and report.reported_at >= rejection.time
         ):
             rejection = None  # the device has worked on a newer push since
         return DeviceStatus(

@@ -294,8 +294,9 @@ class DeviceStatus(Message):
     desired: DesiredSystem | None
     progress: Progress | None
     error: str | None
-    # The device's latest rejection, if no state it reported since refers to that push or a
-    # newer one (an old refusal superseded by later work is not shown).
+    # The device's latest rejection, unless the device reported work on a newer push after it
+    # (an old refusal superseded by later work is not shown; a refused replay of an older
+    # announcement is).
     rejection: Rejection | None
 
 

@@ -546,8 +546,25 @@ async def test_a_rejection_is_no_longer_shown_once_the_device_did_newer_work(h: 
         session, AnnouncementRejected(sequence=1, code="expired", reason="too late")
     )
     assert (await _row(h)).rejection is not None
+    h.clock.now += 5
     await h.service.agent_message(session, report(AgentState.APPLIED, 2))
     assert (await _row(h)).rejection is None
+
+
+async def test_a_refused_replay_of_an_older_push_stays_visible(h: Harness) -> None:
+    node = await h.add_device("web1")
+    _, session = await h.connect(node)
+    await h.service.agent_message(session, report(AgentState.APPLIED, 2))
+    h.clock.now += 5
+    replay = AnnouncementRejected(sequence=1, code="replay", reason="not newer than 2")
+    await h.service.agent_message(session, replay)
+    h.clock.now += 5
+    await h.restart()  # a reconnect's Hello repeats the state: not newer work
+    again = dataclasses.replace(hello(2), state=AgentState.APPLIED, state_since=NOW)
+    assert await h.service.agent_hello(FakeLink(node), again) is not None
+    row = await _row(h)
+    assert row.rejection is not None
+    assert row.rejection.code == "replay"
 
 
 async def test_a_version_1_agent_is_still_served(h: Harness) -> None:
