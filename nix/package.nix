@@ -83,6 +83,7 @@ python.pkgs.buildPythonApplication {
     pytest-asyncio
     pytest-timeout
     hypothesis
+    pyte # tests/unit/test_fleetctl_live.py replays the live views on a terminal emulator
   ];
 
   # The unit tests only: the integration tests need real Nix, network namespaces and root,

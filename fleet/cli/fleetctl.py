@@ -2,8 +2,8 @@
 
 Exit codes: 0 success (also Ctrl-C ending `status --watch`); 1 an error (settings, key,
 unknown target, coordinator unreachable or refusing, with the reason on stderr); 2 a usage
-error; 3 `push --wait`: the push was accepted but not every device applied it (devices and
-reasons on stderr); 130 interrupted.
+error; 3 `push --wait`: the push was accepted but not every device applied it (failed, rolled
+back, rejected or timed out; devices and reasons on stderr); 130 interrupted.
 """
 
 from __future__ import annotations
