@@ -94,6 +94,7 @@ python.pkgs.buildPythonApplication {
     hypothesis
     # tests/unit/test_identity.py reads OpenSSH host keys made by ssh-keygen (mark `openssh`).
     openssh
+    pyte # tests/unit/test_fleetctl_live.py replays the live views on a terminal emulator
   ];
 
   # The unit tests only: the integration tests need real Nix, network namespaces and root,

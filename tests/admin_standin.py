@@ -35,6 +35,7 @@ from fleet.protocol.messages import (
     Progress,
     PushAccepted,
     PushRequest,
+    Rejection,
     StatusRequest,
     StatusSnapshot,
     StatusUpdate,
@@ -59,12 +60,15 @@ def device_status(
     desired: DesiredSystem | None = None,
     progress: Progress | None = None,
     error: str | None = None,
+    agent_tags: tuple[str, ...] | None = None,
+    rejection: Rejection | None = None,
     now: float = 1_700_000_000.0,
 ) -> DeviceStatus:
     return DeviceStatus(
         node_id=node_id,
         name=name,
         tags=tags,
+        agent_tags=agent_tags,
         approved=name is not None,
         online=online,
         path="direct" if online else None,
@@ -76,6 +80,7 @@ def device_status(
         desired=desired,
         progress=progress,
         error=error,
+        rejection=rejection,
     )
 
 

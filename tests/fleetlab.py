@@ -362,11 +362,13 @@ class FleetLab:
         relay_only: bool = False,
         trusted_key: str | None = None,
         host: Host = LOCAL,
+        tags: Sequence[str] = (TAG,),
     ) -> Agent:
         """A device (not started) running on `host`. `relay_only`: it gets the coordinator's
         node id but no address, and its UDP socket is IPv6 (::1) while the coordinator's is
         IPv4, so no direct path exists: the relay is its only way, as for a device behind a
-        hostile NAT (in the NAT lab, put it behind a real one instead)."""
+        hostile NAT (in the NAT lab, put it behind a real one instead). `tags`: the agent's own
+        `--tag`s (what its scope checks use), by default the tag `register` gives it."""
         home = self.root / "agents" / name
         env = NixEnv.hermetic(home / "nix-env")
         store = NixStore.chroot(home / "store", env)
@@ -379,7 +381,7 @@ class FleetLab:
             "--relay", self.relay_url, "--state-dir", str(home / "state"),
             "--trust-root", str(self.admin_id), "--substituter", self.substituter,
             "--trusted-public-key", trusted_key or self.trusted_key,
-            "--nix-store", str(store.root),
+            "--nix-store", str(store.root), *(a for t in tags for a in ("--tag", t)),
         ]  # fmt: skip
         switch_log = home / "switch.log"
         extra = {SWITCH_LOG_VAR: str(switch_log), **env.environ()}

@@ -82,8 +82,13 @@ async def wait_for_devices(
     *,
     timeout: float,
     emit: Callable[[str], None],
+    changed: Callable[[], None] | None = None,
 ) -> None:
-    """Follow the status stream until every device is done or `timeout` passes (then expire)."""
+    """Follow the status stream until every device is done or `timeout` passes (then expire).
+
+    `emit` gets each line worth printing; `changed` (for a live view) is called after every
+    message from the coordinator, and once more at the end.
+    """
     try:
         async with asyncio.timeout(timeout):
             async with contextlib.aclosing(client.watch()) as stream:
@@ -98,5 +103,10 @@ async def wait_for_devices(
                             emit(line)
                     if tracker.finished:
                         return
+                    if changed is not None:
+                        changed()
     except TimeoutError:
         tracker.expire()
+    finally:
+        if changed is not None:
+            changed()

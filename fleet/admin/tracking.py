@@ -1,9 +1,11 @@
 """Following one push through the devices' status until each one is done (`push --wait`).
 
 A sans-IO machine: feed it every DeviceStatus from the status stream; it says what changed
-(lines for people) and, per device, whether the push is applied, failed or still under way.
-A device's state counts for this push only when its `sequence` is this push's or newer: the
-"applied" a device still shows from the previous push must not end the wait.
+(lines for people) and, per device, whether the push is applied, failed, rejected or still
+under way. A device's state counts for this push only when its `sequence` is this push's or
+newer: the "applied" a device still shows from the previous push must not end the wait. A
+rejection of this very push (the agent refused the announcement: scope, expiry, replay...) is
+final at once: the device will never apply it, so there is nothing to wait for.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from fleet.admin.views import progress_text
+from fleet.admin.views import progress_text, tags_mismatch
 from fleet.identity import NodeId
 from fleet.protocol.messages import AgentState, DeviceStatus
 
@@ -22,6 +24,7 @@ class Outcome(enum.StrEnum):
     APPLIED = "applied"
     FAILED = "failed"
     ROLLED_BACK = "rolled-back"
+    REJECTED = "rejected"
     TIMED_OUT = "timed-out"
 
 
@@ -64,7 +67,12 @@ class PushTracker:
             return []
         track.status = status
         ours = status.sequence is not None and status.sequence >= self.sequence
-        if ours and status.state in _FINAL:
+        rejection = status.rejection
+        if rejection is not None and rejection.sequence == self.sequence:
+            ours = True
+            track.outcome = Outcome.REJECTED
+            track.reason = rejection.reason + _tags_hint(status)
+        elif ours and status.state in _FINAL:
             track.outcome = _FINAL[status.state]
             if track.outcome is not Outcome.APPLIED:
                 track.reason = status.error or "no reason given"
@@ -80,6 +88,21 @@ class PushTracker:
             if track.outcome is Outcome.PENDING:
                 track.outcome = Outcome.TIMED_OUT
                 track.reason = self._why_pending(track.status)
+
+    def counts(self) -> dict[Outcome, int]:
+        """How many devices have each outcome (every outcome present, zeros included)."""
+        found = dict.fromkeys(Outcome, 0)
+        for track in self.tracks.values():
+            found[track.outcome] += 1
+        return found
+
+    def state_text(self, track: DeviceTrack) -> str:
+        """What a device is doing about this push now, for a live view (no rate limit)."""
+        status = track.status
+        if status is None:
+            return "no status yet"
+        ours = status.sequence is not None and status.sequence >= self.sequence
+        return self._describe(track, status, ours, exact=True)[1]
 
     def failures(self) -> list[DeviceTrack]:
         return [t for t in self.tracks.values() if t.outcome is not Outcome.APPLIED]
@@ -101,17 +124,19 @@ class PushTracker:
         return f"still {status.state}" + (f" ({status.error})" if status.error else "")
 
     def _describe(
-        self, track: DeviceTrack, status: DeviceStatus, ours: bool
+        self, track: DeviceTrack, status: DeviceStatus, ours: bool, *, exact: bool = False
     ) -> tuple[tuple[object, ...], str]:
-        if not status.online and not ours:
-            return ("offline",), f"{track.label}: offline; it gets the push when it connects"
-        if not ours:
-            return ("waiting",), f"{track.label}: waiting for the device to start"
+        """(what changed, for deduplication; the text). Progress moves in tenths unless exact."""
         if track.outcome is not Outcome.PENDING:
             reason = track.reason
-            return (track.outcome,), f"{track.label}: {track.outcome}" + (
-                f": {reason}" if reason else ""
-            )
+            text = f"{track.outcome}" + (f": {reason}" if reason else "")
+            return (track.outcome,), text if exact else f"{track.label}: {text}"
+        if not status.online and not ours:
+            text = "offline; it gets the push when it connects"
+            return ("offline",), text if exact else f"{track.label}: {text}"
+        if not ours:
+            text = "waiting for the device to start"
+            return ("waiting",), text if exact else f"{track.label}: {text}"
         state = status.state
         if state is AgentState.DOWNLOADING and status.progress is not None:
             p = status.progress
@@ -121,6 +146,18 @@ class PushTracker:
                 else (p.paths_done / p.paths_total if p.paths_total else 0.0)
             )
             bucket = int(fraction * 10)  # a line per tenth, not per progress report
-            text = progress_text(p)
-            return (state, bucket), f"{track.label}: downloading" + (f" {text}" if text else "")
-        return (state,), f"{track.label}: {state}"
+            progress = progress_text(p)
+            text = "downloading" + (f" {progress}" if progress else "")
+            return (state, bucket), text if exact else f"{track.label}: {text}"
+        return (state,), f"{state}" if exact else f"{track.label}: {state}"
+
+
+def _tags_hint(status: DeviceStatus) -> str:
+    """Why a scope refusal is likely: the agent checks its own tags, not the registry's."""
+    if not tags_mismatch(status) or status.rejection is None:
+        return ""
+    if status.rejection.code != "scope":
+        return ""
+    agent = ",".join(status.agent_tags or ()) or "none"
+    registry = ",".join(status.tags) or "none"
+    return f" (the agent's own tags are {agent}, the registry's {registry})"

@@ -3,7 +3,8 @@
 JSON shape (the interface contract): timestamps are ISO 8601 strings in UTC with a `Z`
 suffix and millisecond precision (`2024-05-01T12:00:00.000Z`), or null when unknown.
 `current`, `desired` and `progress` are always objects (their fields null when unknown), so a
-script can read `.current.store_path` without first checking `.current`.
+script can read `.current.store_path` without first checking `.current`. `rejection` is null or
+an object (`sequence`, `code`, `reason`, `time`): the push the device refused, and why.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from fleet.protocol.messages import DeviceInfo, DeviceStatus, Progress
+from fleet.protocol.messages import DeviceInfo, DeviceStatus, Progress, Rejection
 
 JsonObject = dict[str, Any]
 
@@ -38,6 +39,22 @@ def progress_json(progress: Progress | None) -> JsonObject:
     }
 
 
+def tags_mismatch(status: DeviceStatus) -> bool:
+    """The agent reported tags other than the registry's (its scope checks use its own)."""
+    return status.agent_tags is not None and set(status.agent_tags) != set(status.tags)
+
+
+def rejection_json(rejection: Rejection | None) -> JsonObject | None:
+    if rejection is None:
+        return None
+    return {
+        "sequence": rejection.sequence,
+        "code": rejection.code,
+        "reason": rejection.reason,
+        "time": iso_utc(rejection.time),
+    }
+
+
 def status_json(status: DeviceStatus) -> JsonObject:
     """One device of `fleetctl status --json`."""
     current, desired = status.current, status.desired
@@ -45,6 +62,8 @@ def status_json(status: DeviceStatus) -> JsonObject:
         "name": status.name,
         "id": str(status.node_id),
         "tags": list(status.tags),
+        "agent_tags": None if status.agent_tags is None else list(status.agent_tags),
+        "tags_mismatch": tags_mismatch(status),
         "approved": status.approved,
         "online": status.online,
         "path": status.path if status.online else None,
@@ -63,6 +82,7 @@ def status_json(status: DeviceStatus) -> JsonObject:
         },
         "progress": progress_json(status.progress),
         "error": status.error,
+        "rejection": rejection_json(status.rejection),
     }
 
 
@@ -123,9 +143,13 @@ def progress_text(progress: Progress | None) -> str:
 
 
 def _state_cell(status: DeviceStatus, now: float) -> str:
+    if status.rejection is not None:
+        return f"rejected #{status.rejection.sequence} ({age(status.rejection.time, now)})"
     if status.state is None:
         return "-"
-    text = f"{status.state} ({age(status.state_since, now)})"
+    text = str(status.state)
+    if status.state_since is not None:
+        text += f" ({age(status.state_since, now)})"
     extra = progress_text(status.progress) if status.state == "downloading" else ""
     return f"{text} {extra}" if extra else text
 
@@ -134,6 +158,21 @@ def _link_cell(status: DeviceStatus, now: float) -> str:
     if status.online:
         return status.path or "online"
     return f"offline ({age(status.last_seen, now)})" if status.last_seen else "offline"
+
+
+def tags_cell(status: DeviceStatus) -> str:
+    """The registry's tags; with `(agent: ...!)` when the agent reported others."""
+    text = ",".join(status.tags) or "-"
+    if tags_mismatch(status):
+        assert status.agent_tags is not None
+        text += f" (agent: {','.join(status.agent_tags) or 'none'}!)"
+    return text
+
+
+def error_cell(status: DeviceStatus) -> str:
+    if status.rejection is not None:
+        return f"{status.rejection.code}: {status.rejection.reason}"
+    return status.error or ""
 
 
 def status_row(status: DeviceStatus, now: float) -> list[str]:
@@ -153,12 +192,12 @@ def status_row(status: DeviceStatus, now: float) -> list[str]:
     return [
         name,
         status.node_id.short(),
-        ",".join(status.tags) or "-",
+        tags_cell(status),
         _link_cell(status, now),
         _state_cell(status, now),
         current_cell,
         desired_cell,
-        status.error or "",
+        error_cell(status),
     ]
 
 

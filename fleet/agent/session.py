@@ -151,4 +151,8 @@ class CoordinatorSession:
         assert outbox is not None
         while True:
             message = await outbox.get()
-            await send_message(channel.writer, message, timeout=self.config.send_timeout)
+            try:
+                await send_message(channel.writer, message, timeout=self.config.send_timeout)
+            except BaseException:
+                outbox.requeue(message)  # a rejection must still reach the coordinator
+                raise

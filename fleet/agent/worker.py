@@ -48,9 +48,21 @@ class Outbox:
         self._ready.set()
 
     def resync(self) -> None:
-        """After (re)connecting: drop the backlog, send the current status first."""
+        """After (re)connecting: the current status first, then rejections not sent yet.
+
+        Old status reports are dropped (only the latest matters), but a rejection is the only
+        word the coordinator gets of a refused announcement, so it survives the reconnect.
+        """
+        kept = [m for m in self._queue if isinstance(m, AnnouncementRejected)]
         self._queue.clear()
         self.put(self.latest)
+        for message in kept:
+            self.put(message)
+
+    def requeue(self, message: Message) -> None:
+        """A message whose sending failed goes first again (kept by resync if it matters)."""
+        self._queue.appendleft(message)
+        self._ready.set()
 
     async def get(self) -> Message:
         while not self._queue:
@@ -102,6 +114,7 @@ class Agent:
             last_sequence=self.updater.procedure.applied_sequence,
             state=status.state,
             state_since=status.since,
+            tags=self.tags,
         )
 
     def floor(self) -> int:
@@ -127,7 +140,7 @@ class Agent:
             )
         except AnnouncementRefused as exc:
             log.warning("agent_announcement_refused", sequence=exc.sequence, reason=exc.reason)
-            return AnnouncementRejected(sequence=exc.sequence, reason=exc.reason)
+            return AnnouncementRejected(sequence=exc.sequence, code=exc.code, reason=exc.reason)
         if accepted.duplicate:
             log.info("agent_announcement_duplicate", sequence=accepted.announcement.sequence)
             assert self.outbox is not None

@@ -14,6 +14,7 @@ from fleet.agent.state import StateError
 from fleet.cli.common import load_key_or_fail, parse_node_id_or_fail
 from fleet.cli.relay import parse_host_port
 from fleet.config import ConfigError, merge_settings
+from fleet.identity import InvalidLabel, normalize_tags
 from fleet.log import setup_logging
 from fleet.mesh.peer_addr import InvalidPeerAddr, PeerAddr
 from fleet.nix import NixStore
@@ -99,7 +100,10 @@ def agent(config_file: str | None, **flags: Any) -> None:
         raise click.UsageError(
             "at least one --trust-root NODEID is required (whose certificates count)"
         )
-    tags = tuple(t.removeprefix("tag:") for t in _list(settings, "tag"))
+    try:  # the same spelling as `fleetctl devices add --tag`: kiosk or tag:kiosk
+        tags = normalize_tags(_list(settings, "tag"))
+    except InvalidLabel as exc:
+        raise click.BadParameter(str(exc), param_hint="tag") from exc
     substituters = tuple(_list(settings, "substituter"))
     keys = tuple(_list(settings, "trusted_public_key"))
     if not substituters or not keys:

@@ -3,8 +3,9 @@
 Exit codes (docs/fleetctl.md has the table): 0 success (also Ctrl-C ending `status
 --watch`); 1 an error (settings, key, unknown target, coordinator unreachable or refusing,
 with the reason on stderr); 2 a usage error; 3 `push --wait`: the push was accepted but not
-every device applied it (devices and reasons on stderr); 4 `grant`: the chain is valid and
-written, but the coordinator did not record the grant; 130 interrupted.
+every device applied it (failed, rolled back, rejected or timed out; devices and reasons on
+stderr); 4 `grant`: the chain is valid and written, but the coordinator did not record the
+grant; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from fleet.admin.errors import (
     TargetError,
     unwrap_group,
 )
+from fleet.admin.live import InPlace, push_lines, status_lines
 from fleet.admin.push import PushPlan, push, wait_for_devices
 from fleet.admin.settings import (
     CacheSettings,
@@ -102,7 +104,6 @@ EXIT_NOT_RECORDED = 4  # grant: chain written and valid, not in the coordinator'
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
 DEFAULT_WAIT = 600.0
 DEFAULT_GRANT = "30d"
-CLEAR_SCREEN = "\x1b[H\x1b[2J"
 
 
 @dataclass(frozen=True)
@@ -566,7 +567,18 @@ def push_command(
         if not wait:
             return accepted.sequence, tuple(str(n) for n in plan.devices), None
         tracker = PushTracker(accepted.sequence, plan.devices, names)
-        await wait_for_devices(client, tracker, timeout=wait_timeout, emit=emit)
+        if as_json or not sys.stdout.isatty():
+            await wait_for_devices(client, tracker, timeout=wait_timeout, emit=emit)
+        else:  # a terminal: one line per device, redrawn in place, and a summary line
+            view = InPlace(sys.stdout)
+            view.draw(push_lines(tracker))
+            await wait_for_devices(
+                client,
+                tracker,
+                timeout=wait_timeout,
+                emit=lambda _line: None,
+                changed=lambda: view.draw(push_lines(tracker)),
+            )
         return accepted.sequence, tuple(str(n) for n in plan.devices), tracker
 
     sequence, device_ids, tracker = _run(ctx, work)
@@ -681,6 +693,8 @@ def status_command(ctx: click.Context, as_json: bool, watch: bool) -> None:
 
 async def _watch(client: AdminClient, *, as_json: bool, tty: bool) -> None:
     board = StatusBoard()
+    # A terminal gets the table redrawn in place; anything else a table per change.
+    view = InPlace(sys.stdout) if tty and not as_json else None
     async with contextlib.aclosing(client.watch()) as stream:
         async for message in stream:
             if isinstance(message, StatusSnapshot):
@@ -696,12 +710,10 @@ async def _watch(client: AdminClient, *, as_json: bool, tty: bool) -> None:
             if as_json:
                 continue
             now = time.time()
-            text = status_table(board.rows(), now)
-            stamp = iso_utc(now)
-            if tty:
-                sys.stdout.write(f"{CLEAR_SCREEN}{text}\n\nupdated {stamp}; Ctrl-C to stop\n")
-            else:
-                sys.stdout.write(f"-- {stamp}\n{text}\n\n")
+            if view is not None:
+                view.draw(status_lines(board.rows(), now))
+                continue
+            sys.stdout.write(f"-- {iso_utc(now)}\n{status_table(board.rows(), now)}\n\n")
             sys.stdout.flush()
 
 

@@ -1,19 +1,24 @@
-"""The device registry (approved and pending devices) and each device's last reported status."""
+"""The device registry (approved and pending devices), each device's last reported status, the
+tags its agent reported, and the announcements it rejected."""
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fleet.coordinator.announcements import Reader
 from fleet.coordinator.database import Row, Transaction
-from fleet.identity import NodeId
-from fleet.protocol.messages import AgentState, DeviceInfo, Hello, StatusReport, SystemState
-
-# Names and tags appear on command lines and in `tag:NAME` targets: keep them plain.
-_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+from fleet.identity import InvalidLabel, NodeId, check_label, normalize_tags
+from fleet.protocol.messages import (
+    AgentState,
+    DeviceInfo,
+    Hello,
+    HelloV1,
+    Rejection,
+    StatusReport,
+    SystemState,
+)
 
 
 class RegistryError(Exception):
@@ -24,16 +29,6 @@ class RegistryError(Exception):
         self.code = code
 
 
-def check_label(text: str, what: str) -> str:
-    if not _LABEL.fullmatch(text):
-        raise RegistryError(
-            "invalid",
-            f"{what} {text[:70]!r} must be 1-63 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit",
-        )
-    return text
-
-
 @dataclass(frozen=True)
 class DeviceRecord:
     node_id: NodeId
@@ -42,6 +37,11 @@ class DeviceRecord:
     approved: bool
     first_seen: float | None
     last_seen: float | None
+    agent_tags: tuple[str, ...] | None = None  # reported by the agent (None: never)
+
+    @property
+    def tags_mismatch(self) -> bool:
+        return self.agent_tags is not None and set(self.agent_tags) != set(self.tags)
 
     def info(self) -> DeviceInfo:
         return DeviceInfo(
@@ -59,13 +59,14 @@ class LastReport:
     """What the device last told us (persisted; progress is not)."""
 
     state: AgentState
-    state_since: float
+    state_since: float | None  # None: the agent never changed state (reports `since` 0)
     sequence: int | None
     desired: str | None
     current: SystemState
     error: str | None
     exit_code: int | None
     log_tail: str | None
+    reported_at: float  # when the coordinator learned of this state (not of a repeat)
 
 
 def _device(row: Row) -> DeviceRecord:
@@ -76,19 +77,21 @@ def _device(row: Row) -> DeviceRecord:
         approved=bool(row["approved"]),
         first_seen=row["first_seen"],
         last_seen=row["last_seen"],
+        agent_tags=None if row["agent_tags"] is None else tuple(json.loads(row["agent_tags"])),
     )
 
 
 def _report(row: Row) -> LastReport:
     return LastReport(
         state=AgentState(row["state"]),
-        state_since=float(row["state_since"]),
+        state_since=float(row["state_since"]) if row["state_since"] > 0 else None,
         sequence=row["sequence"],
         desired=row["desired"],
         current=SystemState(store_path=row["current_path"], generation=row["current_generation"]),
         error=row["error"],
         exit_code=row["exit_code"],
         log_tail=row["log_tail"],
+        reported_at=float(row["reported_at"]),
     )
 
 
@@ -114,13 +117,28 @@ async def pending_count(db: Reader) -> int:
     return int(row["n"]) if row is not None else 0
 
 
-async def record_seen(tx: Transaction, node: NodeId, now: float) -> DeviceRecord:
-    """Note a connection (or disconnection) of `node`; unknown nodes become pending."""
+def reported_tags(hello: Hello | HelloV1) -> tuple[str, ...] | None:
+    """The tags an agent's Hello reports, as stored (None: an agent that reports none)."""
+    if not isinstance(hello, Hello):
+        return None
+    try:
+        return normalize_tags(hello.tags)
+    except InvalidLabel:
+        return tuple(sorted(set(hello.tags)))  # shown as they are: they cannot match anyway
+
+
+async def record_seen(
+    tx: Transaction, node: NodeId, now: float, agent_tags: tuple[str, ...] | None = None
+) -> DeviceRecord:
+    """Note a Hello from `node` (and the tags it reported); unknown nodes become pending."""
+    tags = None if agent_tags is None else json.dumps(list(agent_tags))
     await tx.execute(
-        "INSERT INTO devices (node_id, first_seen, last_seen, added_at) VALUES (?, ?, ?, ?)"
+        "INSERT INTO devices (node_id, first_seen, last_seen, added_at, agent_tags)"
+        " VALUES (?, ?, ?, ?, ?)"
         " ON CONFLICT (node_id) DO UPDATE SET"
-        " first_seen = coalesce(first_seen, excluded.first_seen), last_seen = excluded.last_seen",
-        (str(node), now, now, now),
+        " first_seen = coalesce(first_seen, excluded.first_seen), last_seen = excluded.last_seen,"
+        " agent_tags = excluded.agent_tags",
+        (str(node), now, now, now, tags),
     )
     record = await get(tx, node)
     assert record is not None
@@ -131,8 +149,11 @@ async def add(
     tx: Transaction, node: NodeId, name: str, tags: tuple[str, ...], now: float
 ) -> DeviceRecord:
     """Register (or rename and retag) `node` as an approved device named `name`."""
-    check_label(name, "device name")
-    clean_tags = tuple(sorted({check_label(t, "tag") for t in tags}))
+    try:
+        check_label(name, "device name")
+        clean_tags = normalize_tags(tags)
+    except InvalidLabel as exc:
+        raise RegistryError("invalid", str(exc)) from None
     holder = await get_by_name(tx, name)
     if holder is not None and holder.node_id != node:
         raise RegistryError(
@@ -188,12 +209,42 @@ async def save_report(tx: Transaction, node: NodeId, report: StatusReport, now: 
     )
 
 
-async def save_rejection(tx: Transaction, node: NodeId, error: str, now: float) -> None:
-    """Keep the device's last state but show why it refused an announcement."""
+async def save_rejection(
+    tx: Transaction, node: NodeId, sequence: int, code: str, reason: str, now: float
+) -> None:
+    """Keep that the device refused announcement `sequence` (a repeat updates the row)."""
     await tx.execute(
-        "UPDATE device_status SET error = ?, reported_at = ? WHERE node_id = ?",
-        (error, now, str(node)),
+        "INSERT INTO rejections (node_id, sequence, code, reason, rejected_at)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (node_id, sequence) DO UPDATE SET"
+        " code = excluded.code, reason = excluded.reason, rejected_at = excluded.rejected_at",
+        (str(node), sequence, code, reason, now),
     )
+
+
+def _rejection(row: Row) -> Rejection:
+    return Rejection(
+        sequence=int(row["sequence"]),
+        code=str(row["code"]),
+        reason=str(row["reason"]),
+        time=float(row["rejected_at"]),
+    )
+
+
+async def latest_rejection(db: Reader, node: NodeId) -> Rejection | None:
+    row = await db.fetchone(
+        "SELECT * FROM rejections WHERE node_id = ? ORDER BY sequence DESC LIMIT 1", (str(node),)
+    )
+    return _rejection(row) if row is not None else None
+
+
+async def latest_rejections(db: Reader) -> dict[str, Rejection]:
+    """node id text -> its highest-sequence rejection, for every device that rejected any."""
+    rows = await db.fetchall(
+        "SELECT r.* FROM rejections r JOIN"
+        " (SELECT node_id, max(sequence) AS sequence FROM rejections GROUP BY node_id) m"
+        " USING (node_id, sequence)"
+    )
+    return {str(r["node_id"]): _rejection(r) for r in rows}
 
 
 async def last_report(db: Reader, node: NodeId) -> LastReport | None:
@@ -206,7 +257,7 @@ async def last_reports(db: Reader) -> dict[str, LastReport]:
     return {str(r["node_id"]): _report(r) for r in rows}
 
 
-async def save_hello(tx: Transaction, node: NodeId, hello: Hello, now: float) -> None:
+async def save_hello(tx: Transaction, node: NodeId, hello: Hello | HelloV1, now: float) -> None:
     """What the agent says on connect; an error shown for the same state is kept."""
     await tx.execute(
         "INSERT INTO device_status (node_id, state, state_since, sequence, current_path,"
@@ -223,7 +274,8 @@ async def save_hello(tx: Transaction, node: NodeId, hello: Hello, now: float) ->
         " state = excluded.state, state_since = excluded.state_since,"
         " sequence = coalesce(sequence, excluded.sequence),"
         " current_path = excluded.current_path, current_generation = excluded.current_generation,"
-        " reported_at = excluded.reported_at",
+        " reported_at = CASE WHEN state = excluded.state AND state_since = excluded.state_since"
+        "   THEN reported_at ELSE excluded.reported_at END",
         (
             str(node),
             hello.state.value,
@@ -237,7 +289,10 @@ async def save_hello(tx: Transaction, node: NodeId, hello: Hello, now: float) ->
 
 
 async def touch(tx: Transaction, node: NodeId, now: float) -> None:
-    """Update last_seen of a known device (a removed device is not brought back)."""
+    """Persist last_seen of a known device (a removed device is not brought back).
+
+    The service keeps the time of each message in memory and writes it here only with
+    writes it makes anyway and at disconnection: no disk write per progress report."""
     await tx.execute("UPDATE devices SET last_seen = ? WHERE node_id = ?", (now, str(node)))
 
 

@@ -21,13 +21,15 @@ from fleet.log import get_logger
 from fleet.protocol import alpn
 from fleet.protocol.messages import (
     AnnouncementRejected,
+    AnnouncementRejectedV1,
     ErrorReply,
     Hello,
+    HelloV1,
     StatusReport,
     StatusUpdate,
 )
 from fleet.protocol.stream import MESSAGE_CAP, recv_message, send_message
-from fleet.wire import read_frame, write_frame
+from fleet.wire import UnexpectedMessageType, read_frame, write_frame
 
 log = get_logger(__name__)
 
@@ -158,7 +160,9 @@ class CoordinatorServer:
         limits = self.limits
         try:
             reader, writer = await conn.accept_bi(timeout=limits.hello_timeout)
-            hello = await recv_message(reader, Hello, timeout=limits.hello_timeout)
+            hello = await recv_message(reader, timeout=limits.hello_timeout)
+            if not isinstance(hello, Hello | HelloV1):  # version 1: an older agent
+                raise UnexpectedMessageType(f"expected fleet.agent.hello, got {hello.wire_type}")
         except Exception as exc:
             log.info("agent_dropped", peer=conn.remote_id.short(), reason=_describe(exc))
             return
@@ -185,7 +189,9 @@ class CoordinatorServer:
         try:
             while True:
                 message = await recv_message(reader, timeout=None)
-                if not isinstance(message, StatusReport | AnnouncementRejected):
+                if not isinstance(
+                    message, StatusReport | AnnouncementRejected | AnnouncementRejectedV1
+                ):
                     link.close(f"unexpected {message.wire_type} from agent")
                     return
                 await self.service.agent_message(session, message)

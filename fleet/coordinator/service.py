@@ -22,6 +22,7 @@ checked the same way (agents check it again themselves).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ from fleet.coordinator.database import Database, Transaction
 from fleet.coordinator.registry import DeviceRecord, LastReport, RegistryError
 from fleet.coordinator.sessions import AgentLink, AgentSession, Phase
 from fleet.coordinator.watchers import StatusWatcher
-from fleet.identity import Identity, NodeId
+from fleet.identity import Identity, InvalidLabel, NodeId, normalize_tags
 from fleet.log import get_logger
 from fleet.nix.errors import InvalidStorePath
 from fleet.nix.store import check_store_path
@@ -56,6 +57,7 @@ from fleet.protocol.messages import (
     AgentState,
     Announcement,
     AnnouncementRejected,
+    AnnouncementRejectedV1,
     AuditPage,
     AuditQuery,
     AuditRow,
@@ -65,6 +67,7 @@ from fleet.protocol.messages import (
     DesiredSystem,
     DeviceAdd,
     DeviceApprove,
+    DeviceInfo,
     DeviceList,
     DeviceListReply,
     DeviceRemove,
@@ -72,11 +75,13 @@ from fleet.protocol.messages import (
     ErrorReply,
     GrantRecord,
     Hello,
+    HelloV1,
     NextSequence,
     NextSequenceReply,
     OkReply,
     PushAccepted,
     PushRequest,
+    Rejection,
     Revocations,
     RevokeRequest,
     StatusReport,
@@ -292,7 +297,7 @@ class CoordinatorService:
                 if Permission.READ not in authority.actions:
                     self._require(authority, Permission.PUSH, signer=str(opened.signer))
                     devices = [d for d in devices if authority.scope.contains(d.node_id, d.tags)]
-                return AdminResult(DeviceListReply(devices=tuple(d.info() for d in devices)))
+                return AdminResult(DeviceListReply(devices=tuple(self._info(d) for d in devices)))
             assert isinstance(body, StatusRequest)
             watcher = None
             if body.watch:
@@ -434,6 +439,11 @@ class CoordinatorService:
         now: float,
     ) -> AdminResult:
         action = ACTIONS[type(body)]
+        if isinstance(body, DeviceAdd):
+            try:  # `kiosk` and `tag:kiosk` alike, before the scope sees them
+                body = dataclasses.replace(body, tags=normalize_tags(body.tags))
+            except InvalidLabel as exc:
+                raise Refused("invalid", str(exc)) from None
         try:
             async with self.db.transaction() as tx:
                 await self._device_in_scope(tx, authority, body)
@@ -623,14 +633,14 @@ class CoordinatorService:
 
     # ------------------------------------------------------------------ agent sessions
 
-    async def agent_hello(self, link: AgentLink, hello: Hello) -> AgentSession | None:
+    async def agent_hello(self, link: AgentLink, hello: Hello | HelloV1) -> AgentSession | None:
         """An agent said Hello: record it, welcome it, and send what it is missing.
 
         Returns None if the agent was turned away (too many pending devices).
         """
         node = link.remote_id
         now = self.clock()
-        session = AgentSession(link, hello)
+        session = AgentSession(link, hello, now)
         session.phase = Phase.WELCOMING  # park pushes accepted while we look things up
         previous = self.sessions.get(node)
         self.sessions[node] = session
@@ -643,7 +653,9 @@ class CoordinatorService:
                     full = True
                 else:
                     full = False
-                    device = await registry.record_seen(tx, node, now)
+                    device = await registry.record_seen(
+                        tx, node, now, registry.reported_tags(hello)
+                    )
                     if device.approved:
                         await registry.save_hello(tx, node, hello, now)
         except BaseException:
@@ -660,6 +672,7 @@ class CoordinatorService:
             approved=device.approved,
             last_sequence=hello.last_sequence,
             path=link.path,
+            tags_mismatch=device.tags_mismatch,
         )
         if session.phase is Phase.WELCOMING:
             if device.approved:
@@ -707,6 +720,7 @@ class CoordinatorService:
         if session.phase is not Phase.LIVE or self.sessions.get(session.node_id) is not session:
             return  # pending devices get nothing and are not listened to
         now = self.clock()
+        session.last_seen = now
         if isinstance(message, StatusReport):
             session.progress = message.progress
             if message.state is AgentState.APPLIED and message.sequence is not None:
@@ -714,21 +728,22 @@ class CoordinatorService:
             if self._report_changed(session, message):
                 async with self.db.transaction() as tx:
                     await registry.save_report(tx, session.node_id, message, now)
+                    await registry.touch(tx, session.node_id, now)
             session.last_report = message
-        elif isinstance(message, AnnouncementRejected):
+        elif isinstance(message, AnnouncementRejected | AnnouncementRejectedV1):
+            code = message.code if isinstance(message, AnnouncementRejected) else "unknown"
             log.info(
                 "announcement_rejected",
                 device=session.node_id.short(),
                 sequence=message.sequence,
+                code=code,
                 reason=message.reason,
             )
             async with self.db.transaction() as tx:
                 await registry.save_rejection(
-                    tx,
-                    session.node_id,
-                    f"announcement {message.sequence} rejected: {message.reason}",
-                    now,
+                    tx, session.node_id, message.sequence, code, message.reason, now
                 )
+                await registry.touch(tx, session.node_id, now)
         else:
             return
         await self._publish([session.node_id])
@@ -787,8 +802,15 @@ class CoordinatorService:
         devices = await registry.all_devices(self.db)
         reports = await registry.last_reports(self.db)
         desired = await announcements.latest_desired(self.db)
+        rejections = await registry.latest_rejections(self.db)
         return tuple(
-            self._row(d, reports.get(str(d.node_id)), desired.get(str(d.node_id))) for d in devices
+            self._row(
+                d,
+                reports.get(str(d.node_id)),
+                desired.get(str(d.node_id)),
+                rejections.get(str(d.node_id)),
+            )
+            for d in devices
         )
 
     async def status_of(self, node: NodeId) -> DeviceStatus | None:
@@ -797,28 +819,53 @@ class CoordinatorService:
             return None
         latest = await announcements.latest_for(self.db, node)
         report = await registry.last_report(self.db, node)
-        return self._row(device, report, latest.desired() if latest is not None else None)
+        rejection = await registry.latest_rejection(self.db, node)
+        return self._row(
+            device, report, latest.desired() if latest is not None else None, rejection
+        )
+
+    def _info(self, device: DeviceRecord) -> DeviceInfo:
+        """A registry entry, with the time of the last message of a connected device."""
+        info = device.info()
+        session = self.sessions.get(device.node_id)
+        if session is None or session.phase is Phase.GONE:
+            return info
+        return dataclasses.replace(info, last_seen=session.last_seen)
 
     def _row(
-        self, device: DeviceRecord, report: LastReport | None, desired: DesiredSystem | None
+        self,
+        device: DeviceRecord,
+        report: LastReport | None,
+        desired: DesiredSystem | None,
+        rejection: Rejection | None,
     ) -> DeviceStatus:
         session = self.sessions.get(device.node_id)
-        online = session is not None and session.phase is not Phase.GONE
+        live = session if session is not None and session.phase is not Phase.GONE else None
+        if (
+            rejection is not None
+            and report is not None
+            and report.sequence is not None
+            and report.sequence > rejection.sequence
+            and report.reported_at >= rejection.time
+        ):
+            rejection = None  # the device has worked on a newer push since
         return DeviceStatus(
             node_id=device.node_id,
             name=device.name,
             tags=device.tags,
+            agent_tags=device.agent_tags,
             approved=device.approved,
-            online=online,
-            path=session.link.path if online and session is not None else None,
-            last_seen=device.last_seen,
+            online=live is not None,
+            path=live.link.path if live is not None else None,
+            last_seen=live.last_seen if live is not None else device.last_seen,
             state=report.state if report is not None else None,
             state_since=report.state_since if report is not None else None,
             sequence=report.sequence if report is not None else None,
             current=report.current if report is not None else None,
             desired=desired,
-            progress=session.progress if online and session is not None else None,
+            progress=live.progress if live is not None else None,
             error=report.error if report is not None else None,
+            rejection=rejection,
         )
 
     async def _publish(self, nodes: Iterable[NodeId]) -> None:
@@ -845,6 +892,7 @@ class CoordinatorService:
             node_id=node,
             name=None,
             tags=(),
+            agent_tags=None,
             approved=False,
             online=False,
             path=None,
@@ -856,6 +904,7 @@ class CoordinatorService:
             desired=None,
             progress=None,
             error=None,
+            rejection=None,
         )
 
 

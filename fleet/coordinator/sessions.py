@@ -12,7 +12,7 @@ from typing import Protocol
 
 from fleet.coordinator.announcements import StoredAnnouncement
 from fleet.identity import NodeId
-from fleet.protocol.messages import Hello, Progress, StatusReport
+from fleet.protocol.messages import Hello, HelloV1, Progress, StatusReport
 
 
 class AgentLink(Protocol):
@@ -41,7 +41,7 @@ class Phase(enum.Enum):
 class AgentSession:
     """Service-side state of one agent connection after its Hello."""
 
-    def __init__(self, link: AgentLink, hello: Hello) -> None:
+    def __init__(self, link: AgentLink, hello: Hello | HelloV1, now: float) -> None:
         self.link = link
         self.node_id = link.remote_id
         self.hello = hello
@@ -51,6 +51,9 @@ class AgentSession:
         self.parked: StoredAnnouncement | None = None  # a push that arrived while WELCOMING
         self.progress: Progress | None = None
         self.last_report: StatusReport | None = None  # to skip writes for progress-only reports
+        # When the agent last said anything: shown as last_seen while it is connected, and
+        # persisted with the writes the service makes anyway (never one write per message).
+        self.last_seen = now
 
     def park(self, announcement: StoredAnnouncement) -> None:
         if self.parked is None or announcement.sequence > self.parked.sequence:

@@ -4,6 +4,7 @@ Agent connection (ALPN fleet/agent/1): the agent opens one bidirectional "contro
 and sends Hello; the coordinator answers Welcome and then, whenever there is something for
 this device, Deliver (an admin-signed announcement, forwarded verbatim). The agent sends
 StatusReport whenever its state changes and AnnouncementRejected for announcements it refuses.
+The coordinator also accepts the version-1 Hello and AnnouncementRejected of older agents.
 
 Admin connection (ALPN fleet/admin/1): one bidirectional stream per request. The client sends
 one SignedEnvelope (Tag.ADMIN_REQUEST) around an AdminRequest whose `body` is the encoded
@@ -33,6 +34,7 @@ __all__ = [
     "AgentState",
     "Announcement",
     "AnnouncementRejected",
+    "AnnouncementRejectedV1",
     "AuditPage",
     "AuditQuery",
     "AuditRow",
@@ -50,12 +52,14 @@ __all__ = [
     "ErrorReply",
     "GrantRecord",
     "Hello",
+    "HelloV1",
     "NextSequence",
     "NextSequenceReply",
     "OkReply",
     "Progress",
     "PushAccepted",
     "PushRequest",
+    "Rejection",
     "Revocations",
     "RevokeRequest",
     "StatusReport",
@@ -124,12 +128,25 @@ class Progress(Message):
     bytes_total: int
 
 
-class Hello(Message, type="fleet.agent.hello", version=1):
+class HelloV1(Message, type="fleet.agent.hello", version=1):
+    """Hello of agents before version 2 (still accepted: they reported no tags)."""
+
+    agent_version: str
+    current: SystemState
+    last_sequence: int
+    state: AgentState
+    state_since: float
+
+
+class Hello(Message, type="fleet.agent.hello", version=2):
+    """Version 2 added `tags`: the agent's own tags, so the admin can see a registry mismatch."""
+
     agent_version: str
     current: SystemState
     last_sequence: int  # highest announcement sequence this device applied (0 = none)
     state: AgentState
-    state_since: float
+    state_since: float  # 0: never changed state (a fresh device)
+    tags: tuple[str, ...]  # the agent's own --tag values, which its scope checks use
 
 
 class Welcome(Message, type="fleet.agent.welcome", version=1):
@@ -153,8 +170,18 @@ class StatusReport(Message, type="fleet.agent.status", version=1):
     log_tail: str | None  # tail of the activation output
 
 
-class AnnouncementRejected(Message, type="fleet.agent.rejected", version=1):
+class AnnouncementRejectedV1(Message, type="fleet.agent.rejected", version=1):
+    """The rejection of agents before version 2 (still accepted, without a code)."""
+
     sequence: int
+    reason: str
+
+
+class AnnouncementRejected(Message, type="fleet.agent.rejected", version=2):
+    """Version 2 added `code` (fleet.agent.verify.AnnouncementRefused.code)."""
+
+    sequence: int  # 0 when the announcement could not even be read
+    code: str  # scope, expired, replay, not-admin, revoked, bad-signature, ...
     reason: str
 
 
@@ -238,18 +265,28 @@ class DesiredSystem(Message):
     action: Action
 
 
+class Rejection(Message):
+    """An announcement the device refused, and why (kept per device and sequence)."""
+
+    sequence: int
+    code: str
+    reason: str
+    time: float  # when the coordinator received the rejection
+
+
 class DeviceStatus(Message):
     """One row of `fleetctl status`; its JSON form is part of the interface contract."""
 
     node_id: NodeId
     name: str | None
-    tags: tuple[str, ...]
+    tags: tuple[str, ...]  # the registry's (`fleetctl devices add --tag`)
+    agent_tags: tuple[str, ...] | None  # what the agent itself reported (None: not reported)
     approved: bool
     online: bool
     path: str | None  # "direct", "relay" or None when offline
-    last_seen: float | None
+    last_seen: float | None  # the last message from the device (or its disconnection)
     state: AgentState | None
-    state_since: float | None
+    state_since: float | None  # None: the device never reported a state change
     # The announcement `state` refers to (the agent's last StatusReport.sequence): without it
     # a client cannot tell "applied" of an older push from "applied" of the one it waits for.
     sequence: int | None
@@ -257,13 +294,21 @@ class DeviceStatus(Message):
     desired: DesiredSystem | None
     progress: Progress | None
     error: str | None
+    # The device's latest rejection, unless the device reported work on a newer push after it
+    # (an old refusal superseded by later work is not shown; a refused replay of an older
+    # announcement is).
+    rejection: Rejection | None
 
 
-class StatusSnapshot(Message, type="fleet.admin.status-snapshot", version=1):
+class StatusSnapshot(Message, type="fleet.admin.status-snapshot", version=2):
+    """Version 2: DeviceStatus gained agent_tags and rejection."""
+
     devices: tuple[DeviceStatus, ...]
 
 
-class StatusUpdate(Message, type="fleet.admin.status-update", version=1):
+class StatusUpdate(Message, type="fleet.admin.status-update", version=2):
+    """Version 2: DeviceStatus gained agent_tags and rejection."""
+
     device: DeviceStatus
 
 

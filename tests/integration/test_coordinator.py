@@ -186,6 +186,7 @@ class FakeAgent:
             last_sequence=last_sequence,
             state=AgentState.IDLE,
             state_since=time.time(),
+            tags=(),
         )
         await send_message(writer, hello, timeout=5)
         return cls(conn, reader, writer)

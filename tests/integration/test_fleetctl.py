@@ -23,6 +23,7 @@ from fleet.protocol.messages import Action, AgentState, DeviceInfo, ErrorReply
 from tests.admin_standin import StandIn, desired, device_status
 from tests.cli import cli_env, fleetctl_argv
 from tests.integration.relay_process import start_relay
+from tests.terminal import Terminal
 
 STORE = "/nix/store/" + "f" * 32 + "-nixos-system-v2"
 TIMEOUT = 30.0
@@ -305,3 +306,38 @@ async def test_reaches_the_coordinator_through_a_relay_alone(tmp_path: Path) -> 
             assert len(json.loads(out)) == 3
     finally:
         relay.stop()
+
+
+async def test_status_watch_on_a_terminal_redraws_in_place_and_ends_on_ctrl_c(
+    fleet: Fleet,
+) -> None:
+    k1, k2 = fleet.id_of("kiosk-1"), fleet.id_of("kiosk-2")
+    fleet.standin.publish(device_status(k1, "kiosk-1", state=AgentState.IDLE))
+    fleet.standin.publish(device_status(k2, "kiosk-2", state=AgentState.IDLE))
+    terminal = Terminal(fleet.argv("status", "--watch"), cli_env())
+    try:
+        await terminal.wait_for(b"Ctrl-C to stop", TIMEOUT)
+        await asyncio.wait_for(fleet.standin.watching.wait(), TIMEOUT)
+        for state in (AgentState.DOWNLOADING, AgentState.ACTIVATING, AgentState.APPLIED):
+            fleet.standin.publish(device_status(k1, "kiosk-1", state=state, sequence=2))
+            await terminal.wait_for(f"kiosk-1  {str(k1)[:4]}".encode(), TIMEOUT)
+            await terminal.wait_for(str(state).encode(), TIMEOUT)
+        fleet.standin.publish(device_status(k2, "kiosk-2", state=AgentState.FAILED, error="boom"))
+        await terminal.wait_for(b"boom", TIMEOUT)
+        terminal.interrupt()
+        assert await terminal.finish(TIMEOUT) == 0
+    finally:
+        terminal.close()
+    output = bytes(terminal.output)
+    assert b"\x1b[2K" in output
+    assert b"A\x1b[2K" in output  # the cursor moved up over the last table to redraw it
+    assert b"\x1b[2J" not in output  # no clearing of the screen: the scrollback stays clean
+    screen = terminal.screen()
+    headers = [line for line in screen if line.startswith("NAME")]
+    assert len(headers) == 1, screen  # one table on the screen, not one per update
+    (k1_line,) = [line for line in screen if line.startswith("kiosk-1")]
+    (k2_line,) = [line for line in screen if line.startswith("kiosk-2")]
+    assert "applied" in k1_line
+    assert "failed" in k2_line
+    assert "boom" in k2_line
+    assert "Traceback" not in "\n".join(screen)

@@ -12,6 +12,7 @@ import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -202,8 +203,12 @@ async def test_a_non_admin_push_and_a_replayed_announcement_are_refused(
     lab.coordinator.start()
     await lab.coordinator.wait_ready()
 
-    rows = await lab.wait_status(lambda rows: "replay" in (rows["kiosk-1"]["error"] or ""))
-    assert "not newer than 2" in rows["kiosk-1"]["error"], rows
+    def replay_refused(rows: dict[str, dict[str, Any]]) -> bool:
+        return (rows["kiosk-1"]["rejection"] or {}).get("code") == "replay"
+
+    rows = await lab.wait_status(replay_refused)
+    assert "not newer than 2" in rows["kiosk-1"]["rejection"]["reason"], rows
+    assert rows["kiosk-1"]["error"] is None, rows
     assert rows["kiosk-1"]["current"]["store_path"] == v2
     assert await dev.profile() == v2
     assert dev.switches() == [f"switch {v1}", f"switch {v2}"]

@@ -257,3 +257,28 @@ async def test_shutdown_waits_for_an_activation_but_not_for_a_download(
         (1, AgentState.CHECKING),
         (1, AgentState.APPLIED),
     ]
+
+
+async def test_hello_carries_the_agents_own_tags(tmp_path: Path) -> None:
+    store = NixStore.chroot(tmp_path / "store")
+    config = ApplyConfig(
+        store=store,
+        profile=running_system(tmp_path / "store", PATH),
+        substituters=("http://127.0.0.1:9",),
+        trusted_public_keys=("k-1:" + "A" * 43 + "=",),
+    )
+    tagged = Agent(
+        DEVICE.node_id, [ADMIN.node_id], config, StateFile(tmp_path / "state"), tags=("kiosk",)
+    )
+    assert tagged.hello().tags == ("kiosk",)
+
+
+async def test_a_rejection_not_sent_before_a_reconnect_is_sent_after_it(agent: Agent) -> None:
+    assert agent.outbox is not None
+    refused = agent.on_deliver(deliver(1, path="/not/a/store/path").announcement)
+    assert refused is not None
+    assert refused.code == "bad-path"
+    agent.outbox.put(refused)  # queued, then the connection drops before it is sent
+    agent.outbox.resync()  # the next session: current status first, the rejection kept
+    assert isinstance(await asyncio.wait_for(agent.outbox.get(), T), StatusReport)
+    assert await asyncio.wait_for(agent.outbox.get(), 1) == refused

@@ -137,6 +137,7 @@ class Running:
             last_sequence=last_sequence,
             state=AgentState.IDLE,
             state_since=0.0,
+            tags=(),
         )
         await send_message(writer, hello, timeout=5)
         return conn, reader, writer

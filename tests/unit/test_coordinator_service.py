@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,13 +13,14 @@ from fleet.coordinator import audit
 from fleet.coordinator.database import Database
 from fleet.coordinator.service import AdminResult, CoordinatorService
 from fleet.coordinator.sessions import AgentSession
-from fleet.identity import Identity, NodeId
+from fleet.identity import Identity, InvalidLabel, NodeId, normalize_tags
 from fleet.protocol.admin import make_admin_request
 from fleet.protocol.messages import (
     Action,
     AgentState,
     Announcement,
     AnnouncementRejected,
+    AnnouncementRejectedV1,
     Deliver,
     DeviceAdd,
     DeviceApprove,
@@ -28,9 +30,11 @@ from fleet.protocol.messages import (
     DeviceStatus,
     ErrorReply,
     Hello,
+    HelloV1,
     NextSequence,
     NextSequenceReply,
     OkReply,
+    Progress,
     PushAccepted,
     PushRequest,
     StatusReport,
@@ -85,6 +89,7 @@ def hello(last_sequence: int = 0) -> Hello:
         last_sequence=last_sequence,
         state=AgentState.IDLE,
         state_since=NOW - 100,
+        tags=(),
     )
 
 
@@ -419,10 +424,14 @@ async def test_status_snapshot_and_live_updates(h: Harness) -> None:
         SystemState(store_path=V2, generation=2),
     )
 
-    await h.service.agent_message(session, AnnouncementRejected(sequence=1, reason="replayed"))
+    await h.service.agent_message(
+        session, AnnouncementRejected(sequence=1, code="replay", reason="replayed")
+    )
     rejected = await watcher.next(timeout=1)
-    assert rejected.error is not None
-    assert "replayed" in rejected.error
+    assert rejected.rejection is not None
+    assert (rejected.rejection.sequence, rejected.rejection.code) == (1, "replay")
+    assert rejected.rejection.reason == "replayed"
+    assert rejected.error is None  # the agent's own error field is left alone
 
     await h.service.agent_gone(session)
     offline = await watcher.next(timeout=1)
@@ -432,7 +441,8 @@ async def test_status_snapshot_and_live_updates(h: Harness) -> None:
     snap = (await h.request(StatusRequest(watch=False))).reply
     assert isinstance(snap, StatusSnapshot)
     assert snap.devices[0].state is AgentState.APPLIED
-    assert "replayed" in (snap.devices[0].error or "")
+    assert snap.devices[0].rejection is not None
+    assert snap.devices[0].rejection.reason == "replayed"
 
 
 async def test_slow_watcher_is_cut_off_not_waited_for(h: Harness) -> None:
@@ -489,3 +499,143 @@ async def test_status_rows_are_contract_shaped(h: Harness) -> None:
     (row,) = snap.devices
     assert isinstance(row, DeviceStatus)
     assert row.node_id == node
+
+
+# ---------------------------------------------------------------- rejections, tags, times
+
+
+async def _row(h: Harness) -> DeviceStatus:
+    snap = (await h.request(StatusRequest(watch=False))).reply
+    assert isinstance(snap, StatusSnapshot)
+    (row,) = snap.devices
+    return row
+
+
+async def test_a_rejection_is_kept_per_push_shown_at_once_and_survives_a_restart(
+    h: Harness,
+) -> None:
+    node = await h.add_device("web1", ("web",))
+    _, session = await h.connect(node)
+    await h.service.agent_message(session, report(AgentState.APPLIED, 1))
+    await h.push([node])  # sequence 1
+    watch = await h.request(StatusRequest(watch=True))
+    assert watch.watcher is not None
+    h.clock.now += 30
+    refusal = AnnouncementRejected(sequence=1, code="scope", reason="announcement 1: scope")
+    await h.service.agent_message(session, refusal)
+    update = await watch.watcher.next(timeout=1)  # published with the rejection, no delay
+    assert update.rejection is not None
+    assert (update.rejection.sequence, update.rejection.code, update.rejection.time) == (
+        1,
+        "scope",
+        NOW + 30,
+    )
+    h.service.unwatch(watch.watcher)
+    await h.restart()
+    row = await _row(h)
+    assert row.rejection is not None
+    assert row.rejection.reason == "announcement 1: scope"
+    rows = await h.service.db.fetchall("SELECT node_id, sequence, code FROM rejections")
+    assert [tuple(r) for r in rows] == [(str(node), 1, "scope")]
+
+
+async def test_a_rejection_is_no_longer_shown_once_the_device_did_newer_work(h: Harness) -> None:
+    node = await h.add_device("web1")
+    _, session = await h.connect(node)
+    await h.service.agent_message(
+        session, AnnouncementRejected(sequence=1, code="expired", reason="too late")
+    )
+    assert (await _row(h)).rejection is not None
+    h.clock.now += 5
+    await h.service.agent_message(session, report(AgentState.APPLIED, 2))
+    assert (await _row(h)).rejection is None
+
+
+async def test_a_refused_replay_of_an_older_push_stays_visible(h: Harness) -> None:
+    node = await h.add_device("web1")
+    _, session = await h.connect(node)
+    await h.service.agent_message(session, report(AgentState.APPLIED, 2))
+    h.clock.now += 5
+    replay = AnnouncementRejected(sequence=1, code="replay", reason="not newer than 2")
+    await h.service.agent_message(session, replay)
+    h.clock.now += 5
+    await h.restart()  # a reconnect's Hello repeats the state: not newer work
+    again = dataclasses.replace(hello(2), state=AgentState.APPLIED, state_since=NOW)
+    assert await h.service.agent_hello(FakeLink(node), again) is not None
+    row = await _row(h)
+    assert row.rejection is not None
+    assert row.rejection.code == "replay"
+
+
+async def test_a_version_1_agent_is_still_served(h: Harness) -> None:
+    node = await h.add_device("web1", ("web",))
+    link = FakeLink(node)
+    old = HelloV1(
+        agent_version="0.1",
+        current=SystemState(store_path=V1, generation=1),
+        last_sequence=0,
+        state=AgentState.IDLE,
+        state_since=NOW - 100,
+    )
+    session = await h.service.agent_hello(link, old)
+    assert session is not None
+    assert link.sent == [Welcome(approved=True, name="web1")]
+    await h.service.agent_message(session, AnnouncementRejectedV1(sequence=3, reason="old"))
+    row = await _row(h)
+    assert row.agent_tags is None  # it reported none: no mismatch claimed
+    assert row.rejection is not None
+    assert (row.rejection.sequence, row.rejection.code) == (3, "unknown")
+
+
+async def test_the_agents_own_tags_are_stored_next_to_the_registrys(h: Harness) -> None:
+    node = await h.add_device("web1", ("web",))
+    link = FakeLink(node)
+    own = dataclasses.replace(hello(), tags=("tag:lobby", "kiosk"))
+    assert await h.service.agent_hello(link, own) is not None
+    row = await _row(h)
+    assert (row.tags, row.agent_tags) == (("web",), ("kiosk", "lobby"))
+    await h.restart()
+    assert (await _row(h)).agent_tags == ("kiosk", "lobby")
+
+
+async def test_devices_add_takes_tag_prefixed_tags_and_refuses_bad_ones(h: Harness) -> None:
+    node = Identity.generate().node_id
+    ok = await h.request(DeviceAdd(node_id=node, name="k1", tags=("tag:kiosk", "lobby")))
+    assert isinstance(ok.reply, OkReply), ok.reply
+    assert (await _row(h)).tags == ("kiosk", "lobby")
+    bad = await h.request(DeviceAdd(node_id=node, name="k1", tags=("tag:a b",)))
+    assert isinstance(bad.reply, ErrorReply)
+    assert bad.reply.code == "invalid"
+    with pytest.raises(InvalidLabel) as agent_side:
+        normalize_tags(["tag:a b"])
+    assert bad.reply.message == str(agent_side.value)  # the agent's --tag says the same
+
+
+async def test_a_fresh_device_has_no_state_since_and_last_seen_is_its_last_message(
+    h: Harness,
+) -> None:
+    node = await h.add_device("web1")
+    link = FakeLink(node)
+    fresh = dataclasses.replace(hello(), state_since=0.0)  # a device that never changed state
+    session = await h.service.agent_hello(link, fresh)
+    assert session is not None
+    row = await _row(h)
+    assert (row.state, row.state_since, row.last_seen) == (AgentState.IDLE, None, NOW)
+    h.clock.now += 50
+    progress = dataclasses.replace(
+        report(AgentState.DOWNLOADING, 1),
+        progress=Progress(paths_done=1, paths_total=2, bytes_done=1, bytes_total=2),
+    )
+    await h.service.agent_message(session, progress)
+    h.clock.now += 50
+    await h.service.agent_message(session, progress)  # progress only: nothing written
+    assert (await _row(h)).last_seen == NOW + 100
+    stored = await h.service.db.fetchone("SELECT last_seen FROM devices")
+    assert stored is not None
+    assert stored["last_seen"] == NOW + 50  # persisted with the state change, not per message
+    listed = (await h.request(DeviceList())).reply
+    assert isinstance(listed, DeviceListReply)
+    assert listed.devices[0].last_seen == NOW + 100  # `devices list` agrees with `status`
+    h.clock.now += 10
+    await h.service.agent_gone(session)
+    assert (await _row(h)).last_seen == NOW + 110

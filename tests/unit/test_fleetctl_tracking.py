@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fleet.admin.tracking import Outcome, PushTracker
 from fleet.identity import Identity
-from fleet.protocol.messages import AgentState, Progress
+from fleet.protocol.messages import AgentState, Progress, Rejection
 from tests.admin_standin import desired, device_status
 
 V1 = "/nix/store/" + "a" * 32 + "-system-1"
@@ -98,4 +98,39 @@ def test_expiry_says_why_each_device_is_not_done() -> None:
         "a: timed-out: offline; it gets the push when it connects",
         "b: timed-out: still downloading",
         f"{OTHER.short()}: timed-out: no status from the coordinator",
+    ]
+
+
+def _refused(sequence: int, code: str = "scope", reason: str = "not in scope") -> Rejection:
+    return Rejection(sequence=sequence, code=code, reason=reason, time=1_700_000_000.0)
+
+
+def test_a_rejection_of_this_push_ends_the_wait_for_that_device_at_once() -> None:
+    t = _tracker()
+    lines = t.observe(
+        device_status(A, "a", state=AgentState.APPLIED, sequence=6, rejection=_refused(7))
+    )
+    assert lines == ["a: rejected: not in scope"]
+    assert t.tracks[A].outcome is Outcome.REJECTED
+    t.observe(device_status(B, "b", state=AgentState.APPLIED, sequence=7))
+    assert t.finished
+    assert not t.succeeded
+    assert [(f.label, f.outcome, f.reason) for f in t.failures()] == [
+        ("a", Outcome.REJECTED, "not in scope")
+    ]
+
+
+def test_a_rejection_of_another_push_does_not_count() -> None:
+    t = _tracker()
+    t.observe(device_status(A, "a", state=AgentState.IDLE, sequence=5, rejection=_refused(6)))
+    assert t.tracks[A].outcome is Outcome.PENDING
+
+
+def test_a_scope_rejection_with_mismatched_tags_says_which_tags_the_agent_has() -> None:
+    t = _tracker()
+    status = device_status(
+        A, "a", tags=("kiosk",), agent_tags=("lobby",), sequence=6, rejection=_refused(7)
+    )
+    assert t.observe(status) == [
+        "a: rejected: not in scope (the agent's own tags are lobby, the registry's kiosk)"
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from fleet.admin.views import (
@@ -14,7 +15,7 @@ from fleet.admin.views import (
     status_table,
 )
 from fleet.identity import Identity
-from fleet.protocol.messages import Action, AgentState, DeviceInfo, Progress
+from fleet.protocol.messages import Action, AgentState, DeviceInfo, Progress, Rejection
 from tests.admin_standin import desired, device_status
 
 NOW = 1_700_000_000.0
@@ -41,6 +42,7 @@ def test_status_json_has_every_contract_field() -> None:
         desired=desired(V2, 7, Action.BOOT),
         progress=Progress(paths_done=1, paths_total=4, bytes_done=10, bytes_total=40),
         error=None,
+        agent_tags=("kiosk", "lobby"),
         now=NOW,
     )
     got = status_json(status)
@@ -48,6 +50,8 @@ def test_status_json_has_every_contract_field() -> None:
         "name": "kiosk-1",
         "id": str(node),
         "tags": ["kiosk", "lobby"],
+        "agent_tags": ["kiosk", "lobby"],
+        "tags_mismatch": False,
         "approved": True,
         "online": True,
         "path": "direct",
@@ -59,8 +63,51 @@ def test_status_json_has_every_contract_field() -> None:
         "desired": {"store_path": V2, "sequence": 7, "action": "boot"},
         "progress": {"paths_done": 1, "paths_total": 4, "bytes_done": 10, "bytes_total": 40},
         "error": None,
+        "rejection": None,
     }
     assert json.loads(json.dumps(got)) == got  # plain JSON types only
+
+
+def test_a_rejection_is_in_json_and_table_with_its_reason_and_iso_time() -> None:
+    node = Identity.generate().node_id
+    refused = Rejection(sequence=9, code="expired", reason="announcement 9 expired 3 s ago",
+                        time=NOW - 60)  # fmt: skip
+    status = device_status(
+        node, "kiosk-1", state=AgentState.APPLIED, sequence=8, rejection=refused, now=NOW
+    )
+    got = status_json(status)
+    assert got["rejection"] == {
+        "sequence": 9,
+        "code": "expired",
+        "reason": "announcement 9 expired 3 s ago",
+        "time": "2023-11-14T22:12:20.000Z",
+    }
+    assert got["state"] == "applied"  # what the device runs is unchanged
+    text = status_table([status], NOW)
+    assert "rejected #9 (1m)" in text
+    assert "expired: announcement 9 expired 3 s ago" in text
+
+
+def test_tags_the_agent_reported_otherwise_are_flagged() -> None:
+    node = Identity.generate().node_id
+    status = device_status(node, "kiosk-1", tags=("kiosk",), agent_tags=("lobby",), now=NOW)
+    got = status_json(status)
+    assert (got["tags"], got["agent_tags"], got["tags_mismatch"]) == (["kiosk"], ["lobby"], True)
+    assert "kiosk (agent: lobby!)" in status_table([status], NOW)
+    bare = device_status(node, "kiosk-1", tags=("kiosk",), agent_tags=(), now=NOW)
+    assert "kiosk (agent: none!)" in status_table([bare], NOW)
+    unknown = device_status(node, "kiosk-1", tags=("kiosk",), agent_tags=None, now=NOW)
+    assert status_json(unknown)["tags_mismatch"] is False  # an old agent reports no tags
+    assert "agent:" not in status_table([unknown], NOW)
+
+
+def test_a_state_without_a_time_shows_no_age() -> None:
+    node = Identity.generate().node_id
+    status = dataclasses.replace(device_status(node, "kiosk-1", now=NOW), state_since=None)
+    assert status_json(status)["state_since"] is None
+    row = status_table([status], NOW).splitlines()[1]
+    assert " idle " in f"{row} "
+    assert "d)" not in row  # not "idle (19675d)"
 
 
 def test_status_json_of_an_unknown_device_keeps_its_shape() -> None:
