@@ -92,7 +92,15 @@ from fleet.capability import (
     write_chain,
 )
 from fleet.cli.common import load_key_or_fail, parse_node_id_or_fail
-from fleet.identity import Identity, InvalidNodeId, KeyFileError, NodeId, write_new_key
+from fleet.identity import (
+    Identity,
+    InvalidLabel,
+    InvalidNodeId,
+    KeyFileError,
+    NodeId,
+    normalize_tags,
+    write_new_key,
+)
 from fleet.log import setup_logging
 from fleet.nix.errors import InvalidStorePath
 from fleet.protocol.messages import Action, DeviceInfo, StatusSnapshot
@@ -345,6 +353,10 @@ def devices_add(
     full = _full_id(node_id)
     if full is None and not is_short_id(node_id.strip()):
         parse_node_id_or_fail(node_id, "NODE_ID")  # a usage error saying what an id looks like
+    try:
+        tags = normalize_tags(tags)  # `tag:kiosk` is `kiosk`, as the agent's own --tag
+    except InvalidLabel as exc:
+        raise click.BadParameter(str(exc), param_hint="--tag") from None
 
     async def work(client: AdminClient) -> NodeId:
         if full is not None:

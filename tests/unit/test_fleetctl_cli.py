@@ -17,7 +17,14 @@ from fleet.admin.settings import Settings
 from fleet.admin.views import iso_utc
 from fleet.capability import certificates_of, format_id, read_chain
 from fleet.cli import fleetctl
-from fleet.identity import Identity, NodeId, load_identity, write_new_key
+from fleet.identity import (
+    Identity,
+    InvalidLabel,
+    NodeId,
+    load_identity,
+    normalize_tags,
+    write_new_key,
+)
 from fleet.protocol.messages import (
     Action,
     AgentState,
@@ -216,6 +223,26 @@ def test_a_grant_subject_must_be_a_full_node_id(h: Harness, tmp_path: Path) -> N
     assert "looks like a short id" in result.stderr
     assert "full node id" in result.stderr
     assert not out.exists()
+
+
+def test_devices_add_takes_the_agents_tag_spelling(h: Harness) -> None:
+    node = str(Identity.generate().node_id)
+    result = h.run("devices", "add", node, "--name", "new", "--tag", "tag:kiosk", "--tag", "b")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.endswith(" tags b,kiosk\n")  # stored and shown as `kiosk`
+    (add,) = _changes(h)
+    assert isinstance(add, DeviceAdd)
+    assert add.tags == ("b", "kiosk")
+
+
+def test_devices_add_refuses_a_bad_tag_as_the_agent_does(h: Harness) -> None:
+    node = str(Identity.generate().node_id)
+    result = h.run("devices", "add", node, "--name", "new", "--tag", "tag:a b")
+    assert result.exit_code == 2
+    with pytest.raises(InvalidLabel) as refusal:
+        normalize_tags(["tag:a b"])
+    assert str(refusal.value) in result.stderr  # word for word the agent's own refusal
+    assert h.standin.received == []
 
 
 def test_devices_add_with_a_bad_node_id_is_a_usage_error(h: Harness) -> None:
