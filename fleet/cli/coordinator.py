@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from fleet.cli.common import load_key_or_fail
+from fleet.cli.common import ConfigurationError, load_key_or_fail
 from fleet.config import ConfigError, merge_settings
 from fleet.coordinator import daemon
 from fleet.coordinator.database import DatabaseError
@@ -39,7 +39,7 @@ def coordinator(config_file: str | None, **flags: Any) -> None:
     try:
         settings = from_mapping(merge_settings(config_file, flags, KNOWN))
     except (ConfigError, SettingsError) as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise ConfigurationError(str(exc)) from exc
     setup_logging(settings.log_level)
     identity = load_key_or_fail(settings.key)
     asyncio.run(_serve(settings, identity))

@@ -65,7 +65,7 @@ from fleet.capability import (
     revoke,
     write_chain,
 )
-from fleet.cli.common import load_key_or_fail, parse_node_id_or_fail
+from fleet.cli.common import FleetGroup, load_key_or_fail, parse_node_id_or_fail
 from fleet.identity import Identity, KeyFileError, NodeId, write_new_key
 from fleet.log import setup_logging
 from fleet.nix.errors import InvalidStorePath
@@ -185,7 +185,7 @@ def _fail(message: str, code: int) -> NoReturn:
 # ---------------------------------------------------------------- the group
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=FleetGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fleetctl")
 @click.option(
     "--coordinator",

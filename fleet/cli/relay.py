@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from fleet.cli.common import load_key_or_fail
+from fleet.cli.common import ConfigurationError, bad_settings_exit_config, load_key_or_fail
 from fleet.config import ConfigError, merge_settings
 from fleet.identity import Identity
 from fleet.log import get_logger, setup_logging
@@ -88,12 +88,13 @@ def _number(settings: dict[str, Any], key: str, kind: type, default: Any) -> Any
     help="UDP HOST:PORT to answer STUN Binding requests on (off unless given; usually :3478).",
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@bad_settings_exit_config
 def relay(config_file: str | None, **flags: Any) -> None:
     """Forward packets between authenticated nodes (the mesh's fallback path)."""
     try:
         settings = merge_settings(config_file, flags, SETTINGS)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise ConfigurationError(str(exc)) from exc
     if "listen" not in settings or "key" not in settings:
         raise click.UsageError("--listen and --key are required (as flags or in --config)")
     host, port = parse_host_port(settings["listen"], "listen")
