@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from fleet.agent.apply import ApplyConfig
-from fleet.agent.daemon import AgentSettings, run_agent
+from fleet.agent.daemon import AgentSettings, prepare_state_dir, run_agent
 from fleet.agent.settings import (
     DEFAULT_KEY,
     DEFAULT_STATE_DIR,
@@ -24,6 +24,7 @@ from fleet.agent.state import StateError
 from fleet.cli.common import ConfigurationError, load_key_or_fail
 from fleet.config import ConfigError, merge_settings
 from fleet.log import setup_logging
+from fleet.netaddr import format_host_port
 from fleet.nix import NixStore
 
 
@@ -57,6 +58,10 @@ def agent(config_file: str | None, **flags: Any) -> None:
         checked = from_mapping(merge_settings(config_file, flags, KNOWN))
     except (ConfigError, SettingsError) as exc:
         raise ConfigurationError(str(exc)) from exc
+    try:
+        prepare_state_dir(checked.state_dir)
+    except StateError as exc:
+        raise ConfigurationError(str(exc)) from exc
     store = NixStore.chroot(checked.nix_store) if checked.nix_store else NixStore()
     setup_logging(checked.log_level)
     identity = load_key_or_fail(checked.key)
@@ -84,4 +89,7 @@ def agent(config_file: str | None, **flags: Any) -> None:
     except StateError as exc:
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:
-        raise click.ClickException(f"cannot start the agent: {exc}") from exc
+        where = format_host_port(*checked.listen)
+        raise click.ClickException(
+            f"cannot start the agent (--listen {where}): {exc.strerror or exc}"
+        ) from exc

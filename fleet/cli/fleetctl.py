@@ -70,6 +70,7 @@ from fleet.identity import Identity, KeyFileError, NodeId, write_new_key
 from fleet.log import setup_logging
 from fleet.nix.errors import InvalidStorePath
 from fleet.nix.store import check_store_path
+from fleet.nix.substituters import InvalidSubstituter, check_substituter
 from fleet.protocol.messages import Action, StatusSnapshot
 
 T = TypeVar("T")
@@ -365,6 +366,11 @@ def push_command(
         check_store_path(store_path)
     except InvalidStorePath as exc:
         raise click.BadParameter(str(exc), param_hint="STORE_PATH") from exc
+    for url in substituters:
+        try:
+            check_substituter(url)
+        except InvalidSubstituter as exc:
+            raise click.BadParameter(str(exc), param_hint="--substituter") from exc
     if wait_timeout <= 0:
         raise click.BadParameter("must be positive", param_hint="--timeout")
 
@@ -605,7 +611,10 @@ def grant_command(
         )
     except CapabilityError as exc:
         raise click.ClickException(f"cannot grant this: {exc}") from exc
-    write_chain(out, chain)
+    try:
+        write_chain(out, chain)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the chain to {out}: {exc.strerror}") from exc
     cert_id = format_id(certificate_id(chain.certificates[-1]))
     click.echo(cert_id)
     click.echo(
@@ -718,7 +727,7 @@ def audit_verify(ctx: click.Context, export_file: str | None, trust_roots: tuple
         try:
             with open(export_file, encoding="utf-8") as lines:
                 exported = read_export(lines)
-        except (OSError, ExportError) as exc:
+        except (OSError, UnicodeDecodeError, ExportError) as exc:
             raise click.ClickException(f"{export_file}: {exc}") from exc
         entries, checkpoints, coordinator = (
             exported.entries,
@@ -747,6 +756,8 @@ def audit_verify(ctx: click.Context, export_file: str | None, trust_roots: tuple
 @click.pass_context
 def audit_export(ctx: click.Context, out: str | None) -> None:
     """Write the log and its checkpoints as JSON lines, verifiable offline."""
+    if out is not None and not Path(out).parent.is_dir():
+        raise click.BadParameter(f"no directory {Path(out).parent}", param_hint="--out")
     options = ctx.find_object(GlobalOptions)
     assert options is not None
     coordinator = _settings(options).coordinator.node_id
@@ -757,8 +768,11 @@ def audit_export(ctx: click.Context, out: str | None) -> None:
             sys.stdout.write(line)
         sys.stdout.flush()
         return
-    with open(out, "w", encoding="utf-8") as f:
-        f.writelines(lines)
+    try:
+        with open(out, "w", encoding="utf-8") as f:
+            f.writelines(lines)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {out}: {exc.strerror}") from exc
     click.echo(f"exported {len(fetched.entries)} entries to {out}", err=True)
 
 

@@ -148,7 +148,7 @@ async def _serve(
     except asyncio.CancelledError:
         log.info("relay_signal", action="shutdown")
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        raise click.ClickException(f"cannot start the relay: {exc.strerror or exc}") from exc
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
