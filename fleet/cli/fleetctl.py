@@ -221,9 +221,9 @@ def _fail(message: str, code: int) -> NoReturn:
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
-    default="warning",
+    default="error",
     show_default=True,
-    help="Diagnostics on stderr.",
+    help="Diagnostics on stderr (warning: also retries, e.g. a relay refusing connections).",
 )
 @click.pass_context
 def main(

@@ -362,11 +362,19 @@ def run_all(files: Files, cases: list[tuple[Command, Case]]) -> None:
     assert not report, f"{len(report)} of {len(cases)} runs failed:\n" + "\n".join(report)
 
 
-def closed_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+def closed_port(kind: socket.SocketKind) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port
+
+
+def closed_udp_port() -> int:
+    return closed_port(socket.SOCK_DGRAM)
+
+
+def closed_tcp_port() -> int:
+    return closed_port(socket.SOCK_STREAM)
 
 
 @pytest.fixture(scope="module")
@@ -419,6 +427,28 @@ def test_an_unreachable_peer_is_one_line(files: Files) -> None:
         for command in COMMANDS
         if command not in OFFLINE
     ]
+    # Through a relay that refuses connections (the relay client retries: not news to users).
+    relay = f"fleet-relay+insecure://{Identity.generate().node_id}@127.0.0.1:{closed_tcp_port()}"
+    node = files.unreachable.partition("@")[0]
+    through_relay = [
+        (
+            ("fleetctl", "status"),
+            fleetctl_argv(
+                *("--coordinator", node, "--relay", relay, "--key", str(files.key)),
+                *("--timeout", str(TIMEOUT), "status"),
+            ),
+        ),
+        (
+            ("fleet", "ping"),
+            fleet_argv(
+                *("ping", node, "--relay", relay, "--timeout", str(TIMEOUT)),
+                *("--count", "1", "--bind", "127.0.0.1:0"),
+            ),
+        ),
+    ]
+    for command, argv in through_relay:
+        label = " ".join(command) + " (unreachable relay)"
+        cases.append((command, Case(label, argv, offline_error=False, must_say="cannot reach")))
     run_all(files, cases)
 
 
