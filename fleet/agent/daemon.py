@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from fleet.agent.apply import ApplyConfig
 from fleet.agent.dial import MeshDialer
 from fleet.agent.session import CoordinatorSession
-from fleet.agent.state import StateError, StateFile
+from fleet.agent.state import StateFile
 from fleet.agent.worker import Agent
 from fleet.identity import Identity, NodeId
 from fleet.log import get_logger
@@ -34,16 +33,6 @@ class AgentSettings:
     apply: ApplyConfig
     listen: tuple[str, int]
     tags: tuple[str, ...] = ()
-
-
-def prepare_state_dir(directory: Path) -> None:
-    """Create the state directory (0700) and prove it writable now, not at the first push."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as exc:
-        raise StateError(f"--state-dir {directory}: {exc.strerror or exc}") from exc
 
 
 async def run_agent(settings: AgentSettings) -> None:

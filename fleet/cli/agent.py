@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from fleet.agent.apply import ApplyConfig
-from fleet.agent.daemon import AgentSettings, prepare_state_dir, run_agent
+from fleet.agent.daemon import AgentSettings, run_agent
 from fleet.agent.settings import (
     DEFAULT_KEY,
     DEFAULT_STATE_DIR,
@@ -22,7 +22,7 @@ from fleet.agent.settings import (
 )
 from fleet.agent.state import StateError
 from fleet.cli.common import ConfigurationError, load_key_or_fail
-from fleet.config import ConfigError, merge_settings
+from fleet.config import ConfigError, merge_settings, prepare_state_dir
 from fleet.log import setup_logging
 from fleet.netaddr import format_host_port
 from fleet.nix import NixStore
@@ -60,7 +60,7 @@ def agent(config_file: str | None, **flags: Any) -> None:
         raise ConfigurationError(str(exc)) from exc
     try:
         prepare_state_dir(checked.state_dir)
-    except StateError as exc:
+    except ConfigError as exc:
         raise ConfigurationError(str(exc)) from exc
     store = NixStore.chroot(checked.nix_store) if checked.nix_store else NixStore()
     setup_logging(checked.log_level)
