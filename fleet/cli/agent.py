@@ -65,6 +65,11 @@ def agent(config_file: str | None, **flags: Any) -> None:
     store = NixStore.chroot(checked.nix_store) if checked.nix_store else NixStore()
     setup_logging(checked.log_level)
     identity = load_key_or_fail(checked.key)
+    if checked.coordinator.node_id == identity.node_id:
+        raise ConfigurationError(
+            f"--coordinator: {identity.node_id.short()} is this device's own node id "
+            f"(of {checked.key}); give the coordinator's"
+        )
     config = ApplyConfig(
         store=store,
         profile=checked.profile or store.system_profile,

@@ -130,6 +130,12 @@ def test_bad_settings_in_the_config_file(tmp_path: Path, device_key: Path) -> No
         assert_one_line(result, EXIT_CONFIG, needle)
 
 
+def test_the_coordinator_is_not_the_device_itself(tmp_path: Path, device_key: Path) -> None:
+    own = run_fleet("id", str(device_key)).stdout.strip()
+    result = run(base_argv(tmp_path, **{"--coordinator": f"{own}@127.0.0.1:1"}))
+    assert_one_line(result, EXIT_CONFIG, "--coordinator", "own node id")
+
+
 def test_a_key_file_that_is_not_a_key(tmp_path: Path) -> None:
     # Not EX_CONFIG: a missing host key may yet appear (sshd generates it), so systemd retries.
     (tmp_path / "device.key").write_text("not a key\n")
