@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -19,6 +20,10 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(f)
     except FileNotFoundError as exc:
         raise ConfigError(f"{p}: no such configuration file") from exc
+    except OSError as exc:  # a directory, no permission
+        raise ConfigError(f"{p}: cannot read the configuration file: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: invalid TOML: not UTF-8 text ({exc.reason})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: invalid TOML: {exc}") from exc
 
@@ -49,3 +54,17 @@ def merge_settings(
             continue
         merged[key] = list(value) if isinstance(value, tuple) else value
     return merged
+
+
+def prepare_state_dir(directory: Path, setting: str = "--state-dir") -> None:
+    """Create a daemon's state directory (0700) and prove it writable at start-up.
+
+    A directory that cannot be written would otherwise fail at the first write, which for
+    the agent is the first push, possibly days later.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{setting} {directory}: {exc.strerror or exc}") from exc

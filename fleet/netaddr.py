@@ -9,7 +9,8 @@ class InvalidAddress(ValueError):
     """Text that is not HOST:PORT; the message names what is wrong."""
 
 
-def parse_host_port(text: str) -> tuple[str, int]:
+def parse_host_port(text: str, *, any_port: bool = False) -> tuple[str, int]:
+    """HOST:PORT or [IPV6]:PORT; with `any_port` (an address to bind) port 0 is allowed."""
     if text.startswith("["):
         host, close, port_part = text[1:].partition("]")
         if not close or not port_part.startswith(":"):
@@ -30,8 +31,9 @@ def parse_host_port(text: str) -> tuple[str, int]:
     if not port_text.isdigit() or not port_text.isascii():
         raise InvalidAddress(f"{text!r}: port {port_text!r} is not a number")
     port = int(port_text)
-    if not 0 < port < 65536:
-        raise InvalidAddress(f"{text!r}: port {port} is not in 1-65535")
+    lowest = 0 if any_port else 1
+    if not lowest <= port < 65536:
+        raise InvalidAddress(f"{text!r}: port {port} is not in {lowest}-65535")
     return host, port
 
 

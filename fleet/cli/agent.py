@@ -1,59 +1,31 @@
-"""`fleet agent`: keep a device at the system its admins announce (see docs/agent.md)."""
+"""`fleet agent`: keep a device at the system its admins announce (see docs/agent.md).
+
+A setting that cannot be used stops the agent before it starts, with exit status 78
+(EX_CONFIG); a key file that cannot be read exits 1 (it may appear later, e.g. sshd's host key).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import click
 
 from fleet.agent.apply import ApplyConfig
 from fleet.agent.daemon import AgentSettings, run_agent
-from fleet.agent.state import StateError
-from fleet.cli.common import load_key_or_fail, parse_node_id_or_fail
-from fleet.cli.relay import parse_host_port
-from fleet.config import ConfigError, merge_settings
-from fleet.identity import InvalidLabel, normalize_tags
-from fleet.log import setup_logging
-from fleet.mesh.peer_addr import InvalidPeerAddr, PeerAddr
-from fleet.nix import NixStore
-from fleet.relay.url import RelayUrl
-
-SETTINGS = (
-    "key",
-    "coordinator",
-    "relay",
-    "state_dir",
-    "trust_root",
-    "tag",
-    "substituter",
-    "trusted_public_key",
-    "nix_store",
-    "profile",
-    "listen",
-    "log_level",
+from fleet.agent.settings import (
+    DEFAULT_KEY,
+    DEFAULT_STATE_DIR,
+    KNOWN,
+    SettingsError,
+    from_mapping,
 )
-
-DEFAULT_KEY = "/etc/ssh/ssh_host_ed25519_key"
-DEFAULT_STATE_DIR = "/var/lib/fleet-agent"
-
-
-def _list(settings: dict[str, Any], key: str) -> list[str]:
-    """A repeatable setting: several flags, a TOML list, or a single TOML string."""
-    value = settings.get(key, [])
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise click.BadParameter(f"expected a list of strings, got {value!r}", param_hint=key)
-    return value
-
-
-def _text(settings: dict[str, Any], key: str, default: str | None = None) -> str | None:
-    value = settings.get(key, default)
-    if value is not None and not isinstance(value, str):
-        raise click.BadParameter(f"expected a string, got {value!r}", param_hint=key)
-    return value
+from fleet.agent.state import StateError
+from fleet.cli.common import ConfigurationError, load_key_or_fail
+from fleet.config import ConfigError, merge_settings, prepare_state_dir
+from fleet.log import setup_logging
+from fleet.netaddr import format_host_port
+from fleet.nix import NixStore
 
 
 @click.command("agent")
@@ -83,67 +55,46 @@ def _text(settings: dict[str, Any], key: str, default: str | None = None) -> str
 def agent(config_file: str | None, **flags: Any) -> None:
     """Apply admin-signed system announcements from the coordinator and report status."""
     try:
-        settings = merge_settings(config_file, flags, SETTINGS)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
-    coordinator_text = _text(settings, "coordinator")
-    if not coordinator_text:
-        raise click.UsageError("--coordinator is required (as a flag or in --config)")
+        checked = from_mapping(merge_settings(config_file, flags, KNOWN))
+    except (ConfigError, SettingsError) as exc:
+        raise ConfigurationError(str(exc)) from exc
     try:
-        coordinator = PeerAddr.parse(coordinator_text)
-    except InvalidPeerAddr as exc:
-        raise click.BadParameter(str(exc), param_hint="coordinator") from exc
-    roots = tuple(
-        dict.fromkeys(parse_node_id_or_fail(a, "trust-root") for a in _list(settings, "trust_root"))
-    )
-    if not roots:
-        raise click.UsageError(
-            "at least one --trust-root NODEID is required (whose certificates count)"
+        prepare_state_dir(checked.state_dir)
+    except ConfigError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    store = NixStore.chroot(checked.nix_store) if checked.nix_store else NixStore()
+    setup_logging(checked.log_level)
+    identity = load_key_or_fail(checked.key)
+    if checked.coordinator.node_id == identity.node_id:
+        raise ConfigurationError(
+            f"--coordinator: {identity.node_id.short()} is this device's own node id "
+            f"(of {checked.key}); give the coordinator's"
         )
-    try:  # the same spelling as `fleetctl devices add --tag`: kiosk or tag:kiosk
-        tags = normalize_tags(_list(settings, "tag"))
-    except InvalidLabel as exc:
-        raise click.BadParameter(str(exc), param_hint="tag") from exc
-    substituters = tuple(_list(settings, "substituter"))
-    keys = tuple(_list(settings, "trusted_public_key"))
-    if not substituters or not keys:
-        raise click.UsageError(
-            "--substituter and --trusted-public-key are required: the agent fetches only "
-            "from caches and with keys of its own configuration"
-        )
-    relays = []
-    for url in _list(settings, "relay"):
-        try:
-            relays.append(str(RelayUrl.parse(url)))
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="relay") from exc
-    listen = parse_host_port(_text(settings, "listen", "0.0.0.0:0") or "", "listen")  # port 0 ok
-    nix_store = _text(settings, "nix_store")
-    store = NixStore.chroot(Path(nix_store)) if nix_store else NixStore()
-    profile_text = _text(settings, "profile")
-    profile = Path(profile_text) if profile_text else store.system_profile
-    setup_logging(str(settings.get("log_level", "info")))
-    identity = load_key_or_fail(_text(settings, "key", DEFAULT_KEY) or DEFAULT_KEY)
     config = ApplyConfig(
-        store=store, profile=profile, substituters=substituters, trusted_public_keys=keys
+        store=store,
+        profile=checked.profile or store.system_profile,
+        substituters=checked.substituters,
+        trusted_public_keys=checked.trusted_public_keys,
     )
-    state_dir = Path(_text(settings, "state_dir", DEFAULT_STATE_DIR) or DEFAULT_STATE_DIR)
     try:
         asyncio.run(
             run_agent(
                 AgentSettings(
                     identity=identity,
-                    coordinator=coordinator,
-                    relays=tuple(relays),
-                    state_dir=state_dir,
-                    trust_roots=roots,
+                    coordinator=checked.coordinator,
+                    relays=checked.relays,
+                    state_dir=checked.state_dir,
+                    trust_roots=checked.trust_roots,
                     apply=config,
-                    listen=listen,
-                    tags=tags,
+                    listen=checked.listen,
+                    tags=checked.tags,
                 )
             )
         )
     except StateError as exc:
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:
-        raise click.ClickException(f"cannot start the agent: {exc}") from exc
+        where = format_host_port(*checked.listen)
+        raise click.ClickException(
+            f"cannot start the agent (--listen {where}): {exc.strerror or exc}"
+        ) from exc

@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from fleet.cli.common import load_key_or_fail
-from fleet.config import ConfigError, merge_settings
+from fleet.cli.common import ConfigurationError, load_key_or_fail
+from fleet.config import ConfigError, merge_settings, prepare_state_dir
 from fleet.coordinator import daemon
 from fleet.coordinator.database import DatabaseError
 from fleet.coordinator.settings import KNOWN, CoordinatorSettings, SettingsError, from_mapping
@@ -38,8 +38,9 @@ def coordinator(config_file: str | None, **flags: Any) -> None:
     """Keep the device registry, store signed pushes durably and deliver them to agents."""
     try:
         settings = from_mapping(merge_settings(config_file, flags, KNOWN))
+        prepare_state_dir(settings.state_dir)
     except (ConfigError, SettingsError) as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise ConfigurationError(str(exc)) from exc
     setup_logging(settings.log_level)
     identity = load_key_or_fail(settings.key)
     asyncio.run(_serve(settings, identity))

@@ -6,14 +6,14 @@ import click
 
 from fleet import __version__
 from fleet.cli.agent import agent as agent_command
-from fleet.cli.common import load_key_or_fail
+from fleet.cli.common import FleetGroup, load_key_or_fail
 from fleet.cli.coordinator import coordinator as coordinator_command
 from fleet.cli.ping import ping as ping_command
 from fleet.cli.relay import relay as relay_command
 from fleet.identity import KeyFileError, write_new_key
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=FleetGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fleet")
 def main() -> None:
     """fleet: NixOS fleet management over a peer-to-peer QUIC mesh."""

@@ -91,7 +91,7 @@ from fleet.capability import (
     revoke,
     write_chain,
 )
-from fleet.cli.common import load_key_or_fail, parse_node_id_or_fail
+from fleet.cli.common import FleetGroup, load_key_or_fail, parse_node_id_or_fail
 from fleet.identity import (
     Identity,
     InvalidLabel,
@@ -103,6 +103,7 @@ from fleet.identity import (
 )
 from fleet.log import setup_logging
 from fleet.nix.errors import InvalidStorePath
+from fleet.nix.substituters import InvalidSubstituter, check_substituter
 from fleet.protocol.messages import Action, DeviceInfo, StatusSnapshot
 
 T = TypeVar("T")
@@ -236,7 +237,9 @@ zsh: _FLEETCTL_COMPLETE=zsh_source; fish: _FLEETCTL_COMPLETE=fish_source
 """
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+@click.group(
+    cls=FleetGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG
+)
 @click.version_option(__version__, prog_name="fleetctl")
 @click.option(
     "--coordinator",
@@ -271,9 +274,9 @@ zsh: _FLEETCTL_COMPLETE=zsh_source; fish: _FLEETCTL_COMPLETE=fish_source
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
-    default="warning",
+    default="error",
     show_default=True,
-    help="Diagnostics on stderr.",
+    help="Diagnostics on stderr (warning: also retries, e.g. a relay refusing connections).",
 )
 @click.pass_context
 def main(
@@ -552,6 +555,11 @@ def push_command(
         )
     except AdminError as exc:
         raise click.ClickException(str(exc)) from exc
+    for url in cache.caches:
+        try:
+            check_substituter(url)
+        except InvalidSubstituter as exc:
+            raise click.BadParameter(str(exc), param_hint="--cache") from exc
     cache_check = _check_cache(store_path, cache, _settings(options), no_cache_check, as_json)
 
     def emit(line: str) -> None:
@@ -910,7 +918,7 @@ def grant_command(
     try:
         write_chain(out, chain)
     except OSError as exc:
-        raise click.ClickException(f"cannot write the chain to {out}: {exc}") from exc
+        raise click.ClickException(f"cannot write the chain to {out}: {exc.strerror}") from exc
     cert_id = format_id(certificate_id(chain.certificates[-1]))
     why = _record(ctx, chain) if record else None
     if as_json:
@@ -1113,7 +1121,7 @@ def audit_verify(
         try:
             with open(export_file, encoding="utf-8") as lines:
                 exported = read_export(lines)
-        except (OSError, ExportError) as exc:
+        except (OSError, UnicodeDecodeError, ExportError) as exc:
             raise click.ClickException(f"{export_file}: {exc}") from exc
         entries, checkpoints, coordinator = (
             exported.entries,
@@ -1158,6 +1166,8 @@ def audit_export(ctx: click.Context, out: str | None, as_json: bool) -> None:
     --json prints a summary of what was written.
     """
     as_json = _group_json(ctx, as_json)
+    if out is not None and not Path(out).parent.is_dir():
+        raise click.BadParameter(f"no directory {Path(out).parent}", param_hint="--out")
     options = ctx.find_object(GlobalOptions)
     assert options is not None
     coordinator = _settings(options).coordinator.node_id
@@ -1172,7 +1182,7 @@ def audit_export(ctx: click.Context, out: str | None, as_json: bool) -> None:
         with open(out, "w", encoding="utf-8") as f:
             f.writelines(lines)
     except OSError as exc:
-        raise click.ClickException(f"cannot write {out}: {exc}") from exc
+        raise click.ClickException(f"cannot write {out}: {exc.strerror}") from exc
     if as_json:
         _print_json(
             {

@@ -106,7 +106,7 @@ def ping(
     if not peer.addrs and relay is None:
         raise click.UsageError("TARGET has no address: give NODEID@HOST:PORT or --relay URL")
     bind_addr = parse_host_port(bind, "--bind")
-    setup_logging("warning")
+    setup_logging("error")  # retries (a relay refusing) are not news: the outcome is
     identity = load_key_or_fail(key) if key else Identity.generate()
     report = asyncio.run(_run(identity, peer, relay, bind_addr, count, interval, timeout, as_json))
     if not report.rtts:

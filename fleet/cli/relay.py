@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from fleet.cli.common import load_key_or_fail
+from fleet.cli.common import ConfigurationError, bad_settings_exit_config, load_key_or_fail
 from fleet.config import ConfigError, merge_settings
 from fleet.identity import Identity
 from fleet.log import get_logger, setup_logging
@@ -125,12 +125,13 @@ def _stun_listen(
     help="Answer STUN (default), or not: nodes behind NAT then never punch holes.",
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@bad_settings_exit_config
 def relay(config_file: str | None, **flags: Any) -> None:
     """Forward packets between authenticated nodes (the mesh's fallback path)."""
     try:
         settings = merge_settings(config_file, flags, SETTINGS)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise ConfigurationError(str(exc)) from exc
     if "listen" not in settings or "key" not in settings:
         raise click.UsageError("--listen and --key are required (as flags or in --config)")
     host, port = parse_host_port(settings["listen"], "listen")
@@ -187,8 +188,11 @@ async def _serve(
             "without STUN (nodes behind NAT then stay on the relay path)"
         ) from exc
     except OSError as exc:
+        where = f"TCP {format_host_port(host, port)}"
+        if metrics_listen is not None:
+            where += f" or metrics {format_host_port(*metrics_listen)}"
         raise click.ClickException(
-            f"cannot listen on TCP {format_host_port(host, port)}: {exc.strerror or exc}"
+            f"cannot start the relay on {where}: {exc.strerror or exc}"
         ) from exc
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,7 +8,6 @@ caller's keys decide, and `require-sigs` is forced on.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,16 +15,15 @@ from dataclasses import dataclass
 from fleet.log import get_logger
 from fleet.nix.closure import is_valid
 from fleet.nix.errors import NixError, PathNotFound, classify
+from fleet.nix.keys import NixPublicKey
 from fleet.nix.process import run_nix
 from fleet.nix.progress import FetchProgress, ProgressParser
 from fleet.nix.store import NixStore, check_store_path
+from fleet.nix.substituters import check_substituter
 
 log = get_logger("fleet.nix.fetch")
 
 ProgressCallback = Callable[[FetchProgress], None]
-
-_SUBSTITUTER = re.compile(r"(https?|file|s3|ssh|ssh-ng)://\S+|(/|local\?)\S*")
-_PUBLIC_KEY = re.compile(r"[A-Za-z0-9._+-]+:[A-Za-z0-9+/]{43}=")
 
 
 @dataclass(frozen=True)
@@ -41,11 +39,9 @@ def _check_config(substituters: Sequence[str], keys: Sequence[str]) -> None:
     if not keys:
         raise ValueError("fetch_closure needs at least one trusted public key")
     for url in substituters:
-        if not _SUBSTITUTER.fullmatch(url):
-            raise ValueError(f"not a substituter URL: {url!r}")
+        check_substituter(url)  # InvalidSubstituter is a ValueError
     for key in keys:
-        if not _PUBLIC_KEY.fullmatch(key):
-            raise ValueError(f"not a Nix public key (name:base64): {key!r}")
+        NixPublicKey.parse(key)  # InvalidNixPublicKey is a ValueError
 
 
 async def fetch_closure(

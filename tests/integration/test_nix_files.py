@@ -26,6 +26,7 @@ from click.testing import CliRunner
 import fleet.cli.agent
 import fleet.cli.coordinator
 import fleet.cli.relay
+from fleet.agent.settings import KNOWN as AGENT_SETTINGS
 from fleet.coordinator.settings import KNOWN as COORDINATOR_SETTINGS
 from fleet.identity import write_new_key
 
@@ -43,7 +44,7 @@ RELAY_URL = f"fleet-relay://{RELAY_ID}@relay.example.org:4433"
 CACHE_KEY = "fleet-vm-test-1:BRBUqTnM6bXs36B64z9FVyKjgmekOd14u7LUrsMAqjY="
 
 KNOWN: dict[str, tuple[str, ...]] = {
-    "agent": fleet.cli.agent.SETTINGS,
+    "agent": AGENT_SETTINGS,
     "coordinator": COORDINATOR_SETTINGS,
     "relay": fleet.cli.relay.SETTINGS,
 }
