@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from fleet.admin.errors import AdminError, unwrap_group
+from fleet.nix.keys import NixPublicKey
 from fleet.nix.narinfo import (
     NarInfoError,
-    PublicKey,
     UntrustedNarInfo,
     parse_narinfo,
     verify_narinfo,
@@ -94,7 +94,7 @@ def _hash_part(path: str) -> str:
 class _Walk:
     root: str
     caches: tuple[str, ...]
-    keys: tuple[PublicKey, ...]
+    keys: tuple[NixPublicKey, ...]
     source: NarinfoSource
     max_paths: int
     limit: asyncio.Semaphore
@@ -153,7 +153,7 @@ class _Walk:
 async def check_closure(
     root: str,
     caches: Sequence[str],
-    keys: Sequence[PublicKey],
+    keys: Sequence[NixPublicKey],
     source: NarinfoSource,
     *,
     concurrency: int = CONCURRENCY,

@@ -20,7 +20,8 @@ from typing import Any
 from fleet.admin.errors import SettingsError
 from fleet.config import ConfigError, load_toml
 from fleet.mesh.peer_addr import InvalidPeerAddr, PeerAddr
-from fleet.nix.narinfo import NarInfoError, PublicKey, parse_public_key
+from fleet.nix.keys import NixPublicKey
+from fleet.nix.narinfo import NarInfoError, parse_public_key
 from fleet.relay.url import InvalidRelayUrl, RelayUrl
 
 ENV_COORDINATOR = "FLEET_COORDINATOR"
@@ -177,7 +178,7 @@ class CacheSettings:
     """Where `push` checks that the closure is, and whose Nix signatures count."""
 
     caches: tuple[str, ...]  # empty: nothing configured (push warns and does not check)
-    trusted_public_keys: tuple[PublicKey, ...]
+    trusted_public_keys: tuple[NixPublicKey, ...]
     source: str = ""  # the config file consulted, for messages
 
 

@@ -21,6 +21,7 @@ import nacl.exceptions
 import nacl.signing
 
 from fleet.nix.errors import InvalidStorePath
+from fleet.nix.keys import InvalidNixPublicKey, NixPublicKey
 from fleet.nix.store import STORE_DIR, check_store_path
 
 NIX32_ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"  # Nix's base32: no e, o, u, t
@@ -40,17 +41,6 @@ class NarInfoError(ValueError):
 
 class UntrustedNarInfo(Exception):
     """A well-formed narinfo without a valid signature by any of the trusted keys."""
-
-
-@dataclass(frozen=True, slots=True)
-class PublicKey:
-    """A Nix binary-cache public key, as in nix.conf's trusted-public-keys."""
-
-    name: str
-    key: bytes  # 32 bytes, Ed25519
-
-    def __str__(self) -> str:
-        return f"{self.name}:{base64.b64encode(self.key).decode()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,12 +128,12 @@ def fingerprint(store_path: str, nar_hash: str, nar_size: int, references: Itera
     return f"1;{store_path};{nar_hash};{nar_size};{','.join(references)}".encode()
 
 
-def parse_public_key(text: str) -> PublicKey:
-    """`NAME:base64(32 bytes)`, as in trusted-public-keys."""
-    name, sep, body = text.strip().partition(":")
-    if not sep or not _NAME.fullmatch(name):
-        raise NarInfoError(f"not a Nix public key (NAME:BASE64): {text[:80]!r}")
-    return PublicKey(name, _b64(body, 32, f"public key {name}"))
+def parse_public_key(text: str) -> NixPublicKey:
+    """`NAME:base64(32 bytes)`, as in trusted-public-keys (fleet.nix.keys' rules)."""
+    try:
+        return NixPublicKey.parse(text.strip())
+    except InvalidNixPublicKey as exc:
+        raise NarInfoError(str(exc)) from None
 
 
 def _store_path(text: str, field: str) -> str:
@@ -209,7 +199,7 @@ def parse_narinfo(data: bytes | str) -> NarInfo:
     )
 
 
-def verify_narinfo(info: NarInfo, trusted: Iterable[PublicKey]) -> str:
+def verify_narinfo(info: NarInfo, trusted: Iterable[NixPublicKey]) -> str:
     """The name of a trusted key whose signature over `info` verifies.
 
     Raises UntrustedNarInfo saying why not: no signature at all, only signatures by other

@@ -14,13 +14,14 @@ import pytest
 
 from fleet.admin.cache_check import CacheCheckFailed, CacheUnavailable, check_closure
 from fleet.admin.cache_reader import CacheReader
-from fleet.nix.narinfo import PublicKey, parse_public_key
+from fleet.nix.keys import NixPublicKey
+from fleet.nix.narinfo import parse_public_key
 from tests.nixlab import serve_directory, unreachable_url
 from tests.unit.narinfos import CacheKey, narinfo, store_path, write_narinfo
 
 KEY = CacheKey.generate("cache.example.org-1")
 OTHER = CacheKey.generate("other-1")
-TRUSTED: list[PublicKey] = [parse_public_key(KEY.public)]
+TRUSTED: list[NixPublicKey] = [parse_public_key(KEY.public)]
 ROOT, LIB, DATA = store_path("nixos-system-kiosk"), store_path("glibc"), store_path("data")
 
 
