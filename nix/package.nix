@@ -40,6 +40,19 @@ let
         # fleet uses of aioquic is covered by fleet's own tests.
         doCheck = false;
       });
+      # Not in nixpkgs: a classic RFC 3489 STUN client, used only by the relay's STUN tests
+      # (tests/unit/test_stun_responder.py) as a client nobody here wrote.
+      pystun3 = pyfinal.buildPythonPackage rec {
+        pname = "pystun3";
+        version = "2.0.0";
+        pyproject = true;
+        src = fetchPypi {
+          inherit pname version;
+          hash = "sha256-mav+g99p/Q9ieOm+FFaCf6+55OJe/tgHTRW3VKybH+4=";
+        };
+        build-system = [ pyfinal.setuptools ];
+        doCheck = false;
+      };
       aioice = pyprev.aioice.overridePythonAttrs (old: rec {
         version = "0.13.0";
         src = fetchPypi {
@@ -95,6 +108,7 @@ python.pkgs.buildPythonApplication {
     # tests/unit/test_identity.py reads OpenSSH host keys made by ssh-keygen (mark `openssh`).
     openssh
     pyte # tests/unit/test_fleetctl_live.py replays the live views on a terminal emulator
+    pystun3 # tests/unit/test_stun_responder.py: a third-party STUN client
   ];
 
   # The unit tests only: the integration tests need real Nix, network namespaces and root,
