@@ -79,7 +79,7 @@ async def run_fleet(lab: FleetLab, paths: list[str], *, once: bool) -> None:
     await lab.start()
     print(f"    relay        {lab.relay_url}")
     print(f"    coordinator  {lab.coordinator_addr}")
-    agents = [lab.add_agent(name, relay_only=name == RELAY_ONLY) for name in DEVICES]
+    agents = [lab.add_agent(name, relay_only=name == RELAY_ONLY, tags=(TAG,)) for name in DEVICES]
     say(
         f"starting three agents with their own Nix stores ({RELAY_ONLY} reaches the "
         f"coordinator only through the relay), registered with tag {TAG}"
