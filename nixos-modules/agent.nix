@@ -238,6 +238,8 @@ in
         ExecStart = "${lib.getExe' cfg.package "fleet"} agent --config ${configFile}";
         Restart = "on-failure";
         RestartSec = 5;
+        # Exit 78 (EX_CONFIG): a setting is wrong; restarting cannot fix it (docs/operations.md).
+        RestartPreventExitStatus = 78;
         # Root is needed: the agent writes the Nix store, sets the system profile and
         # activates systems, so the usual sandboxing (ProtectSystem, PrivateDevices, ...)
         # would leak into every activation it runs and is deliberately not set.

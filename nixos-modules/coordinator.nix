@@ -185,6 +185,8 @@ in
         ExecStart = "${lib.getExe' cfg.package "fleet"} coordinator --config ${configFile}";
         Restart = "on-failure";
         RestartSec = 5;
+        # Exit 78 (EX_CONFIG): a setting is wrong; restarting cannot fix it (docs/operations.md).
+        RestartPreventExitStatus = 78;
       };
     };
   };

@@ -184,6 +184,8 @@ in
         ExecStart = "${lib.getExe' cfg.package "fleet"} relay --config ${configFile}";
         Restart = "on-failure";
         RestartSec = 5;
+        # Exit 78 (EX_CONFIG): a setting is wrong; restarting cannot fix it (docs/operations.md).
+        RestartPreventExitStatus = 78;
         # One file descriptor per client connection (max_clients defaults to 10000).
         LimitNOFILE = 65536;
       };

@@ -401,6 +401,14 @@ def test_server_assertions_explain_the_mistake(
     assert expected in failed(role, MINIMAL[role], **overrides)
 
 
+@pytest.mark.parametrize("role", ["agent", "coordinator", "relay"])
+def test_a_configuration_error_is_not_restarted_forever(role: str) -> None:
+    # The daemons exit 78 (EX_CONFIG) on a wrong setting; a restart loop cannot fix that.
+    config = evaluate(role, MINIMAL[role])["service"]["serviceConfig"]
+    assert config["Restart"] == "on-failure"
+    assert config["RestartPreventExitStatus"] == 78
+
+
 @pytest.mark.parametrize("role", ["coordinator", "relay"])
 def test_server_units_are_hardened(role: str) -> None:
     config = evaluate(role, MINIMAL[role])["service"]["serviceConfig"]
