@@ -130,11 +130,11 @@ def test_stun_settings_from_toml_and_flags(tmp_path: Path) -> None:
         relay.stop()
     config.write_text(f'key = "{key}"\nstun = false\nstun-listen = "127.0.0.1:0"\n')
     both = run_fleet("relay", "--listen", "127.0.0.1:0", "--config", str(config))
-    assert both.returncode == 2
+    assert both.returncode == 78  # EX_CONFIG: a wrong setting (docs/operations.md)
     assert "contradict each other" in both.stderr
     config.write_text(f'key = "{key}"\nstun = "no"\n')
     typo = run_fleet("relay", "--listen", "127.0.0.1:0", "--config", str(config))
-    assert typo.returncode == 2
+    assert typo.returncode == 78
     assert "expected true or false" in typo.stderr
 
 
