@@ -56,6 +56,7 @@ from fleet.coordinator.registry import DeviceRecord, LastReport, RegistryError
 from fleet.coordinator.sessions import AgentLink, AgentSession, Phase
 from fleet.coordinator.watchers import StatusWatcher
 from fleet.identity import Identity, InvalidLabel, NodeId, normalize_tags
+from fleet.identity.labels import TAG_PREFIX
 from fleet.log import get_logger
 from fleet.nix.errors import InvalidStorePath
 from fleet.nix.store import check_store_path
@@ -95,6 +96,8 @@ from fleet.protocol.messages import (
     StatusReport,
     StatusRequest,
     StatusSnapshot,
+    TargetCheck,
+    TargetCheckReply,
     Welcome,
 )
 from fleet.wire import (
@@ -133,6 +136,7 @@ ACTIONS: dict[type[Message], str] = {
     RevokeRequest: "revoke",
     CertificateLookup: "certificate-lookup",
     AuditQuery: "audit-read",
+    TargetCheck: "target-check",
 }
 # The capability each request needs (revocation authority is checked by verify_revocation).
 NEEDS: dict[type[Message], Permission | None] = {
@@ -147,9 +151,11 @@ NEEDS: dict[type[Message], Permission | None] = {
     RevokeRequest: None,
     CertificateLookup: Permission.GRANT,
     AuditQuery: Permission.AUDIT,
+    TargetCheck: Permission.PUSH,
 }
 # Reads are not administrative actions: only their nonce is kept, no audit row.
-READ_ONLY = (NextSequence, DeviceList, StatusRequest, CertificateLookup, AuditQuery)
+READ_ONLY = (NextSequence, DeviceList, StatusRequest, CertificateLookup, AuditQuery, TargetCheck)
+MAX_TARGET_CHECK = 64  # targets answered per TargetCheck
 
 
 class Refused(Exception):
@@ -352,6 +358,8 @@ class CoordinatorService:
                 return AdminResult(
                     NextSequenceReply(sequence=await announcements.max_sequence(self.db) + 1)
                 )
+            if isinstance(body, TargetCheck):
+                return AdminResult(await self._target_check(authority, body))
             if isinstance(body, DeviceList):
                 devices = await registry.all_devices(self.db)
                 if Permission.READ not in authority.actions:
@@ -373,6 +381,22 @@ class CoordinatorService:
         if isinstance(body, RevokeRequest):
             return await self._revoke(opened, body, raw, actor, now)
         return await self._change_device(opened, authority, body, raw, actor, now)
+
+    async def _target_check(self, authority: Authority, body: TargetCheck) -> TargetCheckReply:
+        """Which targets name devices that exist, all of them outside the requester's scope.
+
+        Only exact names, full node ids and tags are answered, at most MAX_TARGET_CHECK per
+        request: a push key learns no more than that a name it already knows is out of reach.
+        """
+        if len(body.targets) > MAX_TARGET_CHECK:
+            raise Refused("invalid", f"at most {MAX_TARGET_CHECK} targets per check")
+        devices = await registry.all_devices(self.db)
+        outside = []
+        for target in body.targets:
+            named = [d for d in devices if names_device(target.strip(), d)]
+            if named and not any(authority.scope.contains(d.node_id, d.tags) for d in named):
+                outside.append(target)
+        return TargetCheckReply(outside=tuple(outside), scope=authority.scope.describe())
 
     async def _use_nonce(self, tx: Transaction, opened: OpenedRequest) -> None:
         """Record the request's nonce (a nonce seen before means a replayed request), and
@@ -1039,6 +1063,14 @@ class CoordinatorService:
             error=None,
             rejection=None,
         )
+
+
+def names_device(target: str, device: DeviceRecord) -> bool:
+    """Whether a push target, as fleetctl takes it, names this device exactly (name, full
+    node id or `tag:NAME`; short ids are left to the admin's own, scoped, list)."""
+    if target.startswith(TAG_PREFIX):
+        return target[len(TAG_PREFIX) :] in device.tags
+    return target == device.name or target == str(device.node_id)
 
 
 def too_large(size: int) -> str:
