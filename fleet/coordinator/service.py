@@ -273,7 +273,9 @@ class CoordinatorService:
         recorded = await self._audit_refusal(
             refusal, facts, actor, action, opened, certified, raw, now
         )
-        log.info(
+        # Refusals over the rate limits are logged at debug only: the log must not grow
+        # with what an attacker sends any more than the audit log does.
+        (log.info if recorded else log.debug)(
             "admin_refused",
             actor=actor.short(),
             action=action,
