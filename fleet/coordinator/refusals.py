@@ -2,13 +2,13 @@
 
 Anyone who reaches the coordinator can send admin requests, certified or not, valid or
 garbage, so what a refusal leaves in the (append-only) audit log must not grow with what was
-sent: a refusal is recorded as the request's size and SHA-256, who sent it, what it claimed to
-be and why it was refused; never the raw bytes of a request from a key without a valid
-certificate. Records are rate-limited by token buckets, per key and, for keys without a valid
-certificate, globally; a refusal over a limit is only counted, and each window of suppressed
-refusals becomes one summary entry ("N refusals from K keys suppressed, total bytes B").
-Everything here is sans-IO (time is passed in) and bounded: the tables of buckets and of
-keys counted in a window hold at most `RefusalLimits.tracked_keys` keys.
+sent: a refusal is recorded as the request's size and SHA-256, who sent it, what it claimed
+to be and why it was refused; never the request's bytes. Records are rate-limited by token
+buckets, per key and, for keys without a valid certificate, globally; a refusal over a
+limit is only counted, and each window of suppressed refusals becomes one summary entry
+("N refusals from K keys suppressed, total bytes B"). Everything here is sans-IO (time is
+passed in) and bounded: the tables of buckets and of keys counted in a window hold at most
+`RefusalLimits.tracked_keys` keys.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from fleet.relay.ratelimit import TokenBucket
 from fleet.wire import SignedEnvelope, WireError, decode
 from fleet.wire.fields import clip
 
-EVIDENCE_MAX = 16 * 1024  # a certified key's refused request up to this size is kept verbatim
 REASON_MAX = 300  # characters of a refusal reason kept in the audit log
 TEXT_MAX = 200  # characters of any other text value of a refusal's detail
 ITEMS_MAX = 16  # list items of a refusal's detail
@@ -37,7 +36,7 @@ class RefusalLimits:
 
     per_key_rate: float = 0.1  # records per second per key (one every 10 s) ...
     per_key_burst: float = 10.0  # ... after a burst of this many
-    global_rate: float = 1.0  # records per second of keys without a valid certificate ...
+    global_rate: float = 0.2  # records per second of keys without a valid certificate ...
     global_burst: float = 100.0  # ... after a burst of this many
     window: float = 60.0  # suppressed refusals are summed up at least this often
     tracked_keys: int = 4096  # buckets, and keys counted in a summary, kept at most

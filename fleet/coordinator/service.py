@@ -45,7 +45,6 @@ from fleet.coordinator.announcements import StoredAnnouncement
 from fleet.coordinator.audit import Outcome
 from fleet.coordinator.database import Database, Transaction
 from fleet.coordinator.refusals import (
-    EVIDENCE_MAX,
     RefusalLimiter,
     RefusalLimits,
     RequestFacts,
@@ -433,11 +432,11 @@ class CoordinatorService:
         """Audit a refusal, bounded and rate-limited (fleet.coordinator.refusals); whether
         it got its own entry (False: it is counted into the next suppression summary).
 
-        The request's bytes are kept only for a key with a valid certificate, and only up
-        to EVIDENCE_MAX (its signature is then evidence of what it tried). The nonce of an
-        authenticated request is spent even when refused, so it cannot be replayed later
-        when it might pass; for keys without a valid certificate only when recorded, so
-        nothing an outsider sends beyond its rate limit is stored.
+        The request's bytes are never kept, only its size and digest (whoever holds a copy
+        can match it). The nonce of an authenticated request is spent even when refused,
+        so it cannot be replayed later when it might pass; for keys without a valid
+        certificate only when recorded, so nothing an outsider sends beyond its rate limit
+        is stored.
         """
         admitted = self.refusals.admit(str(actor), facts.size, certified=certified, now=now)
         spend = opened is not None and refusal.code != "replay" and (certified or admitted)
@@ -448,7 +447,6 @@ class CoordinatorService:
         claimed = opened.body.wire_type if opened is not None else claimed_type(raw)
         if claimed is not None:
             detail["claimed"] = claimed
-        evidence = raw if certified and len(raw) <= EVIDENCE_MAX else b""
         async with self.db.transaction() as tx:
             if spend:
                 assert opened is not None
@@ -462,7 +460,7 @@ class CoordinatorService:
                     action=action,
                     outcome=Outcome.REFUSED,
                     detail=detail,
-                    request=evidence,
+                    request=b"",
                 )
         return admitted
 

@@ -126,7 +126,7 @@ async def test_many_fresh_keys_are_bounded_by_the_global_bucket(rig: Rig) -> Non
     assert error(await rig.service.handle_admin(encode(env), rig.admin.node_id)).code == "replay"
     last = (await rig.rows())[-1]
     assert (last.actor, last.details()["code"]) == (str(rig.admin.node_id), "replay")
-    assert last.request == encode(env)  # a certified key's small request is kept as evidence
+    assert last.request == b""
 
 
 async def test_a_window_of_suppressed_refusals_is_summed_up_by_the_next_checkpoint(
