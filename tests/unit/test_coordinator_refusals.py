@@ -10,10 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from fleet.audit import verify_log
+from fleet.audit import encode_detail, verify_log
 from fleet.coordinator import audit
 from fleet.coordinator.database import Database
-from fleet.coordinator.refusals import RefusalLimiter, RefusalLimits, RequestFacts
+from fleet.coordinator.refusals import (
+    RefusalLimiter,
+    RefusalLimits,
+    RequestFacts,
+    bounded_detail,
+)
 from fleet.coordinator.service import (
     AUDIT_PAGE_BYTES,
     MAX_ADMIN_REQUEST,
@@ -213,3 +218,19 @@ async def test_an_entry_no_coordinator_could_write_gets_a_clear_refusal(rig: Rig
     refused = error(await rig.service.handle_admin(encode(env), rig.admin.node_id))
     assert refused.code == "unreadable"
     assert "entries 1..1 cannot be sent" in refused.message
+
+
+def test_a_refusal_detail_is_bounded_whatever_the_request_held() -> None:
+    detail = bounded_detail(
+        {
+            "code": "unauthorized",
+            "reason": "r" * 5000,
+            "targets": [f"t{i}" * 300 for i in range(10_000)],
+            "nested": {"a": {"b": {"c": {"d": "deep"}}}},
+        }
+    )
+    assert detail["clipped"] is True
+    assert len(detail["reason"]) == 300
+    assert len(detail["targets"]) == 16
+    assert all(len(t) <= 200 for t in detail["targets"])
+    assert len(encode_detail(detail)) < 5000
