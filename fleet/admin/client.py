@@ -39,6 +39,8 @@ from fleet.protocol.messages import (
     StatusRequest,
     StatusSnapshot,
     StatusUpdate,
+    TargetCheck,
+    TargetCheckReply,
 )
 from fleet.protocol.stream import recv_message, send_message
 from fleet.wire import ByteReader, Message, SignedEnvelope, WireError
@@ -114,6 +116,9 @@ class AdminClient:
 
     async def audit_page(self, after: int, limit: int = 500) -> AuditPage:
         return await self.call(AuditQuery(after=after, limit=limit), AuditPage)
+
+    async def check_targets(self, targets: tuple[str, ...]) -> TargetCheckReply:
+        return await self.call(TargetCheck(targets=targets), TargetCheckReply)
 
     async def status(self) -> StatusSnapshot:
         return await self.call(StatusRequest(watch=False), StatusSnapshot)

@@ -5,6 +5,10 @@ approve/remove), `resolve_targets` for push targets. Resolution happens on the a
 against the coordinator's device list, so that the signed announcement lists exactly the
 devices the admin meant: the coordinator cannot widen a push by changing a tag later.
 
+A key with `push` but not `read` is listed only the devices in its scope; when one of its
+targets resolves to nothing there, `resolve_push_targets` asks the coordinator (TargetCheck)
+whether it names devices outside the scope, so the error says what is true.
+
 A short id is a prefix of a node id (tables show the first 10 characters, NodeId.short());
 it names a device only when exactly one known device has it. A name wins over a short id
 that happens to spell it. Where an id is signed into something that grants authority (a
@@ -13,14 +17,14 @@ certificate's subject or scope), only a full node id is accepted (see fleetctl g
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
-from fleet.admin.errors import AmbiguousTarget, TargetError
+from fleet.admin.errors import AmbiguousTarget, CoordinatorRefused, TargetError
 from fleet.identity import InvalidNodeId, NodeId
+from fleet.identity.labels import TAG_PREFIX
 from fleet.identity.nodeid import NODE_ID_TEXT_LEN
-from fleet.protocol.messages import DeviceInfo
+from fleet.protocol.messages import DeviceInfo, TargetCheckReply
 
-TAG_PREFIX = "tag:"
 MIN_SHORT_ID = 4  # fewer characters match too much to mean one device
 MAX_CANDIDATES = 8  # listed in an ambiguity error
 
@@ -126,3 +130,36 @@ def resolve_targets(targets: Iterable[str], devices: Sequence[DeviceInfo]) -> tu
                 seen.add(device.node_id)
                 resolved.append(device.node_id)
     return tuple(resolved)
+
+
+CheckTargets = Callable[[tuple[str, ...]], Awaitable[TargetCheckReply]]
+
+
+async def resolve_push_targets(
+    targets: Sequence[str], devices: Sequence[DeviceInfo], check: CheckTargets
+) -> tuple[NodeId, ...]:
+    """`resolve_targets`, except that a target naming nothing in `devices` is checked with
+    the coordinator (`check`, AdminClient.check_targets): one that names devices outside the
+    key's scope is reported as out of scope for this certificate, not as unknown."""
+    unresolved = []
+    for target in targets:
+        try:
+            _resolve_one(target.strip(), devices)
+        except AmbiguousTarget:
+            raise
+        except TargetError:
+            unresolved.append(target.strip())
+    if not unresolved:
+        return resolve_targets(targets, devices)
+    try:
+        reply = await check(tuple(unresolved))
+    except CoordinatorRefused:
+        reply = None  # a coordinator without TargetCheck: the plain error below
+    if reply is not None:
+        for target in unresolved:
+            if target in reply.outside:
+                raise TargetError(
+                    f"target {target!r}: out of scope for this certificate "
+                    f"(its scope is {reply.scope or 'empty'})"
+                )
+    return resolve_targets(targets, devices)

@@ -62,7 +62,7 @@ from fleet.admin.settings import (
     resolve_settings,
 )
 from fleet.admin.store_path import resolve_system_path
-from fleet.admin.targets import find_device, is_short_id, resolve_targets
+from fleet.admin.targets import find_device, is_short_id, resolve_push_targets
 from fleet.admin.tracking import PushTracker
 from fleet.admin.views import (
     StatusBoard,
@@ -570,7 +570,7 @@ def push_command(
         known = await client.devices()
         plan = PushPlan(
             store_path=store_path,
-            devices=resolve_targets(targets, known),
+            devices=await resolve_push_targets(targets, known, client.check_targets),
             targets=targets,
             substituters=cache.caches,
             action=Action(action),

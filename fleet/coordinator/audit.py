@@ -25,6 +25,7 @@ from fleet.coordinator.database import Row, Transaction
 
 __all__ = [
     "GENESIS",
+    "SIZES",
     "AuditChainError",
     "AuditEntry",
     "AuditRecord",
@@ -35,6 +36,14 @@ __all__ = [
     "record_hash",
     "verify_chain",
 ]
+
+
+# Each entry's id and stored size in bytes (what paging by size needs, without the content).
+SIZES = (
+    "SELECT id, length(request) + length(CAST(detail AS BLOB)) + length(CAST(actor AS BLOB))"
+    " + length(CAST(action AS BLOB)) + length(CAST(outcome AS BLOB)) AS size"
+    " FROM audit WHERE id > ? ORDER BY id LIMIT ?"
+)
 
 
 class AuditChainError(Exception):

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol
 
-from fleet.coordinator.service import CoordinatorService
+from fleet.coordinator.refusals import RequestFacts
+from fleet.coordinator.service import MAX_ADMIN_REQUEST, AdminResult, CoordinatorService
 from fleet.coordinator.sessions import AgentSession
 from fleet.coordinator.watchers import StatusWatcher, WatcherOverflow
 from fleet.identity import NodeId
@@ -29,7 +31,13 @@ from fleet.protocol.messages import (
     StatusUpdate,
 )
 from fleet.protocol.stream import MESSAGE_CAP, recv_message, send_message
-from fleet.wire import UnexpectedMessageType, read_frame, write_frame
+from fleet.wire import (
+    ByteReader,
+    FrameTooLarge,
+    UnexpectedMessageType,
+    read_frame,
+    write_frame,
+)
 
 log = get_logger(__name__)
 
@@ -222,10 +230,16 @@ class CoordinatorServer:
         slots: asyncio.Semaphore,
     ) -> None:
         try:
-            raw = await read_frame(reader, cap=MESSAGE_CAP, timeout=self.limits.request_timeout)
-            if raw is None:
-                return
-            result = await self.service.handle_admin(raw, conn.remote_id)
+            try:
+                raw = await read_frame(
+                    reader, cap=MAX_ADMIN_REQUEST, timeout=self.limits.request_timeout
+                )
+            except FrameTooLarge as exc:
+                result = await self._oversized(conn, reader, exc)
+            else:
+                if raw is None:
+                    return
+                result = await self.service.handle_admin(raw, conn.remote_id)
             try:
                 await send_message(writer, result.reply, timeout=self.limits.send_timeout)
                 if result.watcher is None:
@@ -240,6 +254,17 @@ class CoordinatorServer:
             log.info("admin_stream_failed", peer=conn.remote_id.short(), error=_describe(exc))
         finally:
             slots.release()
+
+    async def _oversized(
+        self, conn: MeshConnection, reader: ByteReader, exc: FrameTooLarge
+    ) -> AdminResult:
+        """A request over the cap: read its body away (hashing, keeping nothing) within the
+        request timeout so the stream stays in step, then refuse it as too large."""
+        size = exc.size if exc.size is not None else MAX_ADMIN_REQUEST + 1
+        digest: bytes | None = None
+        with contextlib.suppress(TimeoutError, EOFError, asyncio.IncompleteReadError):
+            digest = await skim(reader, size, timeout=self.limits.request_timeout)
+        return await self.service.refuse_unread(conn.remote_id, RequestFacts(size, digest))
 
     async def _watch(
         self, watcher: StatusWatcher, reader: asyncio.StreamReader, writer: StreamWriter
@@ -282,6 +307,21 @@ class CoordinatorServer:
                 tg.create_task(pump(eof))
         finally:
             self.service.unwatch(watcher)
+
+
+SKIM_CHUNK = 64 * 1024
+
+
+async def skim(reader: ByteReader, size: int, *, timeout: float) -> bytes:
+    """Read `size` bytes in chunks, keeping only their SHA-256 (the digest is returned)."""
+    digest = hashlib.sha256()
+    async with asyncio.timeout(timeout):
+        left = size
+        while left:
+            chunk = await reader.readexactly(min(left, SKIM_CHUNK))
+            digest.update(chunk)
+            left -= len(chunk)
+    return digest.digest()
 
 
 class _Handler(Protocol):

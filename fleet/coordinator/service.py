@@ -44,10 +44,18 @@ from fleet.coordinator import announcements, audit, registry, trust
 from fleet.coordinator.announcements import StoredAnnouncement
 from fleet.coordinator.audit import Outcome
 from fleet.coordinator.database import Database, Transaction
+from fleet.coordinator.refusals import (
+    RefusalLimiter,
+    RefusalLimits,
+    RequestFacts,
+    bounded_detail,
+    claimed_type,
+)
 from fleet.coordinator.registry import DeviceRecord, LastReport, RegistryError
 from fleet.coordinator.sessions import AgentLink, AgentSession, Phase
 from fleet.coordinator.watchers import StatusWatcher
 from fleet.identity import Identity, InvalidLabel, NodeId, normalize_tags
+from fleet.identity.labels import TAG_PREFIX
 from fleet.log import get_logger
 from fleet.nix.errors import InvalidStorePath
 from fleet.nix.store import check_store_path
@@ -87,14 +95,33 @@ from fleet.protocol.messages import (
     StatusReport,
     StatusRequest,
     StatusSnapshot,
+    TargetCheck,
+    TargetCheckReply,
     Welcome,
 )
-from fleet.wire import Message, SignedEnvelope, Tag, WireError, decode, encode, verify_envelope
+from fleet.wire import (
+    MAX_FRAME,
+    Message,
+    SignedEnvelope,
+    Tag,
+    WireError,
+    decode,
+    encode,
+    verify_envelope,
+)
 
 log = get_logger(__name__)
 
 MAX_PENDING = 10_000  # unapproved devices remembered; more are turned away unrecorded
-AUDIT_PAGE = 500  # audit entries per AuditPage at most
+AUDIT_PAGE = 500  # audit entries per AuditPage at most ...
+# ... and at most this many bytes of entries (far below MESSAGE_CAP), except that an entry
+# larger than this goes alone in its page: an entry the coordinator wrote holds at most two
+# 1 MiB fields (request, detail), so a page of one always fits the 8 MiB message cap.
+AUDIT_PAGE_BYTES = 2 << 20
+AUDIT_ROW_OVERHEAD = 256  # ids, time, hashes, encoding, and a checkpoint, per entry
+# A signed admin request is one envelope whose payload is one field of at most 1 MiB (the
+# wire limit); anything longer cannot be a valid request and is refused unread.
+MAX_ADMIN_REQUEST = MAX_FRAME + 4096
 
 ACTIONS: dict[type[Message], str] = {
     NextSequence: "next-sequence",
@@ -108,6 +135,7 @@ ACTIONS: dict[type[Message], str] = {
     RevokeRequest: "revoke",
     CertificateLookup: "certificate-lookup",
     AuditQuery: "audit-read",
+    TargetCheck: "target-check",
 }
 # The capability each request needs (revocation authority is checked by verify_revocation).
 NEEDS: dict[type[Message], Permission | None] = {
@@ -122,9 +150,11 @@ NEEDS: dict[type[Message], Permission | None] = {
     RevokeRequest: None,
     CertificateLookup: Permission.GRANT,
     AuditQuery: Permission.AUDIT,
+    TargetCheck: Permission.PUSH,
 }
 # Reads are not administrative actions: only their nonce is kept, no audit row.
-READ_ONLY = (NextSequence, DeviceList, StatusRequest, CertificateLookup, AuditQuery)
+READ_ONLY = (NextSequence, DeviceList, StatusRequest, CertificateLookup, AuditQuery, TargetCheck)
+MAX_TARGET_CHECK = 64  # targets answered per TargetCheck
 
 
 class Refused(Exception):
@@ -155,6 +185,7 @@ class CoordinatorService:
         signer: Identity | None = None,
         clock: Callable[[], float] = time.time,
         max_pending: int = MAX_PENDING,
+        refusal_limits: RefusalLimits | None = None,
     ) -> None:
         self.db = db
         self.node_id = node_id
@@ -165,6 +196,7 @@ class CoordinatorService:
         self.sessions: dict[NodeId, AgentSession] = {}
         self.watchers: set[StatusWatcher] = set()
         self._revoked: RevocationList | None = None
+        self.refusals = RefusalLimiter(refusal_limits)
 
     async def revocations(self) -> RevocationList:
         """The verified revocations (loaded from the database on first use)."""
@@ -178,7 +210,12 @@ class CoordinatorService:
         return self._revoked
 
     async def checkpoint(self) -> int | None:
-        """Sign the audit head if it moved since the last checkpoint; its sequence, or None."""
+        """Sign the audit head if it moved since the last checkpoint; its sequence, or None.
+
+        A window of suppressed refusals that is over is summed up first, so the periodic
+        checkpoint also bounds how long a suppression goes unrecorded.
+        """
+        await self.record_suppressed()
         if self.signer is None:
             return None
         async with self.db.transaction() as tx:
@@ -202,20 +239,51 @@ class CoordinatorService:
         now = self.clock()
         action = "unknown"
         opened: OpenedRequest | None = None
+        certified = False  # the signer's chain verified: refusals spend only its own bucket
         try:
+            if len(raw) > MAX_ADMIN_REQUEST:
+                raise Refused("too-large", too_large(len(raw)))
             opened = self._open(raw, connection_id, now)
             action = ACTIONS[type(opened.body)]
-            return await self._dispatch(opened, raw, connection_id, now)
+            authority = await self._authority(opened.signer, opened.chain, now)
+            certified = True
+            return await self._dispatch(opened, authority, raw, connection_id, now)
         except Refused as refusal:
-            await self._audit_refusal(refusal, raw, connection_id, action, opened, now)
-            log.info(
-                "admin_refused",
-                actor=connection_id.short(),
-                action=action,
-                code=refusal.code,
-                reason=str(refusal),
+            return await self._refuse(
+                refusal, RequestFacts.of(raw), connection_id, action, now, opened, certified, raw
             )
-            return AdminResult(ErrorReply(code=refusal.code, message=str(refusal)))
+
+    async def refuse_unread(self, connection_id: NodeId, facts: RequestFacts) -> AdminResult:
+        """A request over the size cap, whose body the adapter did not keep: refuse, audit."""
+        refusal = Refused("too-large", too_large(facts.size))
+        return await self._refuse(refusal, facts, connection_id, "unknown", self.clock())
+
+    async def _refuse(
+        self,
+        refusal: Refused,
+        facts: RequestFacts,
+        actor: NodeId,
+        action: str,
+        now: float,
+        opened: OpenedRequest | None = None,
+        certified: bool = False,
+        raw: bytes = b"",
+    ) -> AdminResult:
+        recorded = await self._audit_refusal(
+            refusal, facts, actor, action, opened, certified, raw, now
+        )
+        # Refusals over the rate limits are logged at debug only: the log must not grow
+        # with what an attacker sends any more than the audit log does.
+        (log.info if recorded else log.debug)(
+            "admin_refused",
+            actor=actor.short(),
+            action=action,
+            code=refusal.code,
+            reason=str(refusal)[:300],
+            size=facts.size,
+            recorded=recorded,
+        )
+        return AdminResult(ErrorReply(code=refusal.code, message=str(refusal)))
 
     def _open(self, raw: bytes, connection_id: NodeId, now: float) -> OpenedRequest:
         try:
@@ -267,10 +335,9 @@ class CoordinatorService:
             ) from None
 
     async def _dispatch(
-        self, opened: OpenedRequest, raw: bytes, actor: NodeId, now: float
+        self, opened: OpenedRequest, authority: Authority, raw: bytes, actor: NodeId, now: float
     ) -> AdminResult:
         body = opened.body
-        authority = await self._authority(opened.signer, opened.chain, now)
         needed = NEEDS[type(body)]
         if needed is not None:
             self._require(authority, needed, signer=str(opened.signer))
@@ -292,6 +359,8 @@ class CoordinatorService:
                 return AdminResult(
                     NextSequenceReply(sequence=await announcements.max_sequence(self.db) + 1)
                 )
+            if isinstance(body, TargetCheck):
+                return AdminResult(await self._target_check(authority, body))
             if isinstance(body, DeviceList):
                 devices = await registry.all_devices(self.db)
                 if Permission.READ not in authority.actions:
@@ -314,9 +383,29 @@ class CoordinatorService:
             return await self._revoke(opened, body, raw, actor, now)
         return await self._change_device(opened, authority, body, raw, actor, now)
 
+    async def _target_check(self, authority: Authority, body: TargetCheck) -> TargetCheckReply:
+        """Which targets name devices that exist, all of them outside the requester's scope.
+
+        Only exact names, full node ids and tags are answered, at most MAX_TARGET_CHECK per
+        request: a push key learns no more than that a name it already knows is out of reach.
+        """
+        if len(body.targets) > MAX_TARGET_CHECK:
+            raise Refused("invalid", f"at most {MAX_TARGET_CHECK} targets per check")
+        devices = await registry.all_devices(self.db)
+        outside = []
+        for target in body.targets:
+            named = [d for d in devices if names_device(target.strip(), d)]
+            if named and not any(authority.scope.contains(d.node_id, d.tags) for d in named):
+                outside.append(target)
+        return TargetCheckReply(outside=tuple(outside), scope=authority.scope.describe())
+
     async def _use_nonce(self, tx: Transaction, opened: OpenedRequest) -> None:
         """Record the request's nonce (a nonce seen before means a replayed request), and
         the certificates of its chain (verified by then, or the request is refused)."""
+        await self._spend_nonce(tx, opened)
+        await trust.remember_chain(tx, opened.chain, self.clock())
+
+    async def _spend_nonce(self, tx: Transaction, opened: OpenedRequest) -> None:
         await tx.execute(
             "DELETE FROM admin_nonces WHERE issued_at < ?",
             (self.clock() - 2 * MAX_CLOCK_SKEW,),
@@ -328,31 +417,77 @@ class CoordinatorService:
             "INSERT INTO admin_nonces (nonce, signer, issued_at) VALUES (?, ?, ?)",
             (opened.nonce, str(opened.signer), opened.issued_at),
         )
-        await trust.remember_chain(tx, opened.chain, self.clock())
 
     async def _audit_refusal(
         self,
         refusal: Refused,
-        raw: bytes,
+        facts: RequestFacts,
         actor: NodeId,
         action: str,
         opened: OpenedRequest | None,
+        certified: bool,
+        raw: bytes,
         now: float,
-    ) -> None:
-        """Audit a refusal; an authenticated request's nonce is spent even when refused."""
+    ) -> bool:
+        """Audit a refusal, bounded and rate-limited (fleet.coordinator.refusals); whether
+        it got its own entry (False: it is counted into the next suppression summary).
+
+        The request's bytes are never kept, only its size and digest (whoever holds a copy
+        can match it). The nonce of an authenticated request is spent even when refused,
+        so it cannot be replayed later when it might pass; for keys without a valid
+        certificate only when recorded, so nothing an outsider sends beyond its rate limit
+        is stored.
+        """
+        admitted = self.refusals.admit(str(actor), facts.size, certified=certified, now=now)
+        spend = opened is not None and refusal.code != "replay" and (certified or admitted)
+        if not admitted and not spend:
+            return False
+        detail = bounded_detail({"code": refusal.code, "reason": str(refusal), **refusal.detail})
+        detail.update(facts.detail())
+        claimed = opened.body.wire_type if opened is not None else claimed_type(raw)
+        if claimed is not None:
+            detail["claimed"] = claimed
         async with self.db.transaction() as tx:
-            if opened is not None and refusal.code != "replay":
+            if spend:
+                assert opened is not None
                 with contextlib.suppress(Refused):
-                    await self._use_nonce(tx, opened)
+                    await self._spend_nonce(tx, opened)
+            if admitted:
+                await audit.append(
+                    tx,
+                    time=now,
+                    actor=str(actor),
+                    action=action,
+                    outcome=Outcome.REFUSED,
+                    detail=detail,
+                    request=b"",
+                )
+        return admitted
+
+    async def record_suppressed(self, *, force: bool = False) -> bool:
+        """Write the summary of refusals suppressed by the rate limits, once their window
+        is over (or now, if `force`); whether one was written."""
+        now = self.clock()
+        window = self.refusals.take_summary(now, force=force)
+        if window is None:
+            return False
+        async with self.db.transaction() as tx:
             await audit.append(
                 tx,
                 time=now,
-                actor=str(actor),
-                action=action,
+                actor=str(self.node_id),
+                action="refusals-suppressed",
                 outcome=Outcome.REFUSED,
-                detail={"code": refusal.code, "reason": str(refusal), **refusal.detail},
-                request=raw,
+                detail=window.detail(now),
+                request=b"",
             )
+        log.warning(
+            "admin_refusals_suppressed",
+            refusals=window.refusals,
+            keys=len(window.keys),
+            bytes=window.bytes,
+        )
+        return True
 
     async def _push(
         self,
@@ -581,18 +716,31 @@ class CoordinatorService:
         return AdminResult(OkReply())
 
     async def audit_page(self, query: AuditQuery) -> AuditPage:
-        """Entries after `query.after`, with the checkpoints that cover them."""
+        """Entries after `query.after`, with the checkpoints that cover them.
+
+        A page holds at most AUDIT_PAGE entries and AUDIT_PAGE_BYTES bytes of them (at
+        least one entry, however large), so any log can be read page by page.
+        """
+        if query.after <= 0:
+            await self.record_suppressed(force=True)  # a reader sees every refusal counted
         await self.checkpoint()  # hand out a signed head with every read of the log
         limit = max(1, min(query.limit, AUDIT_PAGE))
-        rows = await self.db.fetchall(
-            "SELECT * FROM audit WHERE id > ? ORDER BY id LIMIT ?", (query.after, limit + 1)
-        )
-        more = len(rows) > limit
-        entries = [audit.entry_of_row(r) for r in rows[:limit]]
-        high = entries[-1].id if entries else query.after
         low = query.after
+        total, high = 0, low
+        for row in await self.db.fetchall(audit.SIZES, (low, limit)):
+            total += int(row["size"]) + AUDIT_ROW_OVERHEAD
+            if high > low and total > AUDIT_PAGE_BYTES:
+                break
+            high = int(row["id"])
+        rows = await self.db.fetchall(
+            "SELECT * FROM audit WHERE id > ? AND id <= ? ORDER BY id", (low, high)
+        )
+        more = (
+            await self.db.fetchone("SELECT 1 FROM audit WHERE id > ? LIMIT 1", (high,))
+        ) is not None
+        entries = [audit.entry_of_row(r) for r in rows]
         checkpoints = await trust.checkpoints_between(self.db, low, high if more else 2**62)
-        return AuditPage(
+        page = AuditPage(
             entries=tuple(
                 AuditRow(
                     id=e.id,
@@ -610,6 +758,15 @@ class CoordinatorService:
             checkpoints=tuple(checkpoints),
             more=more,
         )
+        try:
+            encode(page)
+        except WireError as exc:  # only a row written around the coordinator can do this
+            raise Refused(
+                "unreadable",
+                f"audit entries {low + 1}..{high} cannot be sent ({exc}); the state database "
+                "holds an entry this coordinator never wrote",
+            ) from None
+        return page
 
     # ------------------------------------------------------------------ delivery
 
@@ -906,6 +1063,21 @@ class CoordinatorService:
             error=None,
             rejection=None,
         )
+
+
+def names_device(target: str, device: DeviceRecord) -> bool:
+    """Whether a push target, as fleetctl takes it, names this device exactly (name, full
+    node id or `tag:NAME`; short ids are left to the admin's own, scoped, list)."""
+    if target.startswith(TAG_PREFIX):
+        return target[len(TAG_PREFIX) :] in device.tags
+    return target == device.name or target == str(device.node_id)
+
+
+def too_large(size: int) -> str:
+    return (
+        f"request of {size} bytes is larger than an admin request can be "
+        f"(at most {MAX_ADMIN_REQUEST} bytes)"
+    )
 
 
 def chain_subject(chain: Chain) -> NodeId:

@@ -67,6 +67,8 @@ __all__ = [
     "StatusSnapshot",
     "StatusUpdate",
     "SystemState",
+    "TargetCheck",
+    "TargetCheckReply",
     "Welcome",
 ]
 
@@ -253,6 +255,22 @@ class DeviceInfo(Message):
 
 class DeviceListReply(Message, type="fleet.admin.device-list-reply", version=1):
     devices: tuple[DeviceInfo, ...]
+
+
+class TargetCheck(Message, type="fleet.admin.target-check", version=1):
+    """Push targets a key's scoped device list does not resolve: are they outside its scope?
+
+    A key with `push` but not `read` lists only the devices in its scope, so a name outside
+    it looks unknown; this asks the coordinator, which answers only for exact names, full
+    node ids and `tag:NAME` (no short-id prefixes, which would let it enumerate the fleet).
+    """
+
+    targets: tuple[str, ...]
+
+
+class TargetCheckReply(Message, type="fleet.admin.target-check-reply", version=1):
+    outside: tuple[str, ...]  # the targets that name only devices outside the scope
+    scope: str  # the requester's scope, as `fleetctl grant --scope` writes it
 
 
 class StatusRequest(Message, type="fleet.admin.status", version=1):

@@ -13,7 +13,15 @@ class WireError(Exception):
 
 
 class FrameTooLarge(WireError):
-    """A frame longer than the configured cap (announced by its header, or about to be sent)."""
+    """A frame longer than the configured cap (announced by its header, or about to be sent).
+
+    `size` is the frame's length when known: a reader that gets this from `read_frame` has
+    read only the header, so it may skip exactly that many bytes to stay in step.
+    """
+
+    def __init__(self, problem: str, size: int | None = None) -> None:
+        super().__init__(problem)
+        self.size = size
 
 
 class TruncatedFrame(WireError):

@@ -120,7 +120,9 @@ async def read_frame(
             ) from None
         (length,) = _HEADER.unpack(header)
         if length > cap:
-            raise FrameTooLarge(f"peer announced a frame of {length} bytes; the cap is {cap} bytes")
+            raise FrameTooLarge(
+                f"peer announced a frame of {length} bytes; the cap is {cap} bytes", length
+            )
         try:
             return await reader.readexactly(length)
         except asyncio.IncompleteReadError as exc:

@@ -45,6 +45,8 @@ from fleet.protocol.messages import (
     RevokeRequest,
     StatusRequest,
     StatusSnapshot,
+    TargetCheck,
+    TargetCheckReply,
     Welcome,
 )
 from fleet.wire import Message, Tag, encode, sign_envelope
@@ -303,3 +305,41 @@ async def test_a_push_only_key_lists_just_the_devices_in_its_scope(rig: Rig) -> 
 async def test_audit_needs_the_audit_action(rig: Rig) -> None:
     refused = refusal(await rig.as_lead(AuditQuery(after=0, limit=10)))
     assert "may not audit" in refused.message
+
+
+async def test_target_check_names_what_lies_outside_a_push_only_scope(rig: Rig) -> None:
+    await rig.add("prod-1", ("prod",))
+    lab = await rig.add("lab-1", ("lab",))
+    await rig.add("mixed", ("prod", "lab"))
+    reply = (
+        await rig.as_ci(
+            TargetCheck(targets=("lab-1", str(lab), "tag:lab", "prod-1", "nothing", str(lab)[:8]))
+        )
+    ).reply
+    assert isinstance(reply, TargetCheckReply), reply
+    # tag:lab also names `mixed`, which is in scope; a short id is never answered.
+    assert reply.outside == ("lab-1", str(lab))
+    assert reply.scope == "tag:prod"
+    assert (await rig.rows())[-1].action != "target-check"  # a read: not audited
+    too_many = refusal(await rig.as_ci(TargetCheck(targets=tuple(f"d{i}" for i in range(65)))))
+    assert too_many.code == "invalid"
+    no_push = refusal(await rig.request(TargetCheck(targets=("lab-1",)), *rig_reader(rig)))
+    assert "may not push" in no_push.message
+
+
+def rig_reader(rig: Rig) -> tuple[Identity, Chain]:
+    """A key the lead certifies for `read` only."""
+    reader = Identity.generate()
+    chain = issue(
+        rig.org.lead,
+        rig.org.lead_chain,
+        rig.org.roots,
+        reader.node_id,
+        [Permission.READ],
+        Scope.of(tags=["prod"]),
+        not_before=NOW - DAY,
+        not_after=NOW + DAY,
+        may_delegate=False,
+        now=NOW,
+    )
+    return reader, chain

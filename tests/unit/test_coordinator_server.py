@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import os
+import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +15,7 @@ import pytest
 
 from fleet.coordinator.database import Database
 from fleet.coordinator.server import CoordinatorServer, ServerLimits
-from fleet.coordinator.service import CoordinatorService
+from fleet.coordinator.service import MAX_ADMIN_REQUEST, CoordinatorService
 from fleet.identity import Identity, NodeId
 from fleet.protocol import alpn
 from fleet.protocol.admin import make_admin_request
@@ -21,6 +25,9 @@ from fleet.protocol.messages import (
     Announcement,
     Deliver,
     DeviceAdd,
+    DeviceList,
+    DeviceListReply,
+    ErrorReply,
     Hello,
     OkReply,
     PushAccepted,
@@ -256,3 +263,23 @@ async def test_agent_that_does_not_read_is_dropped_not_waited_for() -> None:
         link.send(b"x")  # never blocks; the third overflows the queue
     assert link.closed.is_set()
     assert "queue full" in link.reason
+
+
+async def test_a_request_over_the_cap_is_read_away_hashed_and_refused(running: Running) -> None:
+    body = os.urandom(MAX_ADMIN_REQUEST + 1)
+    conn = running.listener.dial(alpn.ADMIN, running.admin.node_id)
+    reader, writer = conn.open_bi()
+    writer.write(struct.pack(">I", len(body)) + body)
+    reply = await recv_message(reader, timeout=5)
+    assert isinstance(reply, ErrorReply)
+    assert reply.code == "too-large"
+    (row,) = await running.service.db.fetchall("SELECT detail, request FROM audit")
+    detail = json.loads(row["detail"])
+    assert detail["request_size"] == len(body)
+    assert detail["request_sha256"] == hashlib.sha256(body).hexdigest()
+    assert bytes(row["request"]) == b""
+    # The same connection still serves the admin.
+    reader, writer = conn.open_bi()
+    env = make_admin_request(running.admin, running.coordinator.node_id, DeviceList())
+    await send_message(writer, env, timeout=5)
+    assert isinstance(await recv_message(reader, timeout=5), DeviceListReply)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -236,8 +237,13 @@ async def test_non_admin_push_refused_and_audited(h: Harness) -> None:
     assert error_code(result) == "unauthorized"
     last = (await h.audit_rows())[-1]
     assert (last.actor, last.outcome) == (str(mallory.node_id), "refused")
-    assert last.details()["code"] == "unauthorized"
-    assert last.request  # the signed request is kept verbatim
+    detail = last.details()
+    assert detail["code"] == "unauthorized"
+    assert detail["claimed"] == "fleet.admin.push"
+    # A key without a valid certificate leaves its request's size and digest, not its bytes.
+    assert last.request == b""
+    assert detail["request_size"] > 0
+    assert len(detail["request_sha256"]) == 64
     assert await h.service.db.fetchall("SELECT * FROM announcements") == []
 
 
@@ -290,7 +296,11 @@ async def test_garbage_request_refused_and_audited(h: Harness) -> None:
     result = await h.service.handle_admin(b"\x93garbage", h.admin.node_id)
     assert error_code(result) == "invalid"
     last = (await h.audit_rows())[-1]
-    assert (last.action, last.request) == ("unknown", b"\x93garbage")
+    assert (last.action, last.request) == ("unknown", b"")
+    detail = last.details()
+    assert detail["request_size"] == len(b"\x93garbage")
+    assert detail["request_sha256"] == hashlib.sha256(b"\x93garbage").hexdigest()
+    assert "claimed" not in detail
 
 
 # ---------------------------------------------------------------- agents

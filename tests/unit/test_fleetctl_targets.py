@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.admin.errors import AmbiguousTarget, TargetError
-from fleet.admin.targets import MIN_SHORT_ID, find_device, is_short_id, resolve_targets
+from fleet.admin.errors import AmbiguousTarget, CoordinatorRefused, TargetError
+from fleet.admin.targets import (
+    MIN_SHORT_ID,
+    find_device,
+    is_short_id,
+    resolve_push_targets,
+    resolve_targets,
+)
 from fleet.identity import Identity, NodeId
-from fleet.protocol.messages import DeviceInfo
+from fleet.protocol.messages import DeviceInfo, TargetCheckReply
 
 
 def _device(name: str | None, *tags: str, approved: bool = True) -> DeviceInfo:
@@ -161,3 +167,30 @@ def test_push_targets_take_short_ids_and_still_refuse_pending(twins: list[Device
         resolve_targets(["aaaaaaaa"], twins)
     with pytest.raises(TargetError, match=f"pending approval.*devices approve {pending.node_id}"):
         resolve_targets(["7777"], twins)
+
+
+async def test_a_push_target_outside_the_scope_is_named_as_such(fleet: list[DeviceInfo]) -> None:
+    asked: list[tuple[str, ...]] = []
+
+    async def check(targets: tuple[str, ...]) -> TargetCheckReply:
+        asked.append(targets)
+        return TargetCheckReply(outside=("lab-1",), scope="tag:kiosk")
+
+    with pytest.raises(TargetError, match=r"'lab-1': out of scope for this certificate") as err:
+        await resolve_push_targets(["kiosk-1", "lab-1", "nowhere"], fleet, check)
+    assert "its scope is tag:kiosk" in str(err.value)
+    assert asked == [("lab-1", "nowhere")]  # only what the scoped list does not resolve
+    with pytest.raises(TargetError, match=r"'nowhere': no device with that name"):
+        await resolve_push_targets(["nowhere"], fleet, check)
+    assert await resolve_push_targets(["kiosk-1"], fleet, check) == _ids(fleet, "kiosk-1")
+    assert len(asked) == 2  # resolved targets cost no round trip
+
+
+async def test_a_coordinator_without_target_check_leaves_the_plain_error(
+    fleet: list[DeviceInfo],
+) -> None:
+    async def check(targets: tuple[str, ...]) -> TargetCheckReply:
+        raise CoordinatorRefused("invalid", "fleet.admin.target-check is not an admin request")
+
+    with pytest.raises(TargetError, match="no device with that name"):
+        await resolve_push_targets(["lab-1"], fleet, check)
