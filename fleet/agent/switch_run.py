@@ -54,26 +54,34 @@ def boot_id() -> str:
         return ""
 
 
-def process_start(pid: int) -> int | None:
-    """The start time of process `pid` in clock ticks since boot, None if there is none."""
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks since boot) of process `pid`, if any."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat.rpartition(")")[2].split()
+    fields = stat.rpartition(")")[2].split()  # the command name may hold spaces and ")"
     try:
-        return int(fields[19])  # field 22 of proc(5); fields[0] is field 3 (state)
+        return fields[0], int(fields[19])  # fields 3 and 22 of proc(5)
     except (IndexError, ValueError):
         return None
 
 
+def process_start(pid: int) -> int | None:
+    """The start time of process `pid` in clock ticks since boot, None if there is none."""
+    stat = _stat(pid)
+    return stat[1] if stat is not None else None
+
+
 def is_running(run: SwitchRun) -> bool:
-    """The recorded process is still alive (same boot, same pid, same start time)."""
+    """The recorded process is still alive (same boot, same pid, same start time, and not a
+    zombie waiting to be reaped)."""
     if run.finished or run.pid is None or run.pid_start is None:
         return False
     if run.boot_id != boot_id():
         return False
-    return process_start(run.pid) == run.pid_start
+    stat = _stat(run.pid)
+    return stat is not None and stat[0] not in ("Z", "X") and stat[1] == run.pid_start
 
 
 async def wait_until_gone(run: SwitchRun, timeout: float, poll: float = 0.1) -> bool:

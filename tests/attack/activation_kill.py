@@ -3,8 +3,8 @@
 Shared by tests/attack/test_killed_activation.py (CI) and bench/killed_activation.py (the
 long soak). The fake system's switch-to-configuration logs "ACTION PATH" when it starts and
 "ACTION PATH done" when it ends, blocks while the file named by $FLEET_TEST_SWITCH_HOLD
-exists and exits 4 if the file named by $FLEET_TEST_SWITCH_FAIL exists, so a test can kill
-the agent in the middle of it and choose how the re-run ends.
+exists and exits 4 if the file named by $FLEET_TEST_SWITCH_FAIL names its store path, so a
+test can kill the agent in the middle of it and choose how the re-run ends.
 """
 
 from __future__ import annotations
@@ -25,12 +25,10 @@ FINAL = frozenset({"applied", "rolled-back", "failed"})
 
 
 HOLD_VAR = "FLEET_TEST_SWITCH_HOLD"  # while this file exists, the switch blocks
-FAIL_VAR = "FLEET_TEST_SWITCH_FAIL"  # if this file exists, the switch exits 4
+FAIL_VAR = "FLEET_TEST_SWITCH_FAIL"  # a switch whose store path this file names exits 4
 HELD_EXIT_CODE = 4
 
-# A fake system whose switch-to-configuration logs "ACTION PATH" when it starts and
-# "ACTION PATH done" when it ends, blocks while $FLEET_TEST_SWITCH_HOLD exists and fails
-# (exit 4) if $FLEET_TEST_SWITCH_FAIL exists.
+# The holding fake system (see the module docstring); `self` is its own store path.
 HOLD_NIX = r"""
 { version }:
 derivation {
@@ -44,7 +42,7 @@ derivation {
     while [ -n "$FLEET_TEST_SWITCH_HOLD" ] && [ -e "$FLEET_TEST_SWITCH_HOLD" ]; do
       sleep 0.05
     done
-    if [ -n "$FLEET_TEST_SWITCH_FAIL" ] && [ -e "$FLEET_TEST_SWITCH_FAIL" ]; then
+    if [ -n "$FLEET_TEST_SWITCH_FAIL" ] && grep -qs "$self" "$FLEET_TEST_SWITCH_FAIL"; then
       echo "error: unit fleet-hold.service failed to start" >&2
       exit 4
     fi

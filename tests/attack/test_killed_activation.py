@@ -130,7 +130,7 @@ async def test_a_failing_re_run_rolls_back_to_the_previous_generation(
     v1 = nix_systems.v1.path
     dev, hold = await held_switch(fleet, held, v1, tmp_path)
     kill_agent(dev, held.path, with_child=True)
-    (tmp_path / "fail").touch()
+    (tmp_path / "fail").write_text(held.path)  # the re-run fails, v1's switch does not
     hold.unlink()
 
     dev.daemon.start()

@@ -9,7 +9,9 @@ import dataclasses
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -196,3 +198,20 @@ async def test_waiting_is_bounded_and_kill_ends_the_group(
     sleeper.wait(5)  # reaped by its parent (this test), as init would reap an orphan
     assert await wait_until_gone(run, 5.0)
     assert not os.path.exists(f"/proc/{sleeper.pid}/stat") or not is_running(run)
+
+
+def test_a_killed_switch_not_yet_reaped_is_not_running() -> None:
+    """A zombie (dead, its parent has not reaped it yet) must not be waited for."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    try:
+        start = process_start(proc.pid)
+        assert start is not None
+        run = started(pid=proc.pid, pid_start=start, boot_id=boot_id())
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{proc.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child never exited"
+            time.sleep(0.01)
+        assert process_start(proc.pid) == start  # still there, as a zombie
+        assert not is_running(run)
+    finally:
+        proc.wait(5)
