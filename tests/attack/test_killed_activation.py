@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from fleet.agent.state import StateFile
+from fleet.agent.switch_run import process_start
 from tests.attack.activation_kill import (
     FAIL_VAR,
     HELD_EXIT_CODE,
@@ -76,6 +78,13 @@ async def test_killed_mid_switch_is_re_run_before_it_is_called_applied(
     fleet, held = lab
     v1 = nix_systems.v1.path
     dev, hold = await held_switch(fleet, held, v1, tmp_path)
+    # The agent recorded the running switch (and which process it is) before the kill.
+    record = StateFile(fleet.root / "agents" / dev.name / "state").load().switch
+    assert record is not None
+    assert (record.system, record.attempt, record.finished) == (held.path, 1, False)
+    assert record.pid in switch_children(dev, held.path)
+    assert record.pid is not None
+    assert record.pid_start == process_start(record.pid)
     kill_agent(dev, held.path, with_child=True)
     assert dev.switches() == [f"switch {v1}", f"switch {held.path}"]  # never finished
     hold.unlink()
@@ -100,6 +109,7 @@ async def test_a_switch_that_outlives_the_agent_is_waited_for_then_re_run(
     v1 = nix_systems.v1.path
     dev, hold = await held_switch(fleet, held, v1, tmp_path)
     survivors = kill_agent(dev, held.path, with_child=False)
+    assert survivors  # the switch is still running
 
     dev.daemon.start()
     await dev.daemon.wait_ready()
@@ -120,7 +130,6 @@ async def test_a_switch_that_outlives_the_agent_is_waited_for_then_re_run(
         f"switch {held.path}", f"switch {held.path} done",
     ], row  # fmt: skip
     assert row["state"] == "applied", row
-    assert not any(Path(f"/proc/{pid}").exists() for pid in survivors)
 
 
 async def test_a_failing_re_run_rolls_back_to_the_previous_generation(
