@@ -485,6 +485,7 @@ class Updater:
                 previous=self.previous,
                 run=run,
                 outlived=outlived,
+                boot=boot_id(),
             )
             log.warning(
                 "agent_recovering",

@@ -73,9 +73,15 @@ class Fail:
 Plan = ResumeChecks | RunSwitch | RollBack | Reactivate | RolledBackAlready | Fail
 
 
-def interruption(run: SwitchRun, outlived: bool) -> str:
-    """How an interrupted run is described in the report."""
+def interruption(run: SwitchRun, outlived: bool, boot: str = "") -> str:
+    """How an interrupted run is described in the report (`boot`: this boot's id).
+
+    The agent never stops on its own during a switch (SIGTERM waits for it), so a run left
+    unfinished in the same boot means the agent was killed or crashed.
+    """
     what = f"switch-to-configuration {run.action} of {run.system}"
+    if boot and run.boot_id and boot != run.boot_id:
+        return f"activation was interrupted (the device restarted during {what})"
     if outlived:
         return (
             f"activation was interrupted (the agent restarted while {what} ran; the switch "
@@ -93,29 +99,34 @@ def plan(
     previous: str | None,
     run: SwitchRun | None,
     outlived: bool = False,
+    boot: str = "",
 ) -> Plan:
     """The next step after a restart in `state` (activating or checking).
 
     `run` is the last recorded switch run of this announcement (None: none recorded);
     `profile` is what the system profile points at now, `previous` what it pointed at before
     the announcement; `outlived`: the run's process was still alive after the restart (and
-    has ended since).
+    has ended since); `boot`: this boot's id.
     """
     if run is not None and run.purpose is Purpose.ROLLBACK:
         reason = run.reason or "activation failed"
         if run.finished:
             if run.exit_code == 0:
                 return RolledBackAlready(reason)
-            code = "did not complete" if run.exit_code is None else f"exited {run.exit_code}"
+            code = (
+                "did not complete" if run.exit_code is None else f"exited with code {run.exit_code}"
+            )
             return RolledBackAlready(f"{reason}; re-activating {run.system} {code}")
         if run.attempt >= MAX_ATTEMPTS:
             return Fail(f"{reason}; re-activating {run.system} was interrupted twice")
-        return Reactivate(run.system, run.attempt + 1, f"{reason}; {interruption(run, outlived)}")
+        return Reactivate(
+            run.system, run.attempt + 1, f"{reason}; {interruption(run, outlived, boot)}"
+        )
     if state is AgentState.CHECKING:
         return ResumeChecks()
     if run is None:
         return RunSwitch(attempt=1, note="the agent restarted before switch-to-configuration ran")
-    what = interruption(run, outlived) if not run.finished else "the agent restarted"
+    what = interruption(run, outlived, boot) if not run.finished else "the agent restarted"
     if action in ("switch", "boot") and profile is not None and profile != desired:
         if profile == previous:  # rolled back by the agent just before the restart
             return Reactivate(profile, 1, f"{what} while rolling back to {profile}")

@@ -86,6 +86,21 @@ def test_a_switch_that_outlived_the_agent_is_re_run_too() -> None:
     assert "outlived the agent" in step.note
 
 
+def test_an_interruption_by_a_reboot_says_so() -> None:
+    step = plan(
+        S.ACTIVATING, desired=NEW, action="switch", profile=NEW, previous=OLD,
+        run=started(), boot="another boot",
+    )  # fmt: skip
+    assert isinstance(step, RunSwitch)
+    assert step.note.startswith("activation was interrupted (the device restarted during")
+    same = plan(
+        S.ACTIVATING, desired=NEW, action="switch", profile=NEW, previous=OLD,
+        run=started(), boot="b",
+    )  # fmt: skip
+    assert isinstance(same, RunSwitch)
+    assert "the agent was killed" in same.note
+
+
 def test_interrupted_again_after_the_re_run_rolls_back() -> None:
     step = decide(started(attempt=2))
     assert isinstance(step, RollBack)
@@ -131,7 +146,9 @@ def test_rollback_that_finished_is_reported_rolled_back() -> None:
     done = finished(0, purpose=Purpose.ROLLBACK, system=OLD, reason="exited with code 3")
     assert decide(done, profile=OLD) == RolledBackAlready("exited with code 3")
     failed = decide(dataclasses.replace(done, exit_code=1), profile=OLD)
-    assert failed == RolledBackAlready(f"exited with code 3; re-activating {OLD} exited 1")
+    assert failed == RolledBackAlready(
+        f"exited with code 3; re-activating {OLD} exited with code 1"
+    )
 
 
 def test_profile_already_rolled_back_is_re_activated_not_rolled_back_twice() -> None:
