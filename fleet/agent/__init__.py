@@ -5,6 +5,8 @@
 - apply.py: the Updater, which runs the procedure with fleet.nix (download, activate, check,
   roll back) and persists every transition before reporting it;
 - state.py: the durable local state (one fsync'd JSON file);
+- switch_run.py: the record of a switch-to-configuration run (started / finished, its pid);
+- recovery.py: the rules after a restart mid-activation (sans-IO; apply.py carries them out);
 - worker.py: the Agent (mailbox of accepted announcements, retries, outbox);
 - session.py: the connection to the coordinator with reconnects; dial.py: over the mesh.
 See docs/agent.md.

@@ -12,12 +12,14 @@ profile's system with `test`.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from fleet.agent import recovery
 from fleet.agent.procedure import (
     Activated,
     AlreadyRunning,
@@ -28,12 +30,22 @@ from fleet.agent.procedure import (
     Event,
     Failed,
     Procedure,
+    Recovering,
     Resumed,
     RolledBack,
     Start,
     Status,
 )
 from fleet.agent.state import AgentRecord, StateFile
+from fleet.agent.switch_run import (
+    Purpose,
+    SwitchRun,
+    boot_id,
+    is_running,
+    kill,
+    process_start,
+    wait_until_gone,
+)
 from fleet.agent.verify import Accepted
 from fleet.log import get_logger
 from fleet.nix import (
@@ -156,6 +168,7 @@ class Updater:
         self.announcement = record.announcement
         self.previous = record.previous
         self.retrying = record.retrying
+        self.switch_run = record.switch  # the last switch-to-configuration run
         self.activating = False  # True from the end of the download to the final state
         self._last_progress = 0.0
 
@@ -179,15 +192,7 @@ class Updater:
         status = self.procedure.handle(event, self.clock())
         if not isinstance(event, DownloadProgress):
             self.retrying = isinstance(event, DownloadFailed)
-            self.state.save(
-                AgentRecord(
-                    applied_sequence=self.procedure.applied_sequence,
-                    status=status,
-                    announcement=self.announcement,
-                    previous=self.previous,
-                    retrying=self.retrying,
-                )
-            )
+            self._save()
             log.info(
                 "agent_state",
                 state=status.state.value,
@@ -197,6 +202,18 @@ class Updater:
             )
         self.publish(status.report(self.current()))
         return status
+
+    def _save(self) -> None:
+        self.state.save(
+            AgentRecord(
+                applied_sequence=self.procedure.applied_sequence,
+                status=self.procedure.status,
+                announcement=self.announcement,
+                previous=self.previous,
+                retrying=self.retrying,
+                switch=self.switch_run,
+            )
+        )
 
     def _on_progress(self, snap: FetchProgress) -> None:
         now = time.monotonic()
@@ -243,36 +260,100 @@ class Updater:
         finally:
             self.activating = False
 
-    async def _activate(self, ann: Announcement) -> Status:
+    async def _switch(
+        self,
+        sequence: int,
+        system: str,
+        action: Action,
+        purpose: Purpose,
+        attempt: int,
+        reason: str | None = None,
+    ) -> ActivationResult:
+        """Run switch-to-configuration, recorded durably before it starts and when it ends.
+
+        A crash between the two leaves a run recorded as started and not finished, which is
+        what recovery (fleet.agent.recovery) goes by, never the profile link.
+        """
         cfg = self.config
-        action = ann.action
-        if action in (Action.SWITCH, Action.BOOT):
-            try:
-                await set_profile(cfg.store, ann.store_path, cfg.profile)
-            except NixError as exc:
-                return self._emit(Failed(f"cannot set the system profile: {exc.reason}"))
+        run = SwitchRun(
+            sequence=sequence,
+            system=system,
+            action=action.value,
+            purpose=purpose,
+            attempt=attempt,
+            started_at=self.clock(),
+            boot_id=boot_id(),
+            reason=reason,
+        )
+        self.switch_run = run
+        self._save()
+
+        def started(pid: int) -> None:
+            self.switch_run = dataclasses.replace(run, pid=pid, pid_start=process_start(pid))
+            self._save()
+
         try:
             result = await run_switch(
-                cfg.store, ann.store_path, action, env=cfg.switch_env, timeout=cfg.switch_timeout
+                cfg.store,
+                system,
+                action,
+                env=cfg.switch_env,
+                timeout=cfg.switch_timeout,
+                on_start=started,
+            )
+        except NixError:
+            self._finish_switch(None)
+            raise
+        self._finish_switch(result.exit_code)
+        return result
+
+    def _finish_switch(self, exit_code: int | None) -> None:
+        assert self.switch_run is not None
+        self.switch_run = dataclasses.replace(
+            self.switch_run, finished_at=self.clock(), exit_code=exit_code
+        )
+        self._save()
+
+    async def _activate(
+        self, ann: Announcement, *, attempt: int = 1, note: str | None = None
+    ) -> Status:
+        """Set the profile (switch, boot) and run the switch; `note`: what recovery did."""
+        cfg = self.config
+        action = ann.action
+        lead = f"{note}; " if note is not None else ""
+        verb = ("re-ran " if attempt > 1 else "ran ") if note is not None else ""
+        script = f"{lead}{verb}switch-to-configuration {action.value}"
+        if action in (Action.SWITCH, Action.BOOT):
+            current = _current_generation(cfg.profile)
+            if current is None or current.path != ann.store_path:  # not again when recovering
+                try:
+                    await set_profile(cfg.store, ann.store_path, cfg.profile)
+                except NixError as exc:
+                    return self._emit(Failed(f"{lead}cannot set the system profile: {exc.reason}"))
+        try:
+            result = await self._switch(
+                ann.sequence, ann.store_path, action, Purpose.ACTIVATE, attempt
             )
         except NixError as exc:  # no script, or it ran past the timeout (and was killed)
-            return await self._roll_back(
-                ann, f"switch-to-configuration {action.value} did not complete: {exc.reason}"
-            )
+            return await self._roll_back(ann, f"{script} did not complete: {exc.reason}")
         if not result.ok:
             log.warning(
                 "agent_activation_failed", exit_code=result.exit_code, tail=result.output_tail
             )
+            colon = ":" if note is not None else ""
             return await self._roll_back(
                 ann,
-                f"switch-to-configuration {action.value} exited with code {result.exit_code}",
+                f"{script}{colon} exited with code {result.exit_code}",
                 result.exit_code,
                 _tail(result.output_tail),
             )
-        self._emit(Activated())
-        return await self._check(ann, result)
+        done = f"{script}: ok" if note is not None else None
+        self._emit(Activated(done))
+        return await self._check(ann, result, done)
 
-    async def _check(self, ann: Announcement, result: ActivationResult | None) -> Status:
+    async def _check(
+        self, ann: Announcement, result: ActivationResult | None, note: str | None = None
+    ) -> Status:
         ctx = CheckContext(self.config.store, self.config.profile, ann, result)
         for check in self.config.checks:
             try:
@@ -280,20 +361,27 @@ class Updater:
             except Exception as exc:  # a broken check is a failed check, not a dead agent
                 problem = f"{type(exc).__name__}: {exc}"
             if problem is not None:
-                return await self._roll_back(ann, f"health check {check.name} failed: {problem}")
-        return self._emit(CheckPassed())
+                prefix = f"{note}; " if note is not None else ""
+                return await self._roll_back(
+                    ann, f"{prefix}health check {check.name} failed: {problem}"
+                )
+        return self._emit(CheckPassed(note))
 
     async def _roll_back(
         self, ann: Announcement, error: str, exit_code: int | None = None, tail: str | None = None
     ) -> Status:
         cfg = self.config
+        current = _current_generation(cfg.profile)
         if ann.action is Action.TEST:
-            generation = _current_generation(cfg.profile)  # untouched by `test`
-            if generation is None:
+            if current is None:  # untouched by `test`
                 return self._emit(
                     Failed(f"{error}; no previous system to re-activate", exit_code, tail)
                 )
-            target = generation.path
+            target = current.path
+        elif (
+            current is not None and current.path == self.previous and current.path != ann.store_path
+        ):
+            target = current.path  # rolled back already, before a restart
         else:
             try:
                 target = (await rollback(cfg.store, cfg.profile)).path
@@ -305,10 +393,22 @@ class Updater:
                 return self._emit(
                     Failed(f"{error}; rollback failed: {exc.reason}", exit_code, tail)
                 )
-        log.warning("agent_rolling_back", error=error, to=target)
+        return await self._reactivate(ann, target, error, exit_code, tail)
+
+    async def _reactivate(
+        self,
+        ann: Announcement,
+        target: str,
+        error: str,
+        exit_code: int | None = None,
+        tail: str | None = None,
+        attempt: int = 1,
+    ) -> Status:
+        """Activate `target` (the profile points at it) again; the outcome is rolled-back."""
+        log.warning("agent_rolling_back", error=error, to=target, attempt=attempt)
         try:
-            again = await run_switch(
-                cfg.store, target, ann.action, env=cfg.switch_env, timeout=cfg.switch_timeout
+            again = await self._switch(
+                ann.sequence, target, ann.action, Purpose.ROLLBACK, attempt, reason=error
             )
         except NixError as exc:
             error += f"; re-activating {target} did not complete: {exc.reason}"
@@ -344,10 +444,11 @@ class Updater:
     async def recover(self) -> Status | None:
         """Settle a procedure that a restart interrupted in activating or checking.
 
-        Nothing is re-run: the activation may have restarted the agent itself. If the profile
-        points at the new system, resume at `checking` and run the health checks (applied,
-        or rolled back if they fail). Otherwise the outcome cannot be known: report failed,
-        with the sequence consumed; an admin pushes again to retry.
+        The profile link is never taken as proof of activation: the record of the last
+        switch run decides (fleet.agent.recovery has the rules). A switch that outlived the
+        agent is waited for (at most `switch_timeout`, then killed); an interrupted one is
+        re-run once, then rolled back; every path ends in the health checks or a rollback,
+        and the report says what was done.
         """
         status = self.procedure.status
         if status.state not in (AgentState.ACTIVATING, AgentState.CHECKING):
@@ -358,29 +459,78 @@ class Updater:
                 ann = decode(self.announcement.payload, Announcement)
             except (WireError, ValueError, TypeError):
                 ann = None
-        current = _current_generation(self.config.profile)
-        found = current.path if current is not None else "nothing"
-        log.warning("agent_recovering", state=status.state.value, profile=found)
-        if ann is None or ann.action not in (Action.SWITCH, Action.BOOT):
+        if ann is None:
+            log.warning("agent_recovering", state=status.state.value, plan="Fail")
             return self._emit(
                 Failed(
-                    "the agent restarted during activation; the outcome is unknown and the "
-                    "activation was not re-run"
+                    "the agent restarted during activation and cannot read the announcement; "
+                    "the activation was not re-run"
                 )
             )
-        if current is None or current.path != ann.store_path:
-            return self._emit(
-                Failed(
-                    f"the agent restarted during activation; the profile points at {found}, "
-                    f"not {ann.store_path}; not re-run (push again to retry)"
-                )
-            )
+        run = self.switch_run
+        if run is not None and run.sequence != ann.sequence:
+            run = None  # the record of an earlier announcement's switch
         self.activating = True
         try:
-            self._emit(Resumed())
-            return await self._check(ann, None)
+            outlived = False
+            if run is not None and is_running(run):
+                outlived = True
+                await self._wait_for_survivor(run)
+            current = _current_generation(self.config.profile)
+            step = recovery.plan(
+                status.state,
+                desired=ann.store_path,
+                action=ann.action.value,
+                profile=current.path if current is not None else None,
+                previous=self.previous,
+                run=run,
+                outlived=outlived,
+                boot=boot_id(),
+            )
+            log.warning(
+                "agent_recovering",
+                state=status.state.value,
+                profile=current.path if current is not None else None,
+                switch_attempt=run.attempt if run is not None else None,
+                switch_finished=run.finished if run is not None else None,
+                plan=type(step).__name__,
+            )
+            return await self._carry_out(ann, step)
         finally:
             self.activating = False
+
+    async def _wait_for_survivor(self, run: SwitchRun) -> None:
+        """The recorded switch is still running (it outlived the agent): let it end first."""
+        log.warning("agent_activation_still_running", pid=run.pid, system=run.system)
+        if self.procedure.state is AgentState.ACTIVATING:
+            self._emit(
+                Recovering(
+                    f"waiting for switch-to-configuration {run.action} (pid {run.pid}), "
+                    "which outlived the agent"
+                )
+            )
+        if not await wait_until_gone(run, self.config.switch_timeout):
+            log.warning("agent_activation_killed", pid=run.pid, timeout=self.config.switch_timeout)
+            kill(run)
+            await wait_until_gone(run, 10.0)
+
+    async def _carry_out(self, ann: Announcement, step: recovery.Plan) -> Status:
+        match step:
+            case recovery.ResumeChecks(note=note):
+                self._emit(Resumed(note))
+                return await self._check(ann, None, note)
+            case recovery.RunSwitch(attempt=attempt, note=note):
+                again = "re-running" if attempt > 1 else "running"
+                self._emit(Recovering(f"{note}; {again} switch-to-configuration"))
+                return await self._activate(ann, attempt=attempt, note=note)
+            case recovery.RollBack(error=error, exit_code=code):
+                return await self._roll_back(ann, error, code)
+            case recovery.Reactivate(system=system, attempt=attempt, error=error):
+                return await self._reactivate(ann, system, error, attempt=attempt)
+            case recovery.RolledBackAlready(error=error):
+                return self._emit(RolledBack(error))
+            case recovery.Fail(error=error):
+                return self._emit(Failed(error))
 
 
 def _kind(exc: Exception) -> str:

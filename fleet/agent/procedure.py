@@ -15,9 +15,15 @@ it upstream, so what the coordinator hears is never ahead of what survives a cra
       │                                           rolling back is impossible)
       └─AlreadyRunning─> applied     (also from applied, rolled-back, failed, downloading)
 
+    After a restart (fleet.agent.recovery decides which): activating ─Recovering─> activating
+    (an interrupted switch is re-run or waited for), activating/checking ─Resumed─> checking
+    (the switch was recorded as exited 0). The profile link alone never leads to applied.
+
 Terminal states (applied, rolled-back, failed) accept Start / AlreadyRunning for the next
 announcement; a failed download is retried with a new Start of the same announcement.
-Resumed (activating/checking -> checking) is only used after a restart (see docs/agent.md).
+Recovering and Resumed are only used after a restart (see docs/agent.md). The `note` of
+Recovering, Activated, Resumed and CheckPassed is what recovery did; it is reported as the
+status's error, so an `applied` reached by recovery says how it got there.
 """
 
 from __future__ import annotations
@@ -76,17 +82,29 @@ class DownloadFailed:
 
 @dataclass(frozen=True)
 class Activated:
-    """switch-to-configuration exited 0."""
+    """switch-to-configuration exited 0. `note`: what recovery did first (reported as error)."""
+
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Recovering:
+    """After a restart in activating: the interrupted activation is being settled (re-run,
+    waited for), never assumed done; see fleet.agent.recovery."""
+
+    note: str
 
 
 @dataclass(frozen=True)
 class Resumed:
-    """After a restart in activating/checking: the profile points at the new system."""
+    """After a restart: the switch was recorded as exited 0; the health checks run again."""
+
+    note: str | None = None
 
 
 @dataclass(frozen=True)
 class CheckPassed:
-    pass
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +132,7 @@ Event = (
     | Downloaded
     | DownloadFailed
     | Activated
+    | Recovering
     | Resumed
     | CheckPassed
     | RolledBack
@@ -130,6 +149,7 @@ TABLE: Mapping[type[Event], tuple[frozenset[AgentState], AgentState]] = {
     Downloaded: (frozenset({S.DOWNLOADING}), S.ACTIVATING),
     DownloadFailed: (frozenset({S.DOWNLOADING}), S.FAILED),
     Activated: (frozenset({S.ACTIVATING}), S.CHECKING),
+    Recovering: (frozenset({S.ACTIVATING}), S.ACTIVATING),
     Resumed: (frozenset({S.ACTIVATING, S.CHECKING}), S.CHECKING),
     CheckPassed: (frozenset({S.CHECKING}), S.APPLIED),
     RolledBack: (frozenset({S.ACTIVATING, S.CHECKING}), S.ROLLED_BACK),
@@ -211,8 +231,10 @@ class Procedure:
                 new = dataclasses.replace(
                     old, state=target, since=now, error=error, exit_code=code, log_tail=tail
                 )
-            case DownloadFailed(error=error):
+            case DownloadFailed(error=error) | Recovering(note=error):
                 new = dataclasses.replace(old, state=target, since=now, error=error)
+            case Activated(note=note) | Resumed(note=note) | CheckPassed(note=note):
+                new = dataclasses.replace(old, state=target, since=now, error=note)
             case _:
                 new = dataclasses.replace(old, state=target, since=now, error=None)
         if target is S.APPLIED and new.sequence is not None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from fleet.agent.durable import replace_durably
 from fleet.agent.procedure import Status
+from fleet.agent.switch_run import Purpose, SwitchRun
 from fleet.protocol.messages import AgentState, Progress
 from fleet.wire import SignedEnvelope, WireError, decode, encode
 
@@ -39,6 +40,7 @@ class AgentRecord:
     announcement: SignedEnvelope | None = None  # in progress, or the last one finished
     previous: str | None = None  # the system that was current before activation began
     retrying: bool = False  # failed to download: retry the announcement after a restart
+    switch: SwitchRun | None = None  # the last switch-to-configuration run (started/finished)
 
 
 def _progress_json(progress: Progress | None) -> dict[str, int] | None:
@@ -50,6 +52,44 @@ def _progress_json(progress: Progress | None) -> dict[str, int] | None:
         "bytes_done": progress.bytes_done,
         "bytes_total": progress.bytes_total,
     }
+
+
+def _switch_json(run: SwitchRun | None) -> dict[str, Any] | None:
+    if run is None:
+        return None
+    return {
+        "sequence": run.sequence,
+        "system": run.system,
+        "action": run.action,
+        "purpose": run.purpose.value,
+        "attempt": run.attempt,
+        "started_at": run.started_at,
+        "boot_id": run.boot_id,
+        "reason": run.reason,
+        "pid": run.pid,
+        "pid_start": run.pid_start,
+        "finished_at": run.finished_at,
+        "exit_code": run.exit_code,
+    }
+
+
+def _switch_from_json(data: Any) -> SwitchRun | None:
+    if data is None:
+        return None
+    return SwitchRun(
+        sequence=int(data["sequence"]),
+        system=str(data["system"]),
+        action=str(data["action"]),
+        purpose=Purpose(data["purpose"]),
+        attempt=int(data["attempt"]),
+        started_at=float(data["started_at"]),
+        boot_id=str(data["boot_id"]),
+        reason=data.get("reason"),
+        pid=data.get("pid"),
+        pid_start=data.get("pid_start"),
+        finished_at=data.get("finished_at"),
+        exit_code=data.get("exit_code"),
+    )
 
 
 def _to_json(record: AgentRecord) -> dict[str, Any]:
@@ -74,6 +114,7 @@ def _to_json(record: AgentRecord) -> dict[str, Any]:
         ),
         "previous": record.previous,
         "retrying": record.retrying,
+        "switch": _switch_json(record.switch),
     }
 
 
@@ -101,6 +142,7 @@ def _from_json(data: Any) -> AgentRecord:
         announcement=envelope,
         previous=data.get("previous"),
         retrying=bool(data.get("retrying", False)),
+        switch=_switch_from_json(data.get("switch")),  # absent in files of older agents
     )
 
 

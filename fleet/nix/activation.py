@@ -6,8 +6,8 @@ in its text, which is what the fake systems of the tests log.
 
 On a real host the agent's own unit may be restarted by the switch, which would kill a
 child script half-way. `isolate=True` runs it as a transient systemd unit the way
-nixos-rebuild does, so it outlives the agent; the agent then picks up the result after its
-restart from the profile and the activation log it reads back.
+nixos-rebuild does, so it outlives the agent; the pid given to `on_start` is then that of
+systemd-run, not of the script (the agent does not use `isolate` today; see docs/agent.md).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from fleet.log import get_logger
 from fleet.nix.errors import PathNotFound
-from fleet.nix.process import LineCallback, run_process
+from fleet.nix.process import LineCallback, StartCallback, run_process
 from fleet.nix.store import NixStore, check_store_path
 
 log = get_logger("fleet.nix.activation")
@@ -72,11 +72,13 @@ async def run_switch(
     env: Mapping[str, str] | None = None,
     timeout: float = 600.0,
     on_line: LineCallback | None = None,
+    on_start: StartCallback | None = None,
     isolate: bool = False,
 ) -> ActivationResult:
     """Run `<system>/bin/switch-to-configuration ACTION`; a non-zero exit is a result.
 
     `env` is the script's whole environment (default: the agent's own plus nothing).
+    `on_start(pid)` is called once the process exists, so the caller can record it.
     Raises PathNotFound if the script is missing and NixTimeout (killing the script's
     process group) if it outruns `timeout`.
     """
@@ -95,6 +97,7 @@ async def run_switch(
         on_line=on_line,
         merge_output=True,
         cwd="/",
+        on_start=on_start,
     )
     seconds = time.monotonic() - started
     log.info("nix.switch.done", system=system, exit_code=done.returncode, seconds=round(seconds, 3))

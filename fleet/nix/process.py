@@ -19,6 +19,7 @@ from fleet.nix.errors import NixNotInstalled, NixTimeout, classify, strip_ansi
 from fleet.nix.store import NixStore
 
 LineCallback = Callable[[str], None]
+StartCallback = Callable[[int], None]  # called with the pid once the process exists
 
 MAX_LINE = 64 * 1024
 TAIL_LINES = 200
@@ -104,11 +105,13 @@ async def run_process(
     on_line: LineCallback | None = None,
     merge_output: bool = False,
     cwd: str | None = None,
+    on_start: StartCallback | None = None,
 ) -> Completed:
     """Run argv; stream stderr (or stdout+stderr if merge_output) lines to on_line.
 
     Raises NixTimeout (with the output tail) when `timeout` seconds pass; the process group
-    is killed and reaped also when the caller is cancelled.
+    is killed and reaped also when the caller is cancelled. `on_start(pid)` is called once
+    the process exists (its pid is also its process group id).
     """
     tail = Tail()
 
@@ -129,6 +132,8 @@ async def run_process(
     assert proc.stdout is not None
     stdout = b""
     try:
+        if on_start is not None:
+            on_start(proc.pid)
         async with asyncio.timeout(timeout):
             if merge_output:
                 await _lines(proc.stdout, line)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -11,11 +12,14 @@ import pytest
 
 from fleet.agent.apply import ApplyConfig, DownloadError, Updater
 from fleet.agent.backoff import Backoff
+from fleet.agent.procedure import Status
 from fleet.agent.state import AgentRecord, StateFile
+from fleet.agent.switch_run import Purpose, SwitchRun, boot_id, process_start
 from fleet.agent.verify import Accepted
 from fleet.agent.worker import Agent
 from fleet.identity import Identity
 from fleet.nix import Action, NixStore, current_system, is_valid, set_profile
+from fleet.nix.profile import list_generations_sync
 from fleet.protocol.messages import (
     AgentState,
     Announcement,
@@ -290,56 +294,187 @@ async def test_newer_announcement_cancels_a_download(
     assert rig.switches() == [f"switch {nix_systems.v1.path}"]
 
 
-async def test_recovery_after_crash_in_activation(rig: Rig, nix_systems: Systems) -> None:
-    v1, v2 = nix_systems.v1, nix_systems.v2
-    await rig.updater().apply(accepted(1, v1.path))
-    # Simulate a crash right after the profile was set for v2 (before the switch finished).
-    job = accepted(2, v2.path)
-    from fleet.agent.procedure import Status
+async def crashed_in_activation(
+    rig: Rig, v1: str, v2: str, *, set_v2: bool, run: SwitchRun | None = None
+) -> Accepted:
+    """v1 applied, then a crash while activating v2 (its closure fetched; the profile set to
+    v2 if `set_v2`; `run` the last switch run recorded)."""
     from fleet.nix import fetch_closure
 
-    await fetch_closure(rig.store, v2.path, rig.config.substituters, rig.config.trusted_public_keys)
-    await set_profile(rig.store, v2.path, rig.config.profile)
+    await rig.updater().apply(accepted(1, v1))
+    job = accepted(2, v2)
+    await fetch_closure(rig.store, v2, rig.config.substituters, rig.config.trusted_public_keys)
+    if set_v2:
+        await set_profile(rig.store, v2, rig.config.profile)
     rig.state.save(
         AgentRecord(
             applied_sequence=1,
-            status=Status(state=S.ACTIVATING, since=time.time(), sequence=2, desired=v2.path),
+            status=Status(state=S.ACTIVATING, since=time.time(), sequence=2, desired=v2),
             announcement=job.envelope,
-            previous=v1.path,
+            previous=v1,
+            switch=run,
         )
     )
+    return job
+
+
+def interrupted(system: str, attempt: int = 1, **kw: object) -> SwitchRun:
+    run = SwitchRun(2, system, "switch", Purpose.ACTIVATE, attempt, time.time(), boot_id())
+    return dataclasses.replace(run, **kw)  # type: ignore[arg-type]
+
+
+async def test_switch_runs_are_recorded_before_they_start_and_when_they_end(
+    rig: Rig, nix_systems: Systems, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fleet.agent.apply as apply_module
+    from fleet.nix import run_switch as real
+
+    seen: list[SwitchRun | None] = []
+
+    async def spying(*args: object, **kw: object) -> object:
+        seen.append(rig.state.load().switch)  # what survives a crash right now
+        return await real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(apply_module, "run_switch", spying)
+    v1 = nix_systems.v1.path
+    await rig.updater().apply(accepted(1, v1))
+    before = seen[0]
+    assert before is not None
+    assert (before.sequence, before.system, before.action, before.attempt) == (1, v1, "switch", 1)
+    assert not before.finished
+    assert before.boot_id == boot_id()
+    after = rig.state.load().switch
+    assert after is not None
+    assert after.finished
+    assert after.exit_code == 0
+    assert after.pid is not None  # (its start time too, unless it had already exited)
+
+
+async def test_interrupted_switch_is_re_run_not_assumed_applied(
+    rig: Rig, nix_systems: Systems
+) -> None:
+    v1, v2 = nix_systems.v1.path, nix_systems.v2.path
+    await crashed_in_activation(rig, v1, v2, set_v2=True, run=interrupted(v2))
     status = await rig.updater().recover()
     assert status is not None
     assert status.state is S.APPLIED
-    assert rig.switches() == [f"switch {v1.path}"]  # not re-run
-    assert rig.state.load().applied_sequence == 2
-
-
-async def test_recovery_when_profile_was_not_switched(rig: Rig, nix_systems: Systems) -> None:
-    v1, v2 = nix_systems.v1, nix_systems.v2
-    await rig.updater().apply(accepted(1, v1.path))
-    from fleet.agent.procedure import Status
-
-    job = accepted(2, v2.path)
-    rig.state.save(
-        AgentRecord(
-            applied_sequence=1,
-            status=Status(state=S.ACTIVATING, since=time.time(), sequence=2, desired=v2.path),
-            announcement=job.envelope,
-            previous=v1.path,
-        )
-    )
-    updater = rig.updater()
-    status = await updater.recover()
-    assert status is not None
-    assert status.state is S.FAILED
+    assert rig.switches() == [f"switch {v1}", f"switch {v2}"]  # re-run after the restart
     assert status.error is not None
-    assert "restarted during activation" in status.error
-    assert await rig.profile_path() == v1.path
-    assert rig.switches() == [f"switch {v1.path}"]
-    # the sequence is consumed: the same announcement is a duplicate, an older one a replay
+    assert "interrupted" in status.error
+    assert status.error.endswith("re-ran switch-to-configuration switch: ok")
+    assert rig.state.load().applied_sequence == 2
+    record = rig.state.load().switch
+    assert record is not None
+    assert record.attempt == 2
+    assert record.exit_code == 0
+    gens = [g.path for g in list_generations_sync(rig.config.profile)]
+    assert gens == [v1, v2]  # no extra generation for the re-run
+
+
+async def test_interrupted_twice_rolls_back_and_re_activates_the_previous(
+    rig: Rig, nix_systems: Systems
+) -> None:
+    v1, v2 = nix_systems.v1.path, nix_systems.v2.path
+    await crashed_in_activation(rig, v1, v2, set_v2=True, run=interrupted(v2, attempt=2))
+    status = await rig.updater().recover()
+    assert status is not None
+    assert status.state is S.ROLLED_BACK
+    assert status.error is not None
+    assert "again after a re-run" in status.error
+    assert await rig.profile_path() == v1
+    assert rig.switches() == [f"switch {v1}", f"switch {v1}"]
+    assert rig.state.load().applied_sequence == 1
+
+
+async def test_failing_re_run_rolls_back(rig: Rig, nix_systems: Systems) -> None:
+    v1, broken = nix_systems.v1.path, nix_systems.broken.path
+    await crashed_in_activation(rig, v1, broken, set_v2=True, run=interrupted(broken))
+    status = await rig.updater().recover()
+    assert status is not None
+    assert status.state is S.ROLLED_BACK
+    assert status.exit_code == BROKEN_EXIT_CODE
+    assert status.error is not None
+    assert f"re-ran switch-to-configuration switch: exited with code {BROKEN_EXIT_CODE}" in (
+        status.error
+    )
+    assert await rig.profile_path() == v1
+    assert rig.switches() == [f"switch {v1}", f"switch {broken}", f"switch {v1}"]
+
+
+async def test_interrupted_rollback_re_activates_the_previous_once(
+    rig: Rig, nix_systems: Systems
+) -> None:
+    v1, broken = nix_systems.v1.path, nix_systems.broken.path
+    run = interrupted(v1, purpose=Purpose.ROLLBACK, reason="switch exited with code 3")
+    await crashed_in_activation(rig, v1, broken, set_v2=False, run=run)
+    status = await rig.updater().recover()
+    assert status is not None
+    assert status.state is S.ROLLED_BACK
+    assert status.error is not None
+    assert status.error.startswith("switch exited with code 3")
+    assert await rig.profile_path() == v1
+    assert rig.switches() == [f"switch {v1}", f"switch {v1}"]
+
+
+async def test_recovery_when_the_switch_never_started(rig: Rig, nix_systems: Systems) -> None:
+    """The state file of an agent killed before its switch ran (or of an older agent, which
+    kept no switch record): the switch runs now, whatever the profile points at."""
+    v1, v2 = nix_systems.v1.path, nix_systems.v2.path
+    for set_v2, seq in ((False, 2), (True, 2)):
+        rig.switches().clear()
+        await crashed_in_activation(rig, v1, v2, set_v2=set_v2)
+        status = await rig.updater().recover()
+        assert status is not None
+        assert status.state is S.APPLIED, status
+        assert status.error == (
+            "the agent restarted before switch-to-configuration ran; "
+            "ran switch-to-configuration switch: ok"
+        )
+        assert rig.switches()[-1] == f"switch {v2}"
+        assert rig.state.load().applied_sequence == seq
+        # back to v1 for the second round
+        await set_profile(rig.store, v1, rig.config.profile)
     agent = rig.agent()
-    assert agent.floor() == 2
+    assert agent.floor() == 2  # the sequence stays consumed
+
+
+async def test_a_switch_that_outlived_the_agent_is_waited_for(
+    rig: Rig, nix_systems: Systems, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    v1, v2 = nix_systems.v1.path, nix_systems.v2.path
+    hold = tmp_path / "survivor-holds"
+    hold.touch()
+    code = "import os, sys, time\nwhile os.path.exists(sys.argv[1]): time.sleep(0.02)"
+    survivor = subprocess.Popen([sys.executable, "-c", code, str(hold)], start_new_session=True)
+    try:
+        run = interrupted(v2, pid=survivor.pid, pid_start=process_start(survivor.pid))
+        await crashed_in_activation(rig, v1, v2, set_v2=True, run=run)
+        task = asyncio.create_task(rig.updater().recover())
+        async with asyncio.timeout(30):
+            while not any("outlived the agent" in (r.error or "") for r in rig.reports):
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+        assert not task.done()  # waiting for the survivor, not re-running beside it
+        assert rig.switches() == [f"switch {v1}"]
+        waiting = rig.reports[-1]
+        assert waiting.state is S.ACTIVATING
+        assert f"(pid {survivor.pid})" in (waiting.error or "")
+        hold.unlink()
+        while survivor.poll() is None:  # this test is its parent: reap it as init would
+            await asyncio.sleep(0.02)
+        status = await task
+    finally:
+        if survivor.poll() is None:
+            survivor.kill()
+        survivor.wait(5)
+    assert status is not None
+    assert status.state is S.APPLIED
+    assert status.error is not None
+    assert "outlived the agent" in status.error
+    assert rig.switches() == [f"switch {v1}", f"switch {v2}"]
 
 
 def test_state_file_is_json_and_atomic(tmp_path: Path) -> None:

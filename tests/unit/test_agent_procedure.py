@@ -16,6 +16,7 @@ from fleet.agent.procedure import (
     Failed,
     IllegalTransition,
     Procedure,
+    Recovering,
     Resumed,
     RolledBack,
     Start,
@@ -35,6 +36,7 @@ ONE_OF_EACH: list[Event] = [
     Downloaded(),
     DownloadFailed("e"),
     Activated(),
+    Recovering("interrupted"),
     Resumed(),
     CheckPassed(),
     RolledBack("e", 3, "tail"),
@@ -113,6 +115,28 @@ def test_resume_after_restart_goes_to_checking() -> None:
     assert proc.applied_sequence == 4
 
 
+def test_recovery_says_what_it_did_up_to_applied() -> None:
+    """A restart mid-switch: re-run, then applied, and the report keeps saying so."""
+    proc = Procedure(Status(state=S.ACTIVATING, since=1.0, sequence=4, desired=PATH), 3)
+    note = "activation was interrupted"
+    assert proc.handle(Recovering(note), 2.0).error == note
+    assert proc.state is S.ACTIVATING
+    assert proc.applied_sequence == 3  # not applied by recovering
+    assert proc.handle(Activated(f"{note}; re-ran: ok"), 3.0).state is S.CHECKING
+    status = proc.handle(CheckPassed(f"{note}; re-ran: ok"), 4.0)
+    assert (status.state, status.error) == (S.APPLIED, f"{note}; re-ran: ok")
+    assert proc.applied_sequence == 4
+    # an ordinary activation reports no error
+    plain = run([Start(5, PATH), Downloaded(), Activated(), CheckPassed()])
+    assert plain.status.error is None
+
+
+def test_recovering_only_from_activating() -> None:
+    proc = Procedure(Status(state=S.CHECKING, since=1.0, sequence=4, desired=PATH), 3)
+    with pytest.raises(IllegalTransition):
+        proc.handle(Recovering("x"), 2.0)
+
+
 def test_applied_sequence_never_decreases() -> None:
     proc = Procedure(applied_sequence=9)
     run([AlreadyRunning(4, PATH)], proc)
@@ -147,7 +171,7 @@ def test_transition_map_as_documented() -> None:
     assert transitions() == {
         S.IDLE: {S.DOWNLOADING, S.APPLIED},
         S.DOWNLOADING: {S.DOWNLOADING, S.APPLIED, S.ACTIVATING, S.FAILED},
-        S.ACTIVATING: {S.CHECKING, S.ROLLED_BACK, S.FAILED},
+        S.ACTIVATING: {S.ACTIVATING, S.CHECKING, S.ROLLED_BACK, S.FAILED},
         S.CHECKING: {S.CHECKING, S.APPLIED, S.ROLLED_BACK, S.FAILED},
         S.APPLIED: {S.DOWNLOADING, S.APPLIED},
         S.ROLLED_BACK: {S.DOWNLOADING, S.APPLIED},

@@ -11,6 +11,7 @@ import pytest
 from fleet.agent.backoff import Backoff
 from fleet.agent.procedure import Status
 from fleet.agent.state import AgentRecord, StateError, StateFile
+from fleet.agent.switch_run import Purpose, SwitchRun
 from fleet.identity import Identity
 from fleet.nix import Action
 from fleet.protocol.messages import AgentState, Announcement, Progress
@@ -44,12 +45,28 @@ def test_round_trip_keeps_everything(tmp_path: Path) -> None:
         announcement=env,
         previous="/nix/store/" + "e" * 32 + "-old",
         retrying=False,
-    )
+        switch=SwitchRun(
+            sequence=3, system=PATH, action="boot", purpose=Purpose.ROLLBACK, attempt=2,
+            started_at=12.0, boot_id="b-1", reason="exit 3", pid=42, pid_start=777,
+            finished_at=12.4, exit_code=0,
+        ),
+    )  # fmt: skip
     state = StateFile(tmp_path / "state")
     state.save(record)
     assert state.load() == record
     assert stat.S_IMODE(state.path.stat().st_mode) == 0o600
     assert stat.S_IMODE(state.directory.stat().st_mode) == 0o700
+
+
+def test_a_file_of_an_older_agent_has_no_switch_record(tmp_path: Path) -> None:
+    state = StateFile(tmp_path)
+    state.save(AgentRecord(applied_sequence=5))
+    data = state.path.read_text().replace('"switch": null', '"unrelated": null')
+    assert '"switch"' not in data
+    state.path.write_text(data)
+    record = state.load()
+    assert record.applied_sequence == 5
+    assert record.switch is None
 
 
 def test_missing_file_is_a_fresh_agent(tmp_path: Path) -> None:
