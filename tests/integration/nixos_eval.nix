@@ -1,14 +1,14 @@
 # Evaluate one fleet NixOS module with nixpkgs' real module system (lib.evalModules), without
 # nixpkgs' packages or NixOS (the test machines have neither).
 #
-# nixpkgs' lib (tests/nixpkgs-lib, or FLEET_NIXPKGS_LIB) provides evalModules, the option types
+# nixpkgs' lib (tests/vendor/nixpkgs-lib, or FLEET_NIXPKGS_LIB) provides evalModules, the option types
 # and the priorities (mkDefault, mkIf), so option types, defaults, assertions and the merge of
 # generated and user settings behave as in `nixos-rebuild`. What NixOS would provide is
 # declared here as plain options (assertions, warnings, systemd.services, the firewall ports,
 # environment.systemPackages, nix.settings, ...), and `pkgs` holds stand-in derivations.
 #
 # nix-instantiate --eval --strict --json tests/integration/nixos_eval.nix \
-#   --arg nixpkgsLib ./tests/nixpkgs-lib --arg modulePath ./nixos-modules/agent.nix \
+#   --arg nixpkgsLib ./tests/vendor/nixpkgs-lib --arg modulePath ./nixos-modules/agent.nix \
 #   --argstr role agent --argstr userJson '{...}'
 # userJson: {"options": {...}, "settings": {...}, "openssh": bool,
 #            "package": "overlay" | "option" | "none"}

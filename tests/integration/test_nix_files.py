@@ -1,7 +1,7 @@
 """The Nix files of the repository: they parse, and the NixOS modules drive the real CLI.
 
 The modules are evaluated with nixpkgs' real module system (lib.evalModules from
-tests/nixpkgs-lib, see tests/integration/nixos_eval.nix), with the NixOS options they touch
+tests/vendor/nixpkgs-lib, see tests/integration/nixos_eval.nix), with the NixOS options they touch
 declared as plain options and stand-in packages: option types, defaults, priorities and
 assertions behave as in `nixos-rebuild`. The settings they generate are then fed to the real
 `fleet agent|coordinator|relay` commands (their start-up validation, up to the point where the
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.nix
 
 REPO = Path(__file__).resolve().parent.parent.parent
 EVAL = Path(__file__).resolve().parent / "nixos_eval.nix"
-NIXPKGS_LIB = Path(os.environ.get("FLEET_NIXPKGS_LIB") or REPO / "tests" / "nixpkgs-lib")
+NIXPKGS_LIB = Path(os.environ.get("FLEET_NIXPKGS_LIB") or REPO / "tests" / "vendor" / "nixpkgs-lib")
 MODULES = REPO / "nixos-modules"
 
 COORDINATOR_ID = "3nxzva5ads6k2wxloichezh7wc3kfxmx3l5n2rvlou5n6c6hjwba"
@@ -173,7 +173,7 @@ def nix_files() -> Iterator[Path]:
     """Our .nix files: not the vendored nixpkgs lib, nothing below a dot directory."""
     for path in sorted(REPO.rglob("*.nix")):
         relative = path.relative_to(REPO)
-        if relative.parts[:2] == ("tests", "nixpkgs-lib"):
+        if relative.parts[:3] == ("tests", "vendor", "nixpkgs-lib"):
             continue
         if not any(part.startswith(".") for part in relative.parts):
             yield path
