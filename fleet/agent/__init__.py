@@ -5,6 +5,7 @@
 - apply.py: the Updater, which runs the procedure with fleet.nix (download, activate, check,
   roll back) and persists every transition before reporting it;
 - state.py: the durable local state (one fsync'd JSON file);
+- revocations.py, witness.py: revocations and the audit checkpoint it keeps across restarts;
 - worker.py: the Agent (mailbox of accepted announcements, retries, outbox);
 - session.py: the connection to the coordinator with reconnects; dial.py: over the mesh.
 See docs/agent.md.

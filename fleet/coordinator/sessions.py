@@ -12,7 +12,7 @@ from typing import Protocol
 
 from fleet.coordinator.announcements import StoredAnnouncement
 from fleet.identity import NodeId
-from fleet.protocol.messages import Hello, HelloV1, Progress, StatusReport
+from fleet.protocol.messages import AnyHello, Progress, StatusReport
 
 
 class AgentLink(Protocol):
@@ -41,7 +41,7 @@ class Phase(enum.Enum):
 class AgentSession:
     """Service-side state of one agent connection after its Hello."""
 
-    def __init__(self, link: AgentLink, hello: Hello | HelloV1, now: float) -> None:
+    def __init__(self, link: AgentLink, hello: AnyHello, now: float) -> None:
         self.link = link
         self.node_id = link.remote_id
         self.hello = hello
