@@ -730,8 +730,12 @@ class CoordinatorService:
         if len(revoked):
             # Before any Deliver: the agent must know them when it checks announcements.
             session.link.send(encode(Revocations(revocations=tuple(revoked.signed()))))
-        if checkpoint is not None:
+        self._send_latest(session, latest)
+        if checkpoint is not None:  # after any Deliver: witnessing never delays an update
             session.link.send(encode(AuditCheckpoint(checkpoint=checkpoint)))
+
+    def _send_latest(self, session: AgentSession, latest: StoredAnnouncement | None) -> None:
+        """Deliver the newer of the looked-up and the parked announcement, if the agent lacks it."""
         best = latest
         if session.parked is not None and (best is None or session.parked.sequence > best.sequence):
             best = session.parked
