@@ -211,6 +211,7 @@ class CoordinatorService:
         payload = encode(AuditCheckpoint(checkpoint=envelope))
         for session in self.sessions.values():
             if session.phase is Phase.LIVE and isinstance(session.hello, Hello):
+                session.witness_budget += 2
                 session.link.send(payload)
 
     # ------------------------------------------------------------------ admin requests
@@ -732,6 +733,7 @@ class CoordinatorService:
             session.link.send(encode(Revocations(revocations=tuple(revoked.signed()))))
         self._send_latest(session, latest)
         if checkpoint is not None:  # after any Deliver: witnessing never delays an update
+            session.witness_budget += 2
             session.link.send(encode(AuditCheckpoint(checkpoint=checkpoint)))
 
     def _send_latest(self, session: AgentSession, latest: StoredAnnouncement | None) -> None:
@@ -767,6 +769,9 @@ class CoordinatorService:
                     await registry.touch(tx, session.node_id, now)
             session.last_report = message
         elif isinstance(message, WitnessReport):
+            if session.witness_budget <= 0:
+                return  # more reports than checkpoints it was sent: not worth a disk write
+            session.witness_budget -= 1
             async with self.db.transaction() as tx:
                 await witnesses.record(tx, session.node_id, message.checkpoint, self.node_id, now)
             return

@@ -54,6 +54,10 @@ class AgentSession:
         # When the agent last said anything: shown as last_seen while it is connected, and
         # persisted with the writes the service makes anyway (never one write per message).
         self.last_seen = now
+        # WitnessReports this agent may still make us store: an honest agent sends at most
+        # two per checkpoint it was sent (fleet.coordinator.witnesses), so this bounds the
+        # disk writes one device can cause.
+        self.witness_budget = 2
 
     def park(self, announcement: StoredAnnouncement) -> None:
         if self.parked is None or announcement.sequence > self.parked.sequence:

@@ -21,7 +21,7 @@ from fleet.wire import SignedEnvelope, WireError, decode, encode
 log = get_logger(__name__)
 
 MAX_CONFLICTS = 16  # checkpoints per device that do not match the log
-MAX_LISTED = 4096  # distinct checkpoints in one AuditWitnessesReply, conflicting ones first
+MAX_LISTED = 1024  # distinct checkpoints in one AuditWitnessesReply, conflicting ones first
 
 
 async def latest_checkpoint(db: Reader) -> SignedEnvelope | None:

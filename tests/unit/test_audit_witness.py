@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -316,13 +315,17 @@ async def test_a_witness_in_hello_is_kept_and_conflicts_are_bounded(tmp_path: Pa
     )
     assert session is not None
     assert [x.checkpoint for x in await w.listed()] == [forks[0]]
-    for n, fork in enumerate(forks[1:], start=1):
-        w.clock.now = NOW + n
-        await w.service.agent_message(session, WitnessReport(checkpoint=fork))
+
+    async def report_all() -> int:
+        for n, fork in enumerate(forks[1:], start=1):
+            w.clock.now = NOW + n
+            await w.service.agent_message(session, WitnessReport(checkpoint=fork))
+        row = await db.fetchone("SELECT count(*) AS n FROM audit_witnesses")
+        assert row is not None
+        return int(row["n"])
+
+    # No checkpoint was sent to it: only two unsolicited reports are worth a disk write.
+    assert await report_all() == 3
+    session.witness_budget = 100
+    assert await report_all() == 16  # MAX_CONFLICTS per device: what one device makes us keep
     await db.close()
-    conn = sqlite3.connect(tmp_path / "c.db")
-    try:
-        (count,) = conn.execute("SELECT count(*) FROM audit_witnesses").fetchone()
-    finally:
-        conn.close()
-    assert count == 16  # MAX_CONFLICTS per device: what one device can make us keep
