@@ -7,6 +7,7 @@ and the coordinator keeping what agents report (fleet.coordinator.witnesses).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from pathlib import Path
@@ -16,7 +17,12 @@ import pytest
 from fleet.admin.auditing import check_witnessed
 from fleet.admin.settings import resolve_state_dir
 from fleet.admin.witness import CheckpointMemory, WitnessFileError
+from fleet.agent.apply import ApplyConfig
+from fleet.agent.backoff import Backoff
+from fleet.agent.session import CoordinatorSession, SessionConfig
+from fleet.agent.state import StateFile
 from fleet.agent.witness import CHECKPOINT_FILE, CheckpointWitness
+from fleet.agent.worker import Agent
 from fleet.audit import (
     AuditEntry,
     AuditExport,
@@ -32,6 +38,7 @@ from fleet.audit import (
 from fleet.coordinator.database import Database
 from fleet.coordinator.service import CoordinatorService
 from fleet.identity import Identity
+from fleet.nix import NixStore
 from fleet.protocol.admin import make_admin_request
 from fleet.protocol.messages import (
     AuditCheckpoint,
@@ -39,10 +46,14 @@ from fleet.protocol.messages import (
     AuditWitnessesReply,
     DeviceAdd,
     ErrorReply,
+    Hello,
+    StatusReport,
+    Welcome,
     Witness,
     WitnessReport,
 )
 from fleet.wire import Message, SignedEnvelope, encode
+from tests.unit.test_agent_session import ADMIN, DEVICE, PATH, FakeDialer, running_system
 from tests.unit.test_audit_verify import COORD, NOW, build_log, checkpoint, rehash
 from tests.unit.test_coordinator_service import Clock, FakeLink, hello
 
@@ -329,3 +340,44 @@ async def test_a_witness_in_hello_is_kept_and_conflicts_are_bounded(tmp_path: Pa
     session.witness_budget = 100
     assert await report_all() == 16  # MAX_CONFLICTS per device: what one device makes us keep
     await db.close()
+
+
+async def test_the_agent_reports_its_checkpoint_in_hello_and_when_one_arrives(
+    tmp_path: Path,
+) -> None:
+    """Over the agent's real session code: checkpoint down, WitnessReport up, Hello v3 after a
+    reconnect (and after a restart of the agent) carrying what it holds."""
+    entries = build_log(5)
+    store = NixStore.chroot(tmp_path / "store")
+    config = ApplyConfig(
+        store=store,
+        profile=running_system(tmp_path / "store", PATH),
+        substituters=("http://127.0.0.1:9",),
+        trusted_public_keys=("k-1:" + "A" * 43 + "=",),
+    )
+
+    def start_agent() -> Agent:
+        return Agent(
+            DEVICE.node_id, [ADMIN.node_id], config, StateFile(tmp_path / "state"),
+            coordinator=COORD.node_id,
+        )  # fmt: skip
+
+    agent = start_agent()
+    dialer = FakeDialer()
+    session = CoordinatorSession(
+        agent, dialer, SessionConfig(backoff=Backoff(initial=0.01, maximum=0.05))
+    )
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(agent.run()), tg.create_task(session.run())]
+        channel = await dialer.next()
+        assert (await channel.recv(Hello)).checkpoint is None
+        await channel.send(Welcome(approved=True, name="dev-1"))
+        await channel.recv(StatusReport)
+        await channel.send(AuditCheckpoint(checkpoint=checkpoint(entries, 5)))
+        assert (await channel.recv(WitnessReport)).checkpoint == checkpoint(entries, 5)
+        channel.hang_up()
+        again = await dialer.next()
+        assert (await again.recv(Hello)).checkpoint == checkpoint(entries, 5)
+        for task in tasks:
+            task.cancel()
+    assert start_agent().hello().checkpoint == checkpoint(entries, 5)  # after a restart too
