@@ -1173,7 +1173,10 @@ def audit_verify(
             roots = roots_of(identity.node_id, _load_chain(settings.cert))
 
         async def fetch(client: AdminClient) -> tuple[auditing.FetchedLog, list[Witness]]:
-            return await fetch_log(client), await fetch_witnesses(client)
+            # Witnesses first: every checkpoint they hold was then signed before the log is
+            # read, so a checkpoint taken meanwhile cannot look like deleted entries.
+            witnesses = await fetch_witnesses(client)
+            return await fetch_log(client), witnesses
 
         fetched, reported = _run(ctx, fetch)
         entries, checkpoints = fetched.entries, fetched.checkpoints
