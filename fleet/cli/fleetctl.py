@@ -78,9 +78,12 @@ from fleet.admin.views import (
 )
 from fleet.admin.witness import CheckpointMemory, WitnessFileError
 from fleet.audit import (
+    AuditEntry,
     AuditExport,
     AuditVerifyError,
     ExportError,
+    Witnessed,
+    check_extends,
     export_lines,
     newest,
     read_export,
@@ -1099,6 +1102,7 @@ def _audit_list(ctx: click.Context, since: str | None, actor: str | None, as_jso
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from exc
     fetched = _run(ctx, fetch_log)
+    _warn_if_rewritten(ctx, fetched.entries)
     chosen = select(fetched.entries, since_time, actor)
     if as_json:
         _print_json([auditing.as_json(e) for e in chosen])
@@ -1203,6 +1207,22 @@ def audit_verify(
         click.echo(witnessed.summary())
 
 
+def _warn_if_rewritten(ctx: click.Context, entries: list[AuditEntry]) -> None:
+    """`audit` and `audit export` show the log as it is, but say so when it does not extend the
+    checkpoint this machine remembered (only `audit verify` fails on it, and updates it)."""
+    options = ctx.find_object(GlobalOptions)
+    assert options is not None
+    coordinator = _settings(options).coordinator.node_id
+    try:
+        remembered = CheckpointMemory(_state_dir(options, None), coordinator).load()
+        if remembered is not None:
+            check_extends(entries, Witnessed(auditing.REMEMBERED, remembered), coordinator)
+    except WitnessFileError as exc:
+        click.echo(f"warning: {exc}", err=True)
+    except AuditVerifyError as exc:
+        click.echo(f"warning: audit log is NOT intact: {exc} (see fleetctl audit verify)", err=True)
+
+
 def _read_export(path: str) -> AuditExport:
     try:
         with open(path, encoding="utf-8") as lines:
@@ -1254,6 +1274,7 @@ def audit_export(ctx: click.Context, out: str | None, as_json: bool) -> None:
     assert options is not None
     coordinator = _settings(options).coordinator.node_id
     fetched = _run(ctx, fetch_log)
+    _warn_if_rewritten(ctx, fetched.entries)
     lines = export_lines(coordinator, fetched.entries, fetched.checkpoints)
     if out is None:
         for line in lines:

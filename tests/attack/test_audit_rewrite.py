@@ -151,6 +151,11 @@ async def test_a_rewritten_audit_log_is_caught_by_every_witness(
     assert "Traceback" not in caught.err
     after = json.loads((memory / "audit-checkpoints" / f"{lab.coordinator_id}.json").read_text())
     assert after == remembered  # a failed verify does not adopt the forged head
+    lab.env["FLEET_STATE_DIR"] = str(memory)  # the setting, as the environment gives it
+    listing = await lab.fleetctl("audit", "--json")
+    assert listing.code == 0, listing  # the log is still shown as it is, with a warning
+    assert len(json.loads(listing.out)) == 4
+    assert "warning: audit log is NOT intact: entry 4: rewritten" in listing.err
 
     against = await lab.fleetctl(
         "audit", "verify", "--state-dir", str(tmp_path / "fresh-1"), "--against", str(export)
