@@ -175,6 +175,8 @@ async def test_a_rewritten_audit_log_is_caught_by_every_witness(
     assert problem.startswith("entry 4: rewritten"), problem
     assert f"device {kiosk.node_id}" in problem
     assert honest_head.hex()[:16] in problem
-    # The agent saw the fork itself (same index, another head) and kept the honest one.
+    # The coordinator's own code noticed too (its operator sees it in the journal), and the
+    # agent saw the fork itself (same index, another head) and kept the honest checkpoint.
+    await wait_event(lab.coordinator.events, "audit_witness_conflict")
     await wait_event(kiosk.daemon.events, "agent_audit_fork")
     assert await held_checkpoint(agent_state, lab.coordinator_id, 4) == honest_head
