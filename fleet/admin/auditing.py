@@ -20,13 +20,20 @@ from fleet.admin.errors import ProtocolViolation
 from fleet.admin.views import iso_utc
 from fleet.audit import (
     AuditEntry,
+    AuditExport,
     AuditReport,
+    AuditVerifyError,
     AuthorityReplay,
+    Witnessed,
+    check_extends,
+    check_prefix,
+    check_witnesses,
     entry_json,
     verify_log,
 )
 from fleet.capability import Chain, certificates_of
 from fleet.identity import NodeId
+from fleet.protocol.messages import AuditWitnesses, AuditWitnessesReply, Witness
 from fleet.wire import SignedEnvelope
 
 MAX_PAGES = 100_000  # a bound on the loop, far above any real log
@@ -83,6 +90,88 @@ def verify(
     trust_roots: Collection[NodeId],
 ) -> AuditReport:
     return verify_log(entries, checkpoints, coordinator, authorize=AuthorityReplay(trust_roots))
+
+
+# ---------------------------------------------------------------- witnesses
+
+REMEMBERED = "the checkpoint this machine remembered from its last audit verify"
+
+
+async def fetch_witnesses(client: AdminClient) -> list[Witness]:
+    """The distinct checkpoints agents reported keeping (fleet.coordinator.witnesses)."""
+    reply = await client.call(AuditWitnesses(), AuditWitnessesReply)
+    return list(reply.witnesses)
+
+
+@dataclass(frozen=True)
+class WitnessCheck:
+    """What else than the coordinator's own checkpoints the log was found consistent with."""
+
+    remembered: int | None  # index of the checkpoint this machine remembered (None: none)
+    reported: int  # distinct checkpoints reported by devices
+    devices: int  # devices that reported them
+    against: str | None  # an export the log was checked against
+    against_entries: int
+
+    def summary(self) -> str:
+        parts = []
+        if self.remembered is not None:
+            parts.append(f"the checkpoint remembered here (entry {self.remembered})")
+        if self.reported:
+            parts.append(f"{self.reported} checkpoint(s) kept by {self.devices} device(s)")
+        if self.against is not None:
+            parts.append(f"the export {self.against} ({self.against_entries} entries)")
+        if not parts:
+            return "no earlier checkpoint to compare with (first verify from this machine)"
+        return "consistent with " + ", ".join(parts)
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "remembered": self.remembered,
+            "witnesses": self.reported,
+            "witness_devices": self.devices,
+            "against": self.against,
+        }
+
+
+def _reported_by(witness: Witness) -> str:
+    others = f" and {witness.devices - 1} other device(s)" if witness.devices > 1 else ""
+    return f"device {witness.device}{others}"
+
+
+def check_witnessed(
+    entries: Sequence[AuditEntry],
+    coordinator: NodeId,
+    *,
+    remembered: SignedEnvelope | None = None,
+    reported: Sequence[Witness] = (),
+    against: tuple[str, AuditExport] | None = None,
+) -> WitnessCheck:
+    """The log must extend every checkpoint kept elsewhere (AuditVerifyError otherwise):
+    an export (a prefix, hash for hash, and its checkpoints), the one this machine
+    remembered, and every one agents reported."""
+    if against is not None:
+        name, export = against
+        source = f"the export {name}"
+        if export.coordinator != coordinator:
+            raise AuditVerifyError(
+                None, f"{source} is of coordinator {export.coordinator}, not of {coordinator}"
+            )
+        check_prefix(entries, export.entries, source)
+        check_witnesses(entries, [Witnessed(source, c) for c in export.checkpoints], coordinator)
+    index = None
+    if remembered is not None:
+        index = check_extends(entries, Witnessed(REMEMBERED, remembered), coordinator).sequence
+    check_witnesses(
+        entries, [Witnessed(_reported_by(w), w.checkpoint) for w in reported], coordinator
+    )
+    return WitnessCheck(
+        remembered=index,
+        reported=len(reported),
+        devices=sum(w.devices for w in reported),
+        against=against[0] if against is not None else None,
+        against_entries=len(against[1].entries) if against is not None else 0,
+    )
 
 
 def parse_since(text: str, now: float) -> float:

@@ -28,9 +28,11 @@ ENV_COORDINATOR = "FLEET_COORDINATOR"
 ENV_KEY = "FLEET_KEY"
 ENV_CERT = "FLEET_CERT"
 ENV_RELAY = "FLEET_RELAY"  # several relays: separated by commas or whitespace
+ENV_STATE_DIR = "FLEET_STATE_DIR"
 DEFAULT_TIMEOUT = 10.0
 FILE_KEYS = (
     "coordinator", "key", "cert", "relay", "timeout", "substituter", "trusted-public-key",
+    "state-dir",
 )  # fmt: skip
 _FILE_ALIASES = {"trusted_public_key": "trusted-public-key"}  # the agent accepts both
 _LISTS = ("relay", "substituter", "trusted-public-key")
@@ -69,7 +71,7 @@ def _file_values(path: Path) -> dict[str, Any]:
         if name in values:
             raise SettingsError(f"{path}: {name} is set twice")
         values[name] = value
-    for key in ("coordinator", "key", "cert"):
+    for key in ("coordinator", "key", "cert", "state-dir"):
         if key in values and not isinstance(values[key], str):
             raise SettingsError(f"{path}: {key} must be a string")
     for key in _LISTS:
@@ -204,3 +206,17 @@ def resolve_cache_settings(
     return CacheSettings(
         tuple(dict.fromkeys(cache_texts)), tuple(dict.fromkeys(keys)), source=source
     )
+
+
+def resolve_state_dir(
+    *, state_dir: str | None, config_file: str | None, env: Mapping[str, str], home: Path
+) -> Path:
+    """Where fleetctl keeps what it must remember (audit checkpoints it saw): `--state-dir`,
+    then FLEET_STATE_DIR, then the file's `state-dir`, then $XDG_STATE_HOME/fleet, then
+    ~/.local/state/fleet."""
+    file_values, _ = _file_of(config_file, env, home)
+    text = state_dir or env.get(ENV_STATE_DIR) or file_values.get("state-dir")
+    if text:
+        return Path(text).expanduser()
+    base = env.get("XDG_STATE_HOME") or str(home / ".local" / "state")
+    return Path(base) / "fleet"

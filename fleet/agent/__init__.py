@@ -7,6 +7,7 @@
 - state.py: the durable local state (one fsync'd JSON file);
 - switch_run.py: the record of a switch-to-configuration run (started / finished, its pid);
 - recovery.py: the rules after a restart mid-activation (sans-IO; apply.py carries them out);
+- revocations.py, witness.py: revocations and the audit checkpoint it keeps across restarts;
 - worker.py: the Agent (mailbox of accepted announcements, retries, outbox);
 - session.py: the connection to the coordinator with reconnects; dial.py: over the mesh.
 See docs/agent.md.

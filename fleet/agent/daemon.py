@@ -43,6 +43,7 @@ async def run_agent(settings: AgentSettings) -> None:
         settings.apply,
         StateFile(settings.state_dir),
         tags=settings.tags,
+        coordinator=settings.coordinator.node_id,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -14,7 +14,7 @@ from typing import Protocol
 from fleet.agent.backoff import Backoff
 from fleet.agent.worker import Agent
 from fleet.log import get_logger
-from fleet.protocol.messages import Deliver, Revocations, Welcome
+from fleet.protocol.messages import AuditCheckpoint, Deliver, Revocations, Welcome
 from fleet.protocol.stream import recv_message, send_message
 from fleet.wire import ByteReader, ByteWriter, WireError
 
@@ -141,6 +141,10 @@ class CoordinatorSession:
                     self.agent.outbox.put(rejected)
             elif isinstance(message, Revocations):
                 self.agent.on_revocations(message.revocations)
+            elif isinstance(message, AuditCheckpoint):
+                for report in self.agent.on_checkpoint(message.checkpoint):
+                    if self.agent.outbox is not None:
+                        self.agent.outbox.put(report)
             elif isinstance(message, Welcome):
                 self._welcome(message)
             else:

@@ -22,10 +22,11 @@ from fleet.agent.backoff import Backoff
 from fleet.agent.revocations import RevocationStore
 from fleet.agent.state import StateFile
 from fleet.agent.verify import Accepted, AnnouncementRefused, verify_announcement
+from fleet.agent.witness import CheckpointWitness
 from fleet.capability import SignedRevocation
 from fleet.identity import NodeId
 from fleet.log import get_logger
-from fleet.protocol.messages import AnnouncementRejected, Hello, StatusReport
+from fleet.protocol.messages import AnnouncementRejected, Hello, StatusReport, WitnessReport
 from fleet.wire import Message, SignedEnvelope
 
 log = get_logger("fleet.agent")
@@ -80,6 +81,7 @@ class Agent:
         state: StateFile,
         *,
         tags: Iterable[str] = (),
+        coordinator: NodeId | None = None,
         retry: Backoff | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -89,6 +91,8 @@ class Agent:
         self.clock = clock
         self.revocations = RevocationStore(state.directory, self.trust_roots)
         self.revocations.load(clock())
+        self.witness = CheckpointWitness(state.directory, coordinator)  # None: not a witness
+        self.witness.load()
         self.retry = retry or Backoff(initial=5.0, maximum=300.0)
         record = state.load()
         self.outbox: Outbox | None = None
@@ -115,6 +119,7 @@ class Agent:
             state=status.state,
             state_since=status.since,
             tags=self.tags,
+            checkpoint=self.witness.held,
         )
 
     def floor(self) -> int:
@@ -152,6 +157,10 @@ class Agent:
     def on_revocations(self, revocations: Iterable[SignedRevocation]) -> None:
         """Revocations from the coordinator: believed only once verified (see RevocationStore)."""
         self.revocations.add(revocations, self.clock())
+
+    def on_checkpoint(self, envelope: SignedEnvelope) -> list[WitnessReport]:
+        """The coordinator's newest audit checkpoint: witness it (see CheckpointWitness)."""
+        return self.witness.receive(envelope)
 
     def offer(self, accepted: Accepted) -> None:
         log.info(

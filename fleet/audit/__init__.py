@@ -2,6 +2,13 @@
 
 from fleet.audit.authority import AuthorityReplay
 from fleet.audit.checkpoint import BadCheckpoint, Checkpoint, open_checkpoint, sign_checkpoint
+from fleet.audit.consistency import (
+    Witnessed,
+    check_extends,
+    check_prefix,
+    check_witnesses,
+    newest,
+)
 from fleet.audit.export import AuditExport, ExportError, entry_json, export_lines, read_export
 from fleet.audit.record import (
     GENESIS,
@@ -33,10 +40,15 @@ __all__ = [
     "Checkpoint",
     "ExportError",
     "Outcome",
+    "Witnessed",
+    "check_extends",
+    "check_prefix",
+    "check_witnesses",
     "encode_detail",
     "entry_json",
     "export_lines",
     "make_entry",
+    "newest",
     "open_checkpoint",
     "read_export",
     "record_hash",

@@ -26,7 +26,9 @@ import click
 from fleet import __version__
 from fleet.admin import auditing
 from fleet.admin.auditing import (
+    check_witnessed,
     fetch_log,
+    fetch_witnesses,
     parse_since,
     roots_of,
     select,
@@ -60,6 +62,7 @@ from fleet.admin.settings import (
     resolve_cache_settings,
     resolve_credentials,
     resolve_settings,
+    resolve_state_dir,
 )
 from fleet.admin.store_path import resolve_system_path
 from fleet.admin.targets import find_device, is_short_id, resolve_push_targets
@@ -73,7 +76,18 @@ from fleet.admin.views import (
     status_json,
     status_table,
 )
-from fleet.audit import AuditVerifyError, ExportError, export_lines, read_export
+from fleet.admin.witness import CheckpointMemory, WitnessFileError
+from fleet.audit import (
+    AuditEntry,
+    AuditExport,
+    AuditVerifyError,
+    ExportError,
+    Witnessed,
+    check_extends,
+    export_lines,
+    newest,
+    read_export,
+)
 from fleet.capability import (
     EMPTY_CHAIN,
     CapabilityError,
@@ -104,7 +118,8 @@ from fleet.identity import (
 from fleet.log import setup_logging
 from fleet.nix.errors import InvalidStorePath
 from fleet.nix.substituters import InvalidSubstituter, check_substituter
-from fleet.protocol.messages import Action, DeviceInfo, StatusSnapshot
+from fleet.protocol.messages import Action, DeviceInfo, StatusSnapshot, Witness
+from fleet.wire import SignedEnvelope
 
 T = TypeVar("T")
 
@@ -1087,6 +1102,7 @@ def _audit_list(ctx: click.Context, since: str | None, actor: str | None, as_jso
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from exc
     fetched = _run(ctx, fetch_log)
+    _warn_if_rewritten(ctx, fetched.entries)
     chosen = select(fetched.entries, since_time, actor)
     if as_json:
         _print_json([auditing.as_json(e) for e in chosen])
@@ -1102,27 +1118,45 @@ def _audit_list(ctx: click.Context, since: str | None, actor: str | None, as_jso
     help="Verify an export (fleetctl audit export) offline instead of the coordinator's log.",
 )
 @click.option(
+    "--against",
+    "against_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="An export kept elsewhere: the log must extend it, hash for hash.",
+)
+@click.option(
     "--trust-root",
     "trust_roots",
     multiple=True,
     help="Trust root NODEID to check authority against (default: the root of your --cert).",
 )
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    help="Where the last checkpoint seen is remembered (env FLEET_STATE_DIR; "
+    "default $XDG_STATE_HOME/fleet or ~/.local/state/fleet).",
+)
 @JSON_OPTION
 @click.pass_context
 def audit_verify(
-    ctx: click.Context, export_file: str | None, trust_roots: tuple[str, ...], as_json: bool
+    ctx: click.Context,
+    export_file: str | None,
+    trust_roots: tuple[str, ...],
+    as_json: bool,
+    against_file: str | None = None,
+    state_dir: str | None = None,
 ) -> None:
-    """Check the whole log: hash chain, every signature, checkpoints, authority."""
+    """Check the whole log: hash chain, every signature, checkpoints, authority, and that it
+    extends every checkpoint seen before (here, by devices, in --against)."""
     as_json = _group_json(ctx, as_json)
     roots = frozenset(parse_node_id_or_fail(r, "--trust-root") for r in trust_roots)
+    against = (against_file, _read_export(against_file)) if against_file is not None else None
+    memory: CheckpointMemory | None = None
+    remembered: SignedEnvelope | None = None
+    reported: list[Witness] = []
     if export_file is not None:
         if not roots:
             raise click.UsageError("--file needs --trust-root NODEID (offline, nothing else)")
-        try:
-            with open(export_file, encoding="utf-8") as lines:
-                exported = read_export(lines)
-        except (OSError, UnicodeDecodeError, ExportError) as exc:
-            raise click.ClickException(f"{export_file}: {exc}") from exc
+        exported = _read_export(export_file)
         entries, checkpoints, coordinator = (
             exported.entries,
             exported.checkpoints,
@@ -1132,12 +1166,24 @@ def audit_verify(
         options = ctx.find_object(GlobalOptions)
         assert options is not None
         settings = _settings(options)
+        coordinator = settings.coordinator.node_id
+        memory = CheckpointMemory(_state_dir(options, state_dir), coordinator)
+        try:
+            remembered = memory.load()
+        except WitnessFileError as exc:
+            _fail(str(exc), 1)
         if not roots:
             identity = load_key_or_fail(settings.key)
             roots = roots_of(identity.node_id, _load_chain(settings.cert))
-        fetched = _run(ctx, fetch_log)
+
+        async def fetch(client: AdminClient) -> tuple[auditing.FetchedLog, list[Witness]]:
+            # Witnesses first: every checkpoint they hold was then signed before the log is
+            # read, so a checkpoint taken meanwhile cannot look like deleted entries.
+            witnesses = await fetch_witnesses(client)
+            return await fetch_log(client), witnesses
+
+        fetched, reported = _run(ctx, fetch)
         entries, checkpoints = fetched.entries, fetched.checkpoints
-        coordinator = settings.coordinator.node_id
     source = {
         "source": export_file or "coordinator",
         "coordinator": str(coordinator),
@@ -1145,14 +1191,70 @@ def audit_verify(
     }
     try:
         report = verify(entries, checkpoints, coordinator, roots)
+        witnessed = check_witnessed(
+            entries, coordinator, remembered=remembered, reported=reported, against=against
+        )
     except AuditVerifyError as exc:
         if as_json:
             _print_json({"intact": False, "problem": str(exc), **source})
         _fail(f"audit log is NOT intact: {exc}", 1)
+    if memory is not None:
+        _remember(memory, remembered, checkpoints)
     if as_json:
-        _print_json({"intact": True, **auditing.report_json(report), **source})
+        _print_json({"intact": True, **auditing.report_json(report), **witnessed.json(), **source})
     else:
         click.echo(report.summary())
+        click.echo(witnessed.summary())
+
+
+def _warn_if_rewritten(ctx: click.Context, entries: list[AuditEntry]) -> None:
+    """`audit` and `audit export` show the log as it is, but say so when it does not extend the
+    checkpoint this machine remembered (only `audit verify` fails on it, and updates it)."""
+    options = ctx.find_object(GlobalOptions)
+    assert options is not None
+    coordinator = _settings(options).coordinator.node_id
+    try:
+        remembered = CheckpointMemory(_state_dir(options, None), coordinator).load()
+        if remembered is not None:
+            check_extends(entries, Witnessed(auditing.REMEMBERED, remembered), coordinator)
+    except WitnessFileError as exc:
+        click.echo(f"warning: {exc}", err=True)
+    except AuditVerifyError as exc:
+        click.echo(f"warning: audit log is NOT intact: {exc} (see fleetctl audit verify)", err=True)
+
+
+def _read_export(path: str) -> AuditExport:
+    try:
+        with open(path, encoding="utf-8") as lines:
+            return read_export(lines)
+    except (OSError, UnicodeDecodeError, ExportError) as exc:
+        raise click.ClickException(f"{path}: {exc}") from exc
+
+
+def _state_dir(options: GlobalOptions, flag: str | None) -> Path:
+    try:
+        return resolve_state_dir(
+            state_dir=flag, config_file=options.config_file, env=os.environ, home=Path.home()
+        )
+    except AdminError as exc:
+        _fail(str(exc), 1)
+
+
+def _remember(
+    memory: CheckpointMemory, remembered: SignedEnvelope | None, checkpoints: list[SignedEnvelope]
+) -> None:
+    """After a successful verify: keep the newest checkpoint of the log, if it is newer."""
+    best = newest(checkpoints, memory.coordinator)
+    if best is None:
+        return
+    if remembered is not None:
+        old = newest([remembered], memory.coordinator)
+        if old is not None and newest([old, best], memory.coordinator) is old:
+            return
+    try:
+        memory.save(best)
+    except WitnessFileError as exc:
+        _fail(f"the log is intact, but {exc}", 1)
 
 
 @audit_group.command("export")
@@ -1172,6 +1274,7 @@ def audit_export(ctx: click.Context, out: str | None, as_json: bool) -> None:
     assert options is not None
     coordinator = _settings(options).coordinator.node_id
     fetched = _run(ctx, fetch_log)
+    _warn_if_rewritten(ctx, fetched.entries)
     lines = export_lines(coordinator, fetched.entries, fetched.checkpoints)
     if out is None:
         for line in lines:

@@ -12,8 +12,8 @@ from fleet.coordinator.database import Row, Transaction
 from fleet.identity import InvalidLabel, NodeId, check_label, normalize_tags
 from fleet.protocol.messages import (
     AgentState,
+    AnyHello,
     DeviceInfo,
-    Hello,
     HelloV1,
     Rejection,
     StatusReport,
@@ -117,9 +117,9 @@ async def pending_count(db: Reader) -> int:
     return int(row["n"]) if row is not None else 0
 
 
-def reported_tags(hello: Hello | HelloV1) -> tuple[str, ...] | None:
+def reported_tags(hello: AnyHello) -> tuple[str, ...] | None:
     """The tags an agent's Hello reports, as stored (None: an agent that reports none)."""
-    if not isinstance(hello, Hello):
+    if isinstance(hello, HelloV1):
         return None
     try:
         return normalize_tags(hello.tags)
@@ -257,7 +257,7 @@ async def last_reports(db: Reader) -> dict[str, LastReport]:
     return {str(r["node_id"]): _report(r) for r in rows}
 
 
-async def save_hello(tx: Transaction, node: NodeId, hello: Hello | HelloV1, now: float) -> None:
+async def save_hello(tx: Transaction, node: NodeId, hello: AnyHello, now: float) -> None:
     """What the agent says on connect; an error shown for the same state is kept."""
     await tx.execute(
         "INSERT INTO device_status (node_id, state, state_since, sequence, current_path,"

@@ -24,11 +24,11 @@ from fleet.protocol import alpn
 from fleet.protocol.messages import (
     AnnouncementRejected,
     AnnouncementRejectedV1,
+    AnyHello,
     ErrorReply,
-    Hello,
-    HelloV1,
     StatusReport,
     StatusUpdate,
+    WitnessReport,
 )
 from fleet.protocol.stream import MESSAGE_CAP, recv_message, send_message
 from fleet.wire import (
@@ -169,7 +169,7 @@ class CoordinatorServer:
         try:
             reader, writer = await conn.accept_bi(timeout=limits.hello_timeout)
             hello = await recv_message(reader, timeout=limits.hello_timeout)
-            if not isinstance(hello, Hello | HelloV1):  # version 1: an older agent
+            if not isinstance(hello, AnyHello):  # versions 1 and 2: older agents
                 raise UnexpectedMessageType(f"expected fleet.agent.hello, got {hello.wire_type}")
         except Exception as exc:
             log.info("agent_dropped", peer=conn.remote_id.short(), reason=_describe(exc))
@@ -198,7 +198,8 @@ class CoordinatorServer:
             while True:
                 message = await recv_message(reader, timeout=None)
                 if not isinstance(
-                    message, StatusReport | AnnouncementRejected | AnnouncementRejectedV1
+                    message,
+                    StatusReport | AnnouncementRejected | AnnouncementRejectedV1 | WitnessReport,
                 ):
                     link.close(f"unexpected {message.wire_type} from agent")
                     return

@@ -40,7 +40,7 @@ from fleet.capability import (
     format_id,
     verify_revocation,
 )
-from fleet.coordinator import announcements, audit, registry, trust
+from fleet.coordinator import announcements, audit, registry, trust, witnesses
 from fleet.coordinator.announcements import StoredAnnouncement
 from fleet.coordinator.audit import Outcome
 from fleet.coordinator.database import Database, Transaction
@@ -66,9 +66,13 @@ from fleet.protocol.messages import (
     Announcement,
     AnnouncementRejected,
     AnnouncementRejectedV1,
+    AnyHello,
+    AuditCheckpoint,
     AuditPage,
     AuditQuery,
     AuditRow,
+    AuditWitnesses,
+    AuditWitnessesReply,
     CertificateChain,
     CertificateLookup,
     Deliver,
@@ -83,7 +87,6 @@ from fleet.protocol.messages import (
     ErrorReply,
     GrantRecord,
     Hello,
-    HelloV1,
     NextSequence,
     NextSequenceReply,
     OkReply,
@@ -98,6 +101,7 @@ from fleet.protocol.messages import (
     TargetCheck,
     TargetCheckReply,
     Welcome,
+    WitnessReport,
 )
 from fleet.wire import (
     MAX_FRAME,
@@ -136,6 +140,7 @@ ACTIONS: dict[type[Message], str] = {
     CertificateLookup: "certificate-lookup",
     AuditQuery: "audit-read",
     TargetCheck: "target-check",
+    AuditWitnesses: "audit-witnesses",
 }
 # The capability each request needs (revocation authority is checked by verify_revocation).
 NEEDS: dict[type[Message], Permission | None] = {
@@ -151,9 +156,18 @@ NEEDS: dict[type[Message], Permission | None] = {
     CertificateLookup: Permission.GRANT,
     AuditQuery: Permission.AUDIT,
     TargetCheck: Permission.PUSH,
+    AuditWitnesses: Permission.AUDIT,
 }
 # Reads are not administrative actions: only their nonce is kept, no audit row.
-READ_ONLY = (NextSequence, DeviceList, StatusRequest, CertificateLookup, AuditQuery, TargetCheck)
+READ_ONLY = (
+    NextSequence,
+    DeviceList,
+    StatusRequest,
+    CertificateLookup,
+    AuditQuery,
+    TargetCheck,
+    AuditWitnesses,
+)
 MAX_TARGET_CHECK = 64  # targets answered per TargetCheck
 
 
@@ -227,7 +241,16 @@ class CoordinatorService:
             envelope = sign_checkpoint(self.signer, sequence, bytes(head["hash"]), now)
             await trust.insert_checkpoint(tx, sequence, envelope, now)
         log.info("audit_checkpoint", sequence=sequence)
+        self._hand_out_checkpoint(envelope)
         return sequence
+
+    def _hand_out_checkpoint(self, envelope: SignedEnvelope) -> None:
+        """Send a new checkpoint to every live agent that can witness it (Hello v3)."""
+        payload = encode(AuditCheckpoint(checkpoint=envelope))
+        for session in self.sessions.values():
+            if session.phase is Phase.LIVE and isinstance(session.hello, Hello):
+                session.witness_budget += 2
+                session.link.send(payload)
 
     # ------------------------------------------------------------------ admin requests
 
@@ -355,6 +378,10 @@ class CoordinatorService:
                 return AdminResult(CertificateChain(chain=chain))
             if isinstance(body, AuditQuery):
                 return AdminResult(await self.audit_page(body))
+            if isinstance(body, AuditWitnesses):
+                return AdminResult(
+                    AuditWitnessesReply(witnesses=tuple(await witnesses.listed(self.db)))
+                )
             if isinstance(body, NextSequence):
                 return AdminResult(
                     NextSequenceReply(sequence=await announcements.max_sequence(self.db) + 1)
@@ -790,7 +817,7 @@ class CoordinatorService:
 
     # ------------------------------------------------------------------ agent sessions
 
-    async def agent_hello(self, link: AgentLink, hello: Hello | HelloV1) -> AgentSession | None:
+    async def agent_hello(self, link: AgentLink, hello: AnyHello) -> AgentSession | None:
         """An agent said Hello: record it, welcome it, and send what it is missing.
 
         Returns None if the agent was turned away (too many pending devices).
@@ -815,6 +842,8 @@ class CoordinatorService:
                     )
                     if device.approved:
                         await registry.save_hello(tx, node, hello, now)
+                        if isinstance(hello, Hello) and hello.checkpoint is not None:
+                            await witnesses.record(tx, node, hello.checkpoint, self.node_id, now)
         except BaseException:
             self._drop(session, "coordinator error")
             raise
@@ -849,6 +878,9 @@ class CoordinatorService:
                 await registry.save_hello(tx, session.node_id, session.hello, self.clock())
         latest = await announcements.latest_for(self.db, session.node_id)
         revoked = await self.revocations()
+        checkpoint = (
+            await witnesses.latest_checkpoint(self.db) if isinstance(session.hello, Hello) else None
+        )
         # No await from here on: the parked push and the lookup are merged atomically.
         if session.phase is not Phase.WELCOMING:
             return
@@ -857,6 +889,13 @@ class CoordinatorService:
         if len(revoked):
             # Before any Deliver: the agent must know them when it checks announcements.
             session.link.send(encode(Revocations(revocations=tuple(revoked.signed()))))
+        self._send_latest(session, latest)
+        if checkpoint is not None:  # after any Deliver: witnessing never delays an update
+            session.witness_budget += 2
+            session.link.send(encode(AuditCheckpoint(checkpoint=checkpoint)))
+
+    def _send_latest(self, session: AgentSession, latest: StoredAnnouncement | None) -> None:
+        """Deliver the newer of the looked-up and the parked announcement, if the agent lacks it."""
         best = latest
         if session.parked is not None and (best is None or session.parked.sequence > best.sequence):
             best = session.parked
@@ -873,7 +912,7 @@ class CoordinatorService:
         log.info("announcement_sent", device=session.node_id.short(), sequence=best.sequence)
 
     async def agent_message(self, session: AgentSession, message: Message) -> None:
-        """A StatusReport or AnnouncementRejected from an agent (others are ignored)."""
+        """A StatusReport, AnnouncementRejected or WitnessReport from an agent (others: ignored)."""
         if session.phase is not Phase.LIVE or self.sessions.get(session.node_id) is not session:
             return  # pending devices get nothing and are not listened to
         now = self.clock()
@@ -887,6 +926,13 @@ class CoordinatorService:
                     await registry.save_report(tx, session.node_id, message, now)
                     await registry.touch(tx, session.node_id, now)
             session.last_report = message
+        elif isinstance(message, WitnessReport):
+            if session.witness_budget <= 0:
+                return  # more reports than checkpoints it was sent: not worth a disk write
+            session.witness_budget -= 1
+            async with self.db.transaction() as tx:
+                await witnesses.record(tx, session.node_id, message.checkpoint, self.node_id, now)
+            return
         elif isinstance(message, AnnouncementRejected | AnnouncementRejectedV1):
             code = message.code if isinstance(message, AnnouncementRejected) else "unknown"
             log.info(

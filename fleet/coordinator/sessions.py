@@ -12,7 +12,7 @@ from typing import Protocol
 
 from fleet.coordinator.announcements import StoredAnnouncement
 from fleet.identity import NodeId
-from fleet.protocol.messages import Hello, HelloV1, Progress, StatusReport
+from fleet.protocol.messages import AnyHello, Progress, StatusReport
 
 
 class AgentLink(Protocol):
@@ -41,7 +41,7 @@ class Phase(enum.Enum):
 class AgentSession:
     """Service-side state of one agent connection after its Hello."""
 
-    def __init__(self, link: AgentLink, hello: Hello | HelloV1, now: float) -> None:
+    def __init__(self, link: AgentLink, hello: AnyHello, now: float) -> None:
         self.link = link
         self.node_id = link.remote_id
         self.hello = hello
@@ -54,6 +54,10 @@ class AgentSession:
         # When the agent last said anything: shown as last_seen while it is connected, and
         # persisted with the writes the service makes anyway (never one write per message).
         self.last_seen = now
+        # WitnessReports this agent may still make us store: an honest agent sends at most
+        # two per checkpoint it was sent (fleet.coordinator.witnesses), so this bounds the
+        # disk writes one device can cause.
+        self.witness_budget = 2
 
     def park(self, announcement: StoredAnnouncement) -> None:
         if self.parked is None or announcement.sequence > self.parked.sequence:

@@ -4,7 +4,9 @@ Agent connection (ALPN fleet/agent/1): the agent opens one bidirectional "contro
 and sends Hello; the coordinator answers Welcome and then, whenever there is something for
 this device, Deliver (an admin-signed announcement, forwarded verbatim). The agent sends
 StatusReport whenever its state changes and AnnouncementRejected for announcements it refuses.
-The coordinator also accepts the version-1 Hello and AnnouncementRejected of older agents.
+The coordinator also accepts the version-1 and -2 Hello and AnnouncementRejected v1 of older
+agents. To agents that said Hello v3 the coordinator also sends AuditCheckpoint (after
+Welcome and after each new checkpoint); they answer with WitnessReport.
 
 Admin connection (ALPN fleet/admin/1): one bidirectional stream per request. The client sends
 one SignedEnvelope (Tag.ADMIN_REQUEST) around an AdminRequest whose `body` is the encoded
@@ -35,9 +37,13 @@ __all__ = [
     "Announcement",
     "AnnouncementRejected",
     "AnnouncementRejectedV1",
+    "AnyHello",
+    "AuditCheckpoint",
     "AuditPage",
     "AuditQuery",
     "AuditRow",
+    "AuditWitnesses",
+    "AuditWitnessesReply",
     "CertificateChain",
     "CertificateLookup",
     "Deliver",
@@ -53,6 +59,7 @@ __all__ = [
     "GrantRecord",
     "Hello",
     "HelloV1",
+    "HelloV2",
     "NextSequence",
     "NextSequenceReply",
     "OkReply",
@@ -70,6 +77,8 @@ __all__ = [
     "TargetCheck",
     "TargetCheckReply",
     "Welcome",
+    "Witness",
+    "WitnessReport",
 ]
 
 
@@ -140,7 +149,7 @@ class HelloV1(Message, type="fleet.agent.hello", version=1):
     state_since: float
 
 
-class Hello(Message, type="fleet.agent.hello", version=2):
+class HelloV2(Message, type="fleet.agent.hello", version=2):
     """Version 2 added `tags`: the agent's own tags, so the admin can see a registry mismatch."""
 
     agent_version: str
@@ -149,6 +158,22 @@ class Hello(Message, type="fleet.agent.hello", version=2):
     state: AgentState
     state_since: float  # 0: never changed state (a fresh device)
     tags: tuple[str, ...]  # the agent's own --tag values, which its scope checks use
+
+
+class Hello(Message, type="fleet.agent.hello", version=3):
+    """Version 3 added `checkpoint`: the audit checkpoint this agent witnessed last (see
+    AuditCheckpoint); an agent saying v3 also understands AuditCheckpoint."""
+
+    agent_version: str
+    current: SystemState
+    last_sequence: int  # highest announcement sequence this device applied (0 = none)
+    state: AgentState
+    state_since: float  # 0: never changed state (a fresh device)
+    tags: tuple[str, ...]  # the agent's own --tag values, which its scope checks use
+    checkpoint: SignedEnvelope | None = None  # Tag.AUDIT_CHECKPOINT, kept by the agent
+
+
+AnyHello = Hello | HelloV2 | HelloV1  # every Hello the coordinator accepts
 
 
 class Welcome(Message, type="fleet.agent.welcome", version=1):
@@ -185,6 +210,18 @@ class AnnouncementRejected(Message, type="fleet.agent.rejected", version=2):
     sequence: int  # 0 when the announcement could not even be read
     code: str  # scope, expired, replay, not-admin, revoked, bad-signature, ...
     reason: str
+
+
+class AuditCheckpoint(Message, type="fleet.agent.audit-checkpoint", version=1):
+    """The coordinator's newest signed audit checkpoint, for agents to witness (Hello v3 only)."""
+
+    checkpoint: SignedEnvelope  # Tag.AUDIT_CHECKPOINT
+
+
+class WitnessReport(Message, type="fleet.agent.witness", version=1):
+    """A checkpoint the agent keeps, sent back so that admins can check the log against it."""
+
+    checkpoint: SignedEnvelope  # Tag.AUDIT_CHECKPOINT, as the agent received it
 
 
 class Revocations(Message, type="fleet.agent.revocations", version=1):
@@ -371,6 +408,23 @@ class AuditPage(Message, type="fleet.admin.audit-page", version=1):
     entries: tuple[AuditRow, ...]
     checkpoints: tuple[SignedEnvelope, ...]  # Tag.AUDIT_CHECKPOINT covering these entries
     more: bool  # entries after these exist: ask again with after = the last id
+
+
+class AuditWitnesses(Message, type="fleet.admin.audit-witnesses", version=1):
+    """The checkpoints agents reported keeping (to check the log against them)."""
+
+
+class Witness(Message):
+    """One distinct checkpoint agents reported, with one of them and how many."""
+
+    checkpoint: SignedEnvelope  # Tag.AUDIT_CHECKPOINT
+    device: NodeId  # the device that reported it most recently
+    devices: int  # how many devices reported it
+    reported_at: float
+
+
+class AuditWitnessesReply(Message, type="fleet.admin.audit-witnesses-reply", version=1):
+    witnesses: tuple[Witness, ...]
 
 
 class OkReply(Message, type="fleet.admin.ok", version=1):

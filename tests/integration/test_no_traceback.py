@@ -172,6 +172,7 @@ def bad_values(files: Files) -> dict[str, list[str]]:
         "cert_id": ["not-hex"],
         "chain_file": [str(files.garbage_toml), str(files.missing)],
         "export_file": [str(files.garbage_toml), str(files.missing)],
+        "against_file": [str(files.garbage_toml), str(files.missing)],
     }
 
 
