@@ -28,6 +28,7 @@ from tests.fleetlab import FleetLab, LabError
 DEVICE = "kill-loop-target"
 PUSH_TIMEOUT = 5.0  # fleetctl --timeout: a push to a dead coordinator gives up soon
 UPTIME = (0.3, 2.5)  # seconds between the coordinator being ready and its kill
+PROGRESS_TIMEOUT = 30.0  # at most this long for the cycle's first acknowledged push
 
 
 def store_path(index: int) -> str:
@@ -147,6 +148,13 @@ class KillLoop:
         self.report.restart_seconds.append(time.monotonic() - started)
         self.report.cycles += 1
 
+    async def _progress(self, acked: int) -> None:
+        """Wait (bounded) for an acknowledgement in this cycle, so every kill has one to lose:
+        on a loaded machine a short uptime may otherwise pass with no push done."""
+        deadline = time.monotonic() + PROGRESS_TIMEOUT
+        while len(self.report.acknowledged) == acked and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
     async def run(self, cycles: int) -> KillLoopReport:
         """`cycles` kill -9 + restart rounds during pushes, then a last check of everything."""
         device = write_new_key(self.lab.root / "kill-loop-device.key").node_id
@@ -157,7 +165,9 @@ class KillLoop:
             tasks = [group.create_task(self._pusher()) for _ in range(self.pushers)]
             try:
                 for _ in range(cycles):
+                    acked = len(self.report.acknowledged)
                     await asyncio.sleep(self.rng.uniform(*UPTIME))
+                    await self._progress(acked)
                     await self._restart()
                     self.check()
             finally:
