@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.identity import Identity, NodeId
-from fleet.mesh import Endpoint
-from fleet.mesh.disco import MAGIC as DISCO_MAGIC
+from fleet.mesh import Endpoint, disco
 from fleet.protocol import alpn
 from fleet.protocol.admin import make_admin_request
 from fleet.protocol.messages import ErrorReply, StatusRequest
@@ -35,7 +34,8 @@ from tests.cli import fleet_argv
 from tests.fleetlab import FleetLab, LabError, Local
 from tests.integration.relay_process import private_loopback
 
-PROBES = 3  # probe runs, quiet and during each flood; the median counts
+PROBES = 3  # quiet probe runs (once per lab and probe); the median counts
+DURING = 2  # probe runs at least during each flood
 WARM_UP = 0.5  # seconds of flood before the first probe
 SETTLE = 1.5  # seconds after a flood before memory is read again
 MAX_DATAGRAMS = 200_000  # per flood: a cap whatever the duration
@@ -167,16 +167,26 @@ async def flood_stun(lab: FloodLab, stop: Stop) -> int:
     return await _blast(lab.stun_address, stop, make, rate=5000)
 
 
+SIGNERS = 1_000  # fresh keys that sign genuine disco pings in the mesh flood
+
+
 async def flood_mesh_udp(lab: FloodLab, stop: Stop) -> int:
-    """Garbage, QUIC-looking long headers and forged disco packets at the coordinator's port."""
+    """Garbage, QUIC-looking long headers, forged disco packets, and genuinely signed disco
+    pings from a thousand keys nobody knows (a peer table that grew with them would show in
+    memory) at the coordinator's port."""
+    coordinator = lab.fleet.coordinator_id
+    signers = [Identity.generate() for _ in range(SIGNERS)]
 
     def make(i: int) -> bytes:
-        kind = i % 3
+        kind = i % 4
         if kind == 0:
             return os.urandom(1 + i % 1200)
         if kind == 1:  # a long-header packet that is no valid QUIC Initial
             return b"\xc0\x00\x00\x00\x01\x08" + os.urandom(1194)
-        return DISCO_MAGIC + os.urandom(200)  # disco magic, a signature that cannot verify
+        if kind == 2:
+            return disco.MAGIC + os.urandom(200)  # disco magic, a signature that cannot verify
+        signer = signers[(i // 4) % SIGNERS]
+        return disco.encode(signer, coordinator, disco.Ping.new(), time.time())
 
     return await _blast(lab.coordinator_address, stop, make, rate=5000)
 
@@ -203,6 +213,23 @@ async def flood_relay_connections(lab: FloodLab, stop: Stop) -> int:
                 group.create_task(one())
         opened += 50
     return opened
+
+
+async def flood_relay_half_open(lab: FloodLab, stop: Stop) -> int:
+    """TCP connections to the relay that never say anything, held open (up to 500)."""
+    url = lab.relay_url
+    held: list[asyncio.StreamWriter] = []
+    try:
+        while not stop.is_set() and len(held) < 500:
+            with contextlib.suppress(OSError, TimeoutError):
+                _, writer = await asyncio.wait_for(asyncio.open_connection(url.host, url.port), 5)
+                held.append(writer)
+            await asyncio.sleep(0.005)
+        await stop.wait()
+    finally:
+        for writer in held:
+            writer.close()
+    return len(held)
 
 
 async def flood_relay_unknown_peers(lab: FloodLab, stop: Stop) -> int:
@@ -254,6 +281,7 @@ class Flood:
 
 FLOODS: tuple[Flood, ...] = (
     Flood("relay-tls-garbage", flood_relay_connections, "relay-ping"),
+    Flood("relay-half-open", flood_relay_half_open, "relay-ping"),
     Flood("relay-unknown-peers", flood_relay_unknown_peers, "relay-ping"),
     Flood("relay-stun", flood_stun, "relay-ping"),
     Flood("coordinator-udp", flood_mesh_udp, "status"),
@@ -309,7 +337,7 @@ async def measure(lab: FloodLab, flood: Flood, *, seconds: float) -> FloodReport
         try:
             started = time.monotonic()
             await asyncio.sleep(WARM_UP)
-            while len(during) < PROBES or time.monotonic() - started < seconds:
+            while len(during) < DURING or time.monotonic() - started < seconds:
                 during.append(await _time(probe))
                 for name, mb in lab.memory().items():
                     peaks[name] = max(peaks.get(name, 0.0), mb)

@@ -35,6 +35,7 @@ async def lab(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FloodLa
 # What each flood must leave in the relay's counters (0: nothing the relay sees).
 COUNTED = {
     "relay-tls-garbage": 'fleet_relay_disconnects_total{reason="unknown_frame"}',
+    "relay-half-open": "fleet_relay_connections_accepted_total",
     "relay-unknown-peers": 'fleet_relay_packets_dropped_total{reason="no_destination"}',
     "relay-stun": "fleet_relay_stun_rejected_total",
 }
