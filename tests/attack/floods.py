@@ -23,6 +23,7 @@ from typing import Any
 
 from fleet.identity import Identity, NodeId
 from fleet.mesh import Endpoint, disco
+from fleet.netaddr import parse_host_port
 from fleet.protocol import alpn
 from fleet.protocol.admin import make_admin_request
 from fleet.protocol.messages import ErrorReply, StatusRequest
@@ -32,7 +33,7 @@ from fleet.relay.tls import client_context
 from fleet.stun import binding_request, new_transaction_id
 from tests.cli import fleet_argv
 from tests.fleetlab import FleetLab, LabError, Local
-from tests.integration.relay_process import private_loopback
+from tests.integration.relay_process import private_loopback, scrape_metrics
 
 PROBES = 3  # quiet probe runs (once per lab and probe); the median counts
 DURING = 2  # probe runs at least during each flood
@@ -76,13 +77,9 @@ class FloodLab:
     def relay_url(self) -> RelayUrl:
         return RelayUrl.parse(self.fleet.relay_url)
 
-    def _address(self, text: str) -> tuple[str, int]:
-        host, _, port = text.rpartition(":")
-        return host.strip("[]"), int(port)
-
     @property
     def stun_address(self) -> tuple[str, int]:
-        return self._address(str(self.fleet.relay.ready["stun"]))
+        return parse_host_port(str(self.fleet.relay.ready["stun"]))
 
     @property
     def coordinator_address(self) -> tuple[str, int]:
@@ -96,19 +93,7 @@ class FloodLab:
         return {name: round(rss_mb(pid), 1) for name, pid in self.pids().items()}
 
     async def relay_metrics(self) -> dict[str, float]:
-        host, port = self._address(str(self.fleet.relay.ready["metrics"]))
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
-        try:
-            writer.write(b"GET /metrics HTTP/1.1\r\nHost: relay\r\n\r\n")
-            body = await asyncio.wait_for(reader.read(), 5)
-        finally:
-            writer.close()
-        values = {}
-        for line in body.decode().partition("\r\n\r\n")[2].splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                values[name] = float(value)
-        return values
+        return await scrape_metrics(parse_host_port(str(self.fleet.relay.ready["metrics"])))
 
     # probes: real processes, what an admin runs
 
