@@ -31,8 +31,14 @@ Scenario = Callable[[argparse.Namespace, Path], Awaitable[list[Row]]]
 MAX_RATIO = 10.0  # as tests/attack/test_floods.py
 
 
+def _to_stderr(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
 async def kill_loop(options: argparse.Namespace, scratch: Path) -> list[Row]:
-    report = await run_kill_loop(scratch / "kill-loop", cycles=options.cycles, seed=options.seed)
+    report = await run_kill_loop(
+        scratch / "kill-loop", cycles=options.cycles, seed=options.seed, show=_to_stderr
+    )
     figures = report.figures()
     ok = not (report.lost or report.wrong or report.duplicated or report.tracebacks)
     text = (
@@ -73,7 +79,7 @@ def _memory(report_memory: dict[str, dict[str, float]]) -> str:
 
 async def floods(options: argparse.Namespace, scratch: Path) -> list[Row]:
     rows: list[Row] = []
-    async with FloodLab(scratch / "floods") as lab:
+    async with FloodLab(scratch / "floods", show=_to_stderr) as lab:
         for flood in FLOODS:
             report = await measure(lab, flood, seconds=options.seconds)
             text = (

@@ -54,7 +54,8 @@ def rss_mb(pid: int) -> float:
 class FloodLab:
     """A relay (TLS, STUN, metrics) and a coordinator, and what floods and probes need."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, show: Callable[[str], object] = print) -> None:
+        self.show = show  # gets the daemons' log tails at the end (pytest shows them on failure)
         # The relay on an address of its own, so its STUN port is the default 3478 there,
         # where `fleet ping` looks for it.
         self.fleet = FleetLab(
@@ -71,7 +72,7 @@ class FloodLab:
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        print(await self.fleet.close())  # the daemons' last words, shown when a test fails
+        self.show(await self.fleet.close())
 
     @property
     def relay_url(self) -> RelayUrl:

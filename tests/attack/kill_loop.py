@@ -17,6 +17,7 @@ import json
 import random
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,11 +181,19 @@ class KillLoop:
         return self.report
 
 
-async def run_kill_loop(root: Path, *, cycles: int, seed: int, pushers: int = 2) -> KillLoopReport:
-    """A fresh lab under `root` (relay + coordinator, no agents) through `cycles` kills."""
+async def run_kill_loop(
+    root: Path,
+    *,
+    cycles: int,
+    seed: int,
+    pushers: int = 2,
+    show: Callable[[str], object] = print,
+) -> KillLoopReport:
+    """A fresh lab under `root` (relay + coordinator, no agents) through `cycles` kills;
+    `show` gets the daemons' log tails at the end (pytest prints them when a test fails)."""
     lab = FleetLab(root, substituter="http://127.0.0.1:9", trusted_key="unused:AAAA")
     try:
         await lab.start()
         return await KillLoop(lab, seed=seed, pushers=pushers).run(cycles)
     finally:
-        print(await lab.close())  # the daemons' last words, shown when a test fails
+        show(await lab.close())
