@@ -387,7 +387,3 @@ TARGETS: tuple[Target, ...] = (
         (BadCheckpoint,),
     ),
 )
-
-
-def target(name: str) -> Target:
-    return next(t for t in TARGETS if t.name == name)
