@@ -40,7 +40,7 @@ async def kill_loop(options: argparse.Namespace, scratch: Path) -> list[Row]:
         scratch / "kill-loop", cycles=options.cycles, seed=options.seed, show=_to_stderr
     )
     figures = report.figures()
-    ok = not (report.lost or report.wrong or report.duplicated or report.tracebacks)
+    ok = not (report.lost or report.wrong or report.duplicated or report.unclear)
     text = (
         f"acknowledged lost / cycles: {figures['lost']} / {figures['cycles']} "
         f"({figures['acknowledged']} acknowledged, {figures['duplicate_sequences']} sequences "

@@ -52,7 +52,8 @@ class KillLoopReport:
     lost: list[Ack] = field(default_factory=list)  # acknowledged, yet missing after a restart
     wrong: list[tuple[Ack, str]] = field(default_factory=list)  # stored with another path
     duplicated: list[int] = field(default_factory=list)  # sequences acknowledged twice
-    tracebacks: list[str] = field(default_factory=list)  # stderr of pushes that showed one
+    # stderr of pushes that failed without exactly one line saying why (or showed a traceback)
+    unclear: list[str] = field(default_factory=list)
     restart_seconds: list[float] = field(default_factory=list)
 
     def figures(self) -> dict[str, float | int]:
@@ -64,7 +65,7 @@ class KillLoopReport:
             "lost": len(self.lost),
             "wrong_path": len(self.wrong),
             "duplicate_sequences": len(self.duplicated),
-            "tracebacks": len(self.tracebacks),
+            "unclear_errors": len(self.unclear),
             "restart_max_s": round(max(restarts), 2),
         }
 
@@ -112,13 +113,16 @@ class KillLoop:
                 proc.kill()
                 await proc.wait()
         stderr = err.decode(errors="replace")
-        if "Traceback" in stderr:
-            self.report.tracebacks.append(stderr)
+        said = [line for line in stderr.splitlines() if not line.startswith("notice: ")]
         if proc.returncode == 0:
             sequence = int(json.loads(out)["sequence"])
             self.report.acknowledged.append(Ack(sequence, path))
         else:
             self.report.failed += 1
+            if len(said) != 1:
+                self.report.unclear.append(stderr)
+        if "Traceback" in stderr and stderr not in self.report.unclear:
+            self.report.unclear.append(stderr)
 
     async def _pusher(self) -> None:
         while not self._stop.is_set():
