@@ -153,28 +153,34 @@ async def flood_stun(lab: FloodLab, stop: Stop) -> int:
     return await _blast(lab.stun_address, stop, make, rate=5000)
 
 
-SIGNERS = 1_000  # fresh keys that sign genuine disco pings in the mesh flood
-
-
 async def flood_mesh_udp(lab: FloodLab, stop: Stop) -> int:
-    """Garbage, QUIC-looking long headers, forged disco packets, and genuinely signed disco
-    pings from a thousand keys nobody knows (a peer table that grew with them would show in
-    memory) at the coordinator's port."""
-    coordinator = lab.fleet.coordinator_id
-    signers = [Identity.generate() for _ in range(SIGNERS)]
+    """Garbage, QUIC-looking long headers and forged disco packets at the coordinator's port."""
 
     def make(i: int) -> bytes:
-        kind = i % 4
+        kind = i % 3
         if kind == 0:
             return os.urandom(1 + i % 1200)
         if kind == 1:  # a long-header packet that is no valid QUIC Initial
             return b"\xc0\x00\x00\x00\x01\x08" + os.urandom(1194)
-        if kind == 2:
-            return disco.MAGIC + os.urandom(200)  # disco magic, a signature that cannot verify
-        signer = signers[(i // 4) % SIGNERS]
-        return disco.encode(signer, coordinator, disco.Ping.new(), time.time())
+        return disco.MAGIC + os.urandom(200)  # disco magic, a signature that cannot verify
 
     return await _blast(lab.coordinator_address, stop, make, rate=5000)
+
+
+SIGNERS = 1_000  # fresh keys that sign genuine disco pings
+
+
+async def flood_signed_disco(lab: FloodLab, stop: Stop) -> int:
+    """Genuinely signed disco pings from a thousand keys nobody knows, at the mesh port: each
+    verifies, so the coordinator does real work per packet (a peer table that grew with the
+    keys would show in memory)."""
+    coordinator = lab.fleet.coordinator_id
+    signers = [Identity.generate() for _ in range(SIGNERS)]
+
+    def make(i: int) -> bytes:
+        return disco.encode(signers[i % SIGNERS], coordinator, disco.Ping.new(), time.time())
+
+    return await _blast(lab.coordinator_address, stop, make, rate=1500)
 
 
 async def flood_relay_connections(lab: FloodLab, stop: Stop) -> int:
@@ -271,6 +277,7 @@ FLOODS: tuple[Flood, ...] = (
     Flood("relay-unknown-peers", flood_relay_unknown_peers, "relay-ping"),
     Flood("relay-stun", flood_stun, "relay-ping"),
     Flood("coordinator-udp", flood_mesh_udp, "status"),
+    Flood("coordinator-signed-disco", flood_signed_disco, "status"),
     Flood("coordinator-uncertified-admin", flood_admin_uncertified, "status"),
 )
 
