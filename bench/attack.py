@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from fleet.log import setup_logging
 from tests.attack.decoders import TARGETS
 from tests.attack.floods import FLOODS, FloodLab, measure
 from tests.attack.fuzzing import fuzz
@@ -115,6 +116,7 @@ async def main() -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each flood")
     parser.add_argument("--seed", type=int, default=10, help="RNG seed (kill moments, inputs)")
     options = parser.parse_args()
+    setup_logging("warning")  # the in-process flooders' logs to stderr; stdout is the figures
     chosen = options.scenarios or list(SCENARIOS)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-attack-") as tmp:
