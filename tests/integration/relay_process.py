@@ -28,6 +28,24 @@ def read_log_events(path: Path) -> list[dict[str, Any]]:
     return events
 
 
+async def scrape_metrics(address: tuple[str, int]) -> dict[str, float]:
+    """GET /metrics of a relay at `address`; returns {'name{labels}': value}."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), timeout=5)
+    try:
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: relay\r\n\r\n")
+        body = await asyncio.wait_for(reader.read(), timeout=5)
+    finally:
+        writer.close()
+    head, _, text = body.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 200"), head
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
 @dataclass
 class RelayProcess:
     proc: subprocess.Popen[bytes]
@@ -45,22 +63,7 @@ class RelayProcess:
     async def metrics(self) -> dict[str, float]:
         """Scrape GET /metrics; returns {'name{labels}': value}."""
         assert self.metrics_address is not None
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(*self.metrics_address), timeout=5
-        )
-        try:
-            writer.write(b"GET /metrics HTTP/1.1\r\nHost: relay\r\n\r\n")
-            body = await asyncio.wait_for(reader.read(), timeout=5)
-        finally:
-            writer.close()
-        head, _, text = body.decode().partition("\r\n\r\n")
-        assert head.startswith("HTTP/1.1 200"), head
-        values = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                values[name] = float(value)
-        return values
+        return await scrape_metrics(self.metrics_address)
 
     def stop(self, timeout: float = 15) -> int:
         if self.proc.poll() is None:

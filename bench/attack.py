@@ -1,0 +1,132 @@
+"""The attack suite's long versions (tests/attack/ runs them short in CI), with their figures.
+
+Usage: python -m bench.attack [SCENARIO ...] [--cycles N] [--count N] [--seconds S] [--seed N]
+
+Scenarios (default: all): kill-loop (coordinator kill -9 during pushes: acknowledged lost /
+cycles), fuzz (every decoder of outside bytes: inputs / foreign exceptions), floods (relay and
+coordinator: latency ratio of a real admin request, RSS before / during / after). Prints a
+table and one JSON line. Add a scenario: an async function (options, scratch directory) ->
+rows, registered in SCENARIOS; each row has `scenario`, `item`, `figure` (the table text),
+`ok`, and whatever numbers it reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from fleet.log import setup_logging
+from tests.attack.decoders import TARGETS
+from tests.attack.floods import FLOODS, FloodLab, measure
+from tests.attack.fuzzing import fuzz
+from tests.attack.kill_loop import run_kill_loop
+
+Row = dict[str, Any]
+Scenario = Callable[[argparse.Namespace, Path], Awaitable[list[Row]]]
+MAX_RATIO = 10.0  # as tests/attack/test_floods.py
+
+
+def _to_stderr(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+async def kill_loop(options: argparse.Namespace, scratch: Path) -> list[Row]:
+    report = await run_kill_loop(
+        scratch / "kill-loop", cycles=options.cycles, seed=options.seed, show=_to_stderr
+    )
+    figures = report.figures()
+    ok = not (report.lost or report.wrong or report.duplicated or report.unclear)
+    text = (
+        f"acknowledged lost / cycles: {figures['lost']} / {figures['cycles']} "
+        f"({figures['acknowledged']} acknowledged, {figures['duplicate_sequences']} sequences "
+        f"twice, restart <= {figures['restart_max_s']} s)"
+    )
+    return [{"scenario": "kill-loop", "item": "coordinator", "figure": text, "ok": ok, **figures}]
+
+
+async def fuzz_all(options: argparse.Namespace, _scratch: Path) -> list[Row]:
+    rows: list[Row] = []
+    for target in TARGETS:
+        result = await asyncio.to_thread(fuzz, target, options.count, options.seed)
+        text = (
+            f"inputs / foreign: {result.inputs} / {result.foreign} "
+            f"(slowest {result.slowest * 1000:.1f} ms)"
+        )
+        rows.append({"scenario": "fuzz", "item": target.name, "figure": text,
+                     "ok": result.foreign == 0, **result.figures(),
+                     "findings": [f.error for f in result.findings]})  # fmt: skip
+        print(f"  fuzz {target.name}: {text}", file=sys.stderr, flush=True)
+    inputs = sum(r["inputs"] for r in rows)
+    foreign = sum(r["foreign"] for r in rows)
+    total = f"inputs / foreign: {inputs} / {foreign} over {len(rows)} decoders"
+    rows.append({"scenario": "fuzz", "item": "total", "figure": total, "ok": foreign == 0,
+                 "inputs": inputs, "foreign": foreign})  # fmt: skip
+    return rows
+
+
+def _memory(report_memory: dict[str, dict[str, float]]) -> str:
+    daemons = sorted(report_memory.get("before", {}))
+    return ", ".join(
+        f"{d} {'/'.join(str(report_memory[p].get(d, '-')) for p in ('before', 'during', 'after'))}"
+        for d in daemons
+    )
+
+
+async def floods(options: argparse.Namespace, scratch: Path) -> list[Row]:
+    rows: list[Row] = []
+    async with FloodLab(scratch / "floods", show=_to_stderr) as lab:
+        for flood in FLOODS:
+            report = await measure(lab, flood, seconds=options.seconds)
+            text = (
+                f"ratio {report.ratio:.2f}x (quiet {report.quiet_s:.2f} s, during "
+                f"{report.during_s:.2f} s, {report.sent} sent); RSS MB before/during/after: "
+                f"{_memory(report.memory_mb)}"
+            )
+            alive = set(lab.pids()) == {"relay", "coordinator"}
+            rows.append({"scenario": "floods", "item": flood.name, "figure": text,
+                         "ok": alive and report.ratio < MAX_RATIO, **report.figures()})  # fmt: skip
+            print(f"  flood {flood.name}: {text}", file=sys.stderr, flush=True)
+    return rows
+
+
+SCENARIOS: dict[str, Scenario] = {"kill-loop": kill_loop, "fuzz": fuzz_all, "floods": floods}
+
+
+def table(rows: list[Row]) -> str:
+    head = f"{'scenario':<11}{'item':<31}{'ok':<4}figure"
+    lines = [head, "-" * 100]
+    for r in rows:
+        lines.append(
+            f"{r['scenario']:<11}{r['item']:<31}{'yes' if r['ok'] else 'NO':<4}{r['figure']}"
+        )
+    return "\n".join(lines)
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scenarios", nargs="*", choices=[[], *SCENARIOS], default=[])
+    parser.add_argument("--cycles", type=int, default=100, help="kill -9 cycles (CI: 10)")
+    parser.add_argument("--count", type=int, default=200_000, help="fuzz inputs per decoder")
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of each flood")
+    parser.add_argument("--seed", type=int, default=10, help="RNG seed (kill moments, inputs)")
+    options = parser.parse_args()
+    setup_logging("warning")  # the in-process flooders' logs to stderr; stdout is the figures
+    chosen = options.scenarios or list(SCENARIOS)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench-attack-") as tmp:
+        for name in chosen:
+            rows += await SCENARIOS[name](options, Path(tmp))
+    print(table(rows))
+    ok = all(r["ok"] for r in rows)
+    print(json.dumps({"bench": "attack", "ok": ok, "seed": options.seed, "rows": rows}))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
