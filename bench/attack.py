@@ -1,10 +1,15 @@
 """The attack suite's long versions (tests/attack/ runs them short in CI), with their figures.
 
-Usage: python -m bench.attack [SCENARIO ...] [--cycles N] [--count N] [--seconds S] [--seed N]
+Usage: python -m bench.attack [SCENARIO ...] [--cycles N] [--count N] [--seconds S]
+       [--poison-requests N] [--poison-size B] [--poison-keys N] [--activation-cycles N]
+       [--seed N]
 
 Scenarios (default: all): kill-loop (coordinator kill -9 during pushes: acknowledged lost /
 cycles), fuzz (every decoder of outside bytes: inputs / foreign exceptions), floods (relay and
-coordinator: latency ratio of a real admin request, RSS before / during / after). Prints a
+coordinator: latency ratio of a real admin request, RSS before / during / after),
+audit-poisoning (garbage from uncertified keys: bytes stored / sent, audit still readable;
+bench/audit_poisoning.py), killed-activation (agent and switch child killed mid-switch:
+killed activations called applied / cycles; bench/killed_activation.py, needs Nix). Prints a
 table and one JSON line. Add a scenario: an async function (options, scratch directory) ->
 rows, registered in SCENARIOS; each row has `scenario`, `item`, `figure` (the table text),
 `ok`, and whatever numbers it reports.
@@ -21,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from bench import audit_poisoning, killed_activation
 from fleet.log import setup_logging
 from tests.attack.decoders import TARGETS
 from tests.attack.floods import FLOODS, FloodLab, measure
@@ -95,16 +101,50 @@ async def floods(options: argparse.Namespace, scratch: Path) -> list[Row]:
     return rows
 
 
-SCENARIOS: dict[str, Scenario] = {"kill-loop": kill_loop, "fuzz": fuzz_all, "floods": floods}
+async def poisoning(options: argparse.Namespace, _scratch: Path) -> list[Row]:
+    f = await audit_poisoning.run(options.poison_requests, options.poison_size, options.poison_keys)
+    text = (
+        f"stored / sent: {f['audit_bytes_stored']} / {f['bytes_sent']} B in "
+        f"{f['audit_entries']} entries, {f['answered']} / {f['requests']} answered; after: "
+        f"audit {f['audit_s_after']} s, verify {f['verify_s_after']} s (before "
+        f"{f['verify_s_before']} s), export {f['export_s_after']} s"
+    )
+    return [{"scenario": "audit-poisoning", "item": "uncertified keys", "figure": text,
+             "ok": audit_poisoning.holds(f), **f}]  # fmt: skip
+
+
+async def activation(options: argparse.Namespace, _scratch: Path) -> list[Row]:
+    cycles = await killed_activation.run(
+        options.activation_cycles, options.seed, show=lambda line: _to_stderr(f"  {line}")
+    )
+    rows: list[Row] = []
+    for mode, c in killed_activation.summarize(cycles).items():
+        text = (
+            f"applied unfinished / cycles: {c['applied_unfinished']} / {c['cycles']} "
+            f"({c['applied']} applied, {c['rolled_back']} rolled back, {c['other']} other; "
+            f"{c['untruthful']} untruthful)"
+        )
+        rows.append({"scenario": "killed-activation", "item": mode, "figure": text,
+                     "ok": c["untruthful"] == 0, **c})  # fmt: skip
+    return rows
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "kill-loop": kill_loop,
+    "fuzz": fuzz_all,
+    "floods": floods,
+    "audit-poisoning": poisoning,
+    "killed-activation": activation,
+}
 
 
 def table(rows: list[Row]) -> str:
-    head = f"{'scenario':<11}{'item':<31}{'ok':<4}figure"
+    width = max([len("scenario"), *(len(r["scenario"]) for r in rows)]) + 2
+    head = f"{'scenario':<{width}}{'item':<31}{'ok':<4}figure"
     lines = [head, "-" * 100]
     for r in rows:
-        lines.append(
-            f"{r['scenario']:<11}{r['item']:<31}{'yes' if r['ok'] else 'NO':<4}{r['figure']}"
-        )
+        ok = "yes" if r["ok"] else "NO"
+        lines.append(f"{r['scenario']:<{width}}{r['item']:<31}{ok:<4}{r['figure']}")
     return "\n".join(lines)
 
 
@@ -114,6 +154,10 @@ async def main() -> int:
     parser.add_argument("--cycles", type=int, default=100, help="kill -9 cycles (CI: 10)")
     parser.add_argument("--count", type=int, default=200_000, help="fuzz inputs per decoder")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each flood")
+    parser.add_argument("--poison-requests", type=int, default=200, help="garbage requests")
+    parser.add_argument("--poison-size", type=int, default=900 * 1024, help="bytes per request")
+    parser.add_argument("--poison-keys", type=int, default=20, help="uncertified keys sending")
+    parser.add_argument("--activation-cycles", type=int, default=20, help="agent kills (CI: 3)")
     parser.add_argument("--seed", type=int, default=10, help="RNG seed (kill moments, inputs)")
     options = parser.parse_args()
     setup_logging("warning")  # the in-process flooders' logs to stderr; stdout is the figures

@@ -5,7 +5,7 @@ Keys with no certificate send garbage admin requests (and some over the size cap
 every request was answered, and how long `fleetctl audit verify` takes before and after.
 
 Run: python -m bench.audit_poisoning [--requests 200] [--size 921600] [--keys 20]
-(prints a table and one JSON line; not a timed test)
+(prints a table and one JSON line, `"ok"` whether the expectation held; not a timed test)
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from fleet.identity import Identity, load_identity
-from tests.attack.test_audit_poisoning import Attacked, framed, send_raw
+from tests.attack.test_audit_poisoning import PER_REFUSAL, Attacked, framed, send_raw
 from tests.cli import run_fleet
 from tests.integration.test_coordinator import Lab
 
@@ -69,6 +69,16 @@ async def run(requests: int, size: int, keys: int) -> dict[str, float | int]:
     }
 
 
+def holds(figures: dict[str, float | int]) -> bool:
+    """The expectation: every request answered, the log grew by a bounded entry per recorded
+    refusal (not with what was sent), and audit, verify and export all succeeded after."""
+    return (
+        figures["answered"] == figures["requests"]
+        and figures["audit_bytes_stored"] <= figures["audit_entries"] * PER_REFUSAL
+        and min(figures[k] for k in ("audit_s_after", "verify_s_after", "export_s_after")) >= 0
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=200, help="garbage requests in all")
@@ -79,7 +89,7 @@ def main() -> None:
     width = max(len(k) for k in figures)
     for key, value in figures.items():
         print(f"{key.ljust(width)}  {value}")
-    print(json.dumps({"bench": "audit_poisoning", **figures}))
+    print(json.dumps({"bench": "audit_poisoning", "ok": holds(figures), **figures}))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import json
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,8 @@ async def _cycle(
     }
 
 
-async def run(cycles: int, seed: int) -> list[dict[str, Any]]:
+async def run(cycles: int, seed: int, show: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """One row per cycle (see _cycle); each cycle's progress line goes to `show`."""
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="fleet-bench-kill-") as tmpdir:
         tmp = Path(tmpdir)
@@ -145,11 +147,10 @@ async def run(cycles: int, seed: int) -> list[dict[str, Any]]:
                     target = next(s.path for s in systems[1:] if s.path != current)
                     row = await _cycle(lab, dev, rng, target, current, tmp)
                     rows.append(row)
-                    print(
+                    show(
                         f"{len(rows):>3} {row['mode']:<12} fail={row['fail']!s:<5} "
                         f"{row['state']:<12} runs={row['runs']} truthful={row['truthful']} "
-                        f"{row['seconds']:>5.1f}s",
-                        flush=True,
+                        f"{row['seconds']:>5.1f}s"
                     )
                     current = row["profile"] or current
             finally:
@@ -157,33 +158,49 @@ async def run(cycles: int, seed: int) -> list[dict[str, Any]]:
     return rows
 
 
+def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per mode (and "total"): cycles, applied, rolled-back, other, untruthful, applied
+    unfinished (the figure that must be 0: a killed activation called applied)."""
+    summary = {}
+    for mode in (*MODES, "total"):
+        mine = [r for r in rows if mode in ("total", r["mode"])]
+        summary[mode] = {
+            "cycles": len(mine),
+            "applied": sum(r["state"] == "applied" for r in mine),
+            "rolled_back": sum(r["state"] == "rolled-back" for r in mine),
+            "other": sum(r["state"] not in ("applied", "rolled-back") for r in mine),
+            "untruthful": sum(not r["truthful"] for r in mine),
+            "applied_unfinished": sum(r["applied_unfinished"] for r in mine),
+        }
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    rows = asyncio.run(run(args.cycles, args.seed))
+    rows = asyncio.run(run(args.cycles, args.seed, show=lambda line: print(line, flush=True)))
+    summary = summarize(rows)
     print()
     print("| mode | cycles | applied | rolled-back | other | untruthful | applied unfinished |")
     print("|---|---|---|---|---|---|---|")
     for mode in MODES:
-        mine = [r for r in rows if r["mode"] == mode]
+        counts = summary[mode]
         print(
-            f"| {mode} | {len(mine)} | {sum(r['state'] == 'applied' for r in mine)} "
-            f"| {sum(r['state'] == 'rolled-back' for r in mine)} "
-            f"| {sum(r['state'] not in ('applied', 'rolled-back') for r in mine)} "
-            f"| {sum(not r['truthful'] for r in mine)} "
-            f"| {sum(r['applied_unfinished'] for r in mine)} |"
+            f"| {mode} | {counts['cycles']} | {counts['applied']} | {counts['rolled_back']} "
+            f"| {counts['other']} | {counts['untruthful']} | {counts['applied_unfinished']} |"
         )
-    summary = {
+    total = summary["total"]
+    summary_line = {
         "bench": "killed_activation",
-        "cycles": len(rows),
+        "cycles": total["cycles"],
         "seed": args.seed,
-        "applied_unfinished": sum(r["applied_unfinished"] for r in rows),
-        "untruthful": sum(not r["truthful"] for r in rows),
+        "applied_unfinished": total["applied_unfinished"],
+        "untruthful": total["untruthful"],
         "rows": rows,
     }
-    print(json.dumps(summary))
+    print(json.dumps(summary_line))
 
 
 if __name__ == "__main__":
