@@ -312,7 +312,11 @@ class Endpoint:
         config = self._client_configs.get(alpn)
         if config is None:
             config = self._client_configs[alpn] = self._quic_config(True, [alpn])
-        quic = PinnedQuicConnection(configuration=config, expected_peer=node_id)
+        quic = PinnedQuicConnection(
+            configuration=config,
+            expected_peer=node_id,
+            handshake_pto_max=self.config.handshake_pto_max,
+        )
         conn = self._add_connection(quic, peer, is_client=True)
         self._send_call_me_maybe(peer)
         quic.connect(peer.vaddr, now)
@@ -566,6 +570,7 @@ class Endpoint:
             expected_peer=peer.node,  # TLS must prove the node the packets came from
             original_destination_connection_id=decision.original_cid,
             retry_source_connection_id=decision.retry_cid,
+            handshake_pto_max=self.config.handshake_pto_max,
         )
         conn = self._add_connection(quic, peer, is_client=False)
         conn.half_open = self._admission.open(peer.node, source, now)

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.root]
 FLEETCTL_TIMEOUT = 20.0  # what FleetLab gives fleetctl (--timeout 20)
 LOSSES = (0.0, 0.2, 0.4)
 STATUS_RUNS = 4
-UNUSED_NIX_KEY = "test-cache-1:M9OTGewryMB7PWd9OzaP+n/8A2qzNDuYjVKwozsThQI="  # agents need one; nothing is pushed
+UNUSED_NIX_KEY = "test-cache-1:M9OTGewryMB7PWd9OzaP+n/8A2qzNDuYjVKwozsThQI="  # nothing is pushed
 
 
 def set_loss(ns: Namespace, probability: float) -> None:

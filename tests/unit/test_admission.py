@@ -54,7 +54,8 @@ def test_half_open_capped_per_node_and_freed_when_settled() -> None:
         assert initial(admission).verdict is Verdict.ACCEPT
         slots.append(admission.open(ALICE, HOME, 100.0))
     refused = initial(admission)
-    assert refused.verdict is Verdict.DROP and "from" in refused.reason
+    assert refused.verdict is Verdict.DROP
+    assert "from" in refused.reason
     assert initial(admission, MALLORY, ("192.0.2.8", 1)).verdict is Verdict.ACCEPT
     admission.settle(slots.pop())
     assert initial(admission).verdict is Verdict.ACCEPT
