@@ -11,6 +11,7 @@ the lossy admin namespace must succeed and show all three online. Connect times 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import statistics
 import time
@@ -65,7 +66,9 @@ async def connect_seconds(agent: Agent, timeout: float) -> float:
     raise AssertionError(f"{agent.name} not connected within {timeout:.0f} s:\n{tail}")
 
 
-async def measure(fleet: FleetLab, hosts: list[Namespace], loss: float) -> dict[str, object]:
+async def measure(
+    fleet: FleetLab, hosts: list[Namespace], loss: float, runs: int = STATUS_RUNS
+) -> dict[str, object]:
     for ns in hosts:
         set_loss(ns, loss)
     agents = list(fleet.agents.values())
@@ -74,7 +77,7 @@ async def measure(fleet: FleetLab, hosts: list[Namespace], loss: float) -> dict[
     await fleet.start_agents(*agents)
     connects = await asyncio.gather(*(connect_seconds(a, FLEETCTL_TIMEOUT) for a in agents))
     statuses = []
-    for _ in range(STATUS_RUNS):
+    for _ in range(runs):
         start = time.monotonic()
         rows = await fleet.status()  # raises unless exit 0
         statuses.append(time.monotonic() - start)
@@ -89,8 +92,10 @@ async def measure(fleet: FleetLab, hosts: list[Namespace], loss: float) -> dict[
     return figures
 
 
-@pytest.fixture
-async def lossy(tmp_path: Path) -> AsyncIterator[tuple[FleetLab, list[Namespace]]]:
+@contextlib.asynccontextmanager
+async def lossy_fleet(tmp_path: Path) -> AsyncIterator[tuple[FleetLab, list[Namespace]]]:
+    """Relay on the wan, coordinator on the wan, fleetctl and three registered agents each
+    in its own namespace (no loss yet)."""
     lab = Lab.create()
     try:
         admin = lab.host("admin")
@@ -116,6 +121,12 @@ async def lossy(tmp_path: Path) -> AsyncIterator[tuple[FleetLab, list[Namespace]
             print(await fleet.close())
     finally:
         lab.close()
+
+
+@pytest.fixture
+async def lossy(tmp_path: Path) -> AsyncIterator[tuple[FleetLab, list[Namespace]]]:
+    async with lossy_fleet(tmp_path) as parts:
+        yield parts
 
 
 async def test_agents_and_fleetctl_connect_within_the_timeout_at_20_and_40_percent_loss(

@@ -71,17 +71,19 @@ async def run_flood(fleet: FleetLab, *args: str) -> asyncio.subprocess.Process:
     )
 
 
-async def under_flood(fleet: FleetLab, *flood_args: str) -> dict[str, Any]:
+async def under_flood(
+    fleet: FleetLab, *flood_args: str, count: int = COUNT, rate: float = RATE
+) -> dict[str, Any]:
     """Run one flood; meanwhile `fleetctl status` runs back to back. Figures for the report."""
     await status_seconds(fleet)  # warm the page cache
     before = [await status_seconds(fleet) for _ in range(3)]
     rss_before = rss_mb(fleet.coordinator)
     cpu_before = cpu_seconds(fleet.coordinator)
-    proc = await run_flood(fleet, "--count", str(COUNT), "--rate", str(RATE), *flood_args)
+    proc = await run_flood(fleet, "--count", str(count), "--rate", str(rate), *flood_args)
     during: list[float] = []
     rss_during = rss_before
     await asyncio.sleep(1.0)
-    while proc.returncode is None and len(during) < 8:
+    while proc.returncode is None:
         during.append(await status_seconds(fleet))
         rss_during = max(rss_during, rss_mb(fleet.coordinator))
         with contextlib.suppress(TimeoutError):
