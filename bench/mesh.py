@@ -180,9 +180,16 @@ def main() -> None:
     parser.add_argument("--datagram", type=int, default=1200)
     parser.add_argument("--no-relay", action="store_true", help="skip the relay row")
     parser.add_argument("--profile", type=Path, help="cProfile both ends into this directory")
+    parser.add_argument(
+        "--retry",
+        choices=["pressure", "always"],
+        default="pressure",
+        help="QUIC Retry only under pressure (the default setting) or on every connection",
+    )
     args = parser.parse_args()
     _quiet()
-    config = MeshConfig(max_datagram_size=args.datagram)
+    retry = {"retry_threshold": 0} if args.retry == "always" else {}
+    config = MeshConfig(max_datagram_size=args.datagram, **retry)  # type: ignore[arg-type]
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     rows = [run("direct", config, None, args.mib, args.handshakes, args.profile)]
@@ -205,7 +212,9 @@ def main() -> None:
             f"{row['handshake_p95_ms']:10.1f} {row['throughput_MBps']:8.1f}"
             f" {row['sender_cpu_ms_per_MB']:15.1f} {row['receiver_cpu_ms_per_MB']:15.1f}"
         )
-    print(json.dumps({"bench": "mesh", "datagram": args.datagram, "rows": rows}))
+    print(
+        json.dumps({"bench": "mesh", "datagram": args.datagram, "retry": args.retry, "rows": rows})
+    )
 
 
 if __name__ == "__main__":

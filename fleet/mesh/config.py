@@ -20,6 +20,25 @@ class MeshConfig:
     disco_max_age: float = 120.0  # tolerated clock difference for signed disco packets
     accept_backlog: int = 64  # handshaken connections waiting for accept()
     max_connections: int = 4096
+    # Admission of new server connections (anyone may sign a disco Ping with a fresh key, so
+    # nothing here may grow with what a stranger sends). A connection is half-open until its
+    # TLS handshake completes; one that has not completed within `handshake_timeout` is
+    # dropped without a reply. At most `max_half_open_per_node` half-open connections per
+    # claimed node id and `max_half_open_per_ip` per source IP (relay: per relay-authenticated
+    # node only); Initials beyond that are dropped (the client's retransmission tries again).
+    # Once `retry_threshold` server connections are half-open in total (or
+    # `retry_threshold_per_node` from the node at hand), a new one must first answer a QUIC
+    # Retry (RFC 9000 8.1: proves it receives at its address, costs it one round trip, and
+    # costs us no state); 0 means always, None never.
+    handshake_timeout: float = 10.0
+    # Before the handshake is confirmed, the QUIC probe timeout backs off to at most this
+    # (aioquic doubles it without end: at 40 % loss a handshake took 14 s instead of ~1 s).
+    handshake_pto_max: float = 1.0
+    max_half_open_per_node: int = 8
+    max_half_open_per_ip: int = 32
+    max_half_open: int = 1024
+    retry_threshold: int | None = 16
+    retry_threshold_per_node: int | None = 2
     tick: float = 0.1  # housekeeping period (path probes, keepalives)
     socket_buffer: int = 4 << 20  # SO_RCVBUF / SO_SNDBUF wish (the kernel may cap it)
     udp_offload: bool = True  # Linux UDP_SEGMENT / UDP_GRO: fewer system calls per datagram

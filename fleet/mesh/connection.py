@@ -17,6 +17,7 @@ from aioquic.quic.connection import stream_is_unidirectional
 
 from fleet.deadline import DeadlineTimer
 from fleet.identity import NodeId
+from fleet.mesh.admission import HalfOpen
 from fleet.mesh.paths import Path, PathChanged
 from fleet.mesh.tls_hooks import PinnedQuicConnection, pending_close, send_backlog
 
@@ -119,6 +120,7 @@ class Connection:
         self.cids: set[bytes] = set()
         self.closed: CloseReason | None = None
         self.last_keepalive = 0.0
+        self.half_open: HalfOpen | None = None  # a server connection's admission slot
         # Where this connection's last direct datagram came from (None: via the relay).
         # Two processes may share a node id (an admin's `status --watch` and `push`): the
         # peer's path names one address, each connection replies to its own.

@@ -28,6 +28,7 @@ from aioquic.quic.packet import QuicPacketType, QuicProtocolVersion, pull_quic_h
 from fleet.identity import Identity, NodeId
 from fleet.log import get_logger
 from fleet.mesh import disco
+from fleet.mesh.admission import Admission, AdmissionLimits, Verdict
 from fleet.mesh.config import MeshConfig
 from fleet.mesh.connection import ConnectError, Connection, MeshError
 from fleet.mesh.disco import Addr
@@ -118,6 +119,20 @@ class Endpoint:
         self.relay_packets_received = 0
         self.disco_rejected = 0
         self.quic_dropped = 0
+        cfg = self.config
+        self._admission = Admission(
+            AdmissionLimits(
+                max_half_open_per_node=cfg.max_half_open_per_node,
+                max_half_open_per_ip=cfg.max_half_open_per_ip,
+                max_half_open=cfg.max_half_open,
+                retry_threshold=cfg.retry_threshold,
+                retry_threshold_per_node=cfg.retry_threshold_per_node,
+            )
+        )
+        self._half_open: dict[Connection, float] = {}  # server connections, oldest first
+        self.handshakes_timed_out = 0
+        self._refusals_logged = 0
+        self._refusals_logged_at = -1e9
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -235,6 +250,16 @@ class Endpoint:
             for url in self._home_relays:
                 await self._relays[url].wait_connected(timeout)
 
+    def admission_stats(self) -> dict[str, int]:
+        """Half-open server connections now, and what admission refused or retried so far."""
+        admission = self._admission
+        return {
+            "half_open": admission.half_open,
+            "retries_sent": admission.retries_sent,
+            "handshakes_timed_out": self.handshakes_timed_out,
+            **{f"refused_{kind}": n for kind, n in admission.refused.items()},
+        }
+
     def add_path_listener(self, listener: Callable[[PathChanged], None]) -> None:
         """Call `listener` on every path change to any peer (for status and `fleet ping`)."""
         self._path_listeners.append(listener)
@@ -287,7 +312,11 @@ class Endpoint:
         config = self._client_configs.get(alpn)
         if config is None:
             config = self._client_configs[alpn] = self._quic_config(True, [alpn])
-        quic = PinnedQuicConnection(configuration=config, expected_peer=node_id)
+        quic = PinnedQuicConnection(
+            configuration=config,
+            expected_peer=node_id,
+            handshake_pto_max=self.config.handshake_pto_max,
+        )
         conn = self._add_connection(quic, peer, is_client=True)
         self._send_call_me_maybe(peer)
         quic.connect(peer.vaddr, now)
@@ -433,7 +462,7 @@ class Endpoint:
             if peer.relay is None:
                 peer.relay = relay
                 peer.paths.set_relay(True, self._now())
-            conn = self._receive_quic(peer, data, via_relay=True)
+            conn = self._receive_quic(peer, data, source=None)
             if conn is not None:
                 conn.direct_source = None
                 self._request_flush(conn)
@@ -466,7 +495,7 @@ class Endpoint:
                     self.quic_dropped += 1
                     self._peers.hold(addr, data, now)
                     continue
-                conn = self._receive_quic(peer, data, via_relay=False, now=now)
+                conn = self._receive_quic(peer, data, source=addr, now=now)
                 if conn is not None:
                     conn.direct_source = addr
                     touched.add(conn)
@@ -476,9 +505,10 @@ class Endpoint:
             self._flush(conn)
 
     def _receive_quic(
-        self, peer: Peer, data: bytes, *, via_relay: bool, now: float | None = None
+        self, peer: Peer, data: bytes, *, source: Addr | None, now: float | None = None
     ) -> Connection | None:
-        """Feed one QUIC datagram to its connection; events are processed at the next flush."""
+        """Feed one QUIC datagram to its connection; events are processed at the next flush.
+        `source`: the direct address it came from (None: over the relay)."""
         if data[0] & 0xC0 == 0x40 and len(data) > CID_LENGTH:
             # Short header (the bulk of traffic): the DCID is the next CID_LENGTH bytes.
             conn = self._by_cid.get(data[1 : 1 + CID_LENGTH])
@@ -492,7 +522,7 @@ class Endpoint:
             conn = self._by_cid.get(header.destination_cid)
         if conn is None:
             if header is not None:
-                conn = self._new_server_connection(peer, header, len(data))
+                conn = self._new_server_connection(peer, header, len(data), source)
             if conn is None:
                 self.quic_dropped += 1
                 return None
@@ -502,7 +532,9 @@ class Endpoint:
         conn.quic.receive_datagram(data, peer.vaddr, self._now() if now is None else now)
         return conn
 
-    def _new_server_connection(self, peer: Peer, header: Any, size: int) -> Connection | None:
+    def _new_server_connection(
+        self, peer: Peer, header: Any, size: int, source: Addr | None
+    ) -> Connection | None:
         if (
             header.packet_type != QuicPacketType.INITIAL
             or header.version != QuicProtocolVersion.VERSION_1
@@ -512,14 +544,37 @@ class Endpoint:
             or len(self._conn_peer) >= self.config.max_connections
         ):
             return None
+        now = self._now()
+        decision = self._admission.decide(
+            peer.node,
+            source,
+            version=header.version,
+            destination_cid=header.destination_cid,
+            source_cid=header.source_cid,
+            token=header.token,
+            now=now,
+        )
+        if decision.verdict is Verdict.RETRY:
+            if source is not None:
+                self.socket.sendto(decision.retry, source)
+            elif peer.relay is not None:
+                peer.relay.send(peer.node, decision.retry)
+            return None
+        if decision.verdict is Verdict.DROP:
+            log.debug("mesh_initial_refused", peer=peer.node.short(), reason=decision.reason)
+            return None
         if self._server_config is None:
             self._server_config = self._quic_config(False, self._alpns)
         quic = PinnedQuicConnection(
             configuration=self._server_config,
             expected_peer=peer.node,  # TLS must prove the node the packets came from
-            original_destination_connection_id=header.destination_cid,
+            original_destination_connection_id=decision.original_cid,
+            retry_source_connection_id=decision.retry_cid,
+            handshake_pto_max=self.config.handshake_pto_max,
         )
         conn = self._add_connection(quic, peer, is_client=False)
+        conn.half_open = self._admission.open(peer.node, source, now)
+        self._half_open[conn] = now
         self._register_cid(conn, header.destination_cid)
         if peer.relay is not None:
             self._send_call_me_maybe(peer)
@@ -537,6 +592,7 @@ class Endpoint:
                 if self._by_cid.get(event.connection_id) is conn:
                     del self._by_cid[event.connection_id]
             elif isinstance(event, events.HandshakeCompleted):
+                self._settle(conn)
                 conn.handle_event(event)
                 if not conn.is_client and conn.verified:
                     self._enqueue_accept(conn)
@@ -700,7 +756,7 @@ class Endpoint:
     def _release_held(self, addr: Addr, peer: Peer) -> None:
         for data in self._peers.release(addr, self._now()):
             self.quic_dropped -= 1
-            conn = self._receive_quic(peer, data, via_relay=False)
+            conn = self._receive_quic(peer, data, source=addr)
             if conn is not None:
                 conn.direct_source = addr
                 self._request_flush(conn)
@@ -786,6 +842,7 @@ class Endpoint:
                         conn.quic.send_ping(0)
                         self._request_flush(conn)
             self._peers.expire_held(now)
+            self._expire_half_open(now)
 
     # -- bookkeeping ------------------------------------------------------------------------
 
@@ -823,7 +880,30 @@ class Endpoint:
         conn.cids.add(cid)
         self._by_cid[cid] = conn
 
+    def _settle(self, conn: Connection) -> None:
+        """A server connection is no longer half-open (handshake done, or gone)."""
+        slot, conn.half_open = conn.half_open, None
+        if slot is not None:
+            self._admission.settle(slot)
+            self._half_open.pop(conn, None)
+
+    def _expire_half_open(self, now: float) -> None:
+        """Drop server connections whose handshake did not complete in time (no reply: the
+        client, if real, retries; a flood's leftovers are gone)."""
+        horizon = now - self.config.handshake_timeout
+        for conn, since in list(self._half_open.items()):
+            if since > horizon:
+                break  # oldest first
+            self.handshakes_timed_out += 1
+            conn.abandon("handshake timeout")
+            self._remove_connection(conn)
+        refused = sum(self._admission.refused.values())
+        if refused != self._refusals_logged and now - self._refusals_logged_at >= 10.0:
+            self._refusals_logged, self._refusals_logged_at = refused, now
+            log.warning("mesh_half_open_refused", **self.admission_stats())
+
     def _remove_connection(self, conn: Connection) -> None:
+        self._settle(conn)
         peer = self._conn_peer.pop(conn, None)
         for cid in conn.cids:
             if self._by_cid.get(cid) is conn:

@@ -36,6 +36,12 @@ class PathTiming:
     trust_window: float = 3.0  # a Pong keeps a direct path trusted this long
     probe_interval: float = 2.0  # re-ping other candidates this often
     ping_timeout: float = 1.5  # an unanswered ping this old marks its candidate failed
+    # While no candidate is confirmed, an unanswered one is re-pinged this often for the
+    # first `search_window` seconds: a lost Ping must not cost a whole probe interval, since
+    # the peer accepts our QUIC packets only from an address a Ping tied to us (at 40 % loss
+    # that wait dominated connect times).
+    search_interval: float = 0.25
+    search_window: float = 4.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,11 +182,7 @@ class PeerPaths:
         if self.active:
             current = self._best_confirmed(now)
             for cand in self._candidates.values():
-                interval = (
-                    self.timing.heartbeat_interval
-                    if current is not None and cand.addr == current.addr
-                    else self.timing.probe_interval
-                )
+                interval = self._interval(cand, current, now)
                 if cand.last_ping is None or now >= cand.last_ping + interval:
                     out.append(self._ping(cand, now))
         self._update(now, "timer")
@@ -196,6 +198,16 @@ class PeerPaths:
             return unfailed, True
         return unfailed or list(self._candidates), False
 
+    def _interval(self, cand: _Candidate, best: _Candidate | None, now: float | None) -> float:
+        """How long after its last Ping a candidate is pinged again."""
+        timing = self.timing
+        if best is not None:
+            return timing.heartbeat_interval if cand is best else timing.probe_interval
+        searching = cand.first_unanswered is not None and (
+            now is None or now < cand.first_unanswered + timing.search_window
+        )
+        return timing.search_interval if searching else timing.probe_interval
+
     def next_deadline(self) -> float | None:
         """When `poll` should next run (None when idle)."""
         deadlines: list[float] = []
@@ -204,12 +216,7 @@ class PeerPaths:
             for cand in self._candidates.values():
                 if cand.last_ping is None:
                     return 0.0
-                interval = (
-                    self.timing.heartbeat_interval
-                    if best is not None and cand is best
-                    else self.timing.probe_interval
-                )
-                deadlines.append(cand.last_ping + interval)
+                deadlines.append(cand.last_ping + self._interval(cand, best, None))
                 if cand.first_unanswered is not None:
                     deadlines.append(cand.first_unanswered + self.timing.ping_timeout)
         for cand in self._candidates.values():

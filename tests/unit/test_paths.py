@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from fleet.identity import Identity
 from fleet.mesh.paths import Path, PathChanged, PathTiming, PeerPaths, SendPing
 
@@ -145,17 +147,33 @@ def test_a_ping_from_an_unconfirmed_candidate_is_pinged_back_at_once() -> None:
     paths.set_active(True, 0.0)
     paths.add_candidate(A, 0.0, "call-me-maybe")
     [first] = paths.poll(0.0)
-    assert paths.poll(0.3) == []  # nothing due before the probe interval
-    paths.ping_received(A, 0.3)
-    [again] = paths.poll(0.3)
+    assert paths.poll(0.2) == []  # nothing due before the search interval (0.25 s)
+    paths.ping_received(A, 0.2)
+    [again] = paths.poll(0.2)
     assert again.addr == A
     assert again.ping.tx_id != first.ping.tx_id
-    paths.ping_received(A, 0.32)  # rate limited: at most one ping-back per 0.1 s
-    assert paths.poll(0.32) == []
-    assert paths.pong_received(again.ping.tx_id, A, 0.33)
+    paths.ping_received(A, 0.22)  # rate limited: at most one ping-back per 0.1 s
+    assert paths.poll(0.22) == []
+    assert paths.pong_received(again.ping.tx_id, A, 0.23)
     paths.ping_received(A, 0.5)  # confirmed: no ping-back, heartbeats take over
     assert paths.poll(0.5) == []
     assert paths.path == Path("direct", A)
+
+
+def test_an_unanswered_candidate_is_pinged_fast_while_searching_then_at_the_probe_interval() -> (
+    None
+):
+    # A lost Ping must not cost a whole probe interval while nothing is confirmed (heavy
+    # loss), but a candidate that never answers is not pinged fast for ever.
+    paths = PeerPaths(NODE, TIMING)
+    paths.set_active(True, 0.0)
+    paths.add_candidate(A, 0.0, "connect")
+    sent = [t / 100 for t in range(0, 1000, 5) if paths.poll(t / 100)]
+    fast = [t for t in sent if t <= TIMING.search_window]
+    assert len(fast) >= TIMING.search_window / TIMING.search_interval - 1
+    slow = [b - a for a, b in itertools.pairwise(sent) if a > TIMING.search_window + 1]
+    assert slow
+    assert min(slow) >= TIMING.probe_interval - 0.05
 
 
 def test_a_peer_pinging_from_a_new_address_is_followed_at_once() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 import re
 from typing import Any
 
@@ -293,3 +294,36 @@ def test_pacer_still_paces_a_slow_path() -> None:
     stock.update_rate(congestion_window=12_000, smoothed_rtt=0.1)
     assert pacer.bucket_max == stock.bucket_max > PACING_BURST
     assert pacer.packet_time == stock.packet_time
+
+
+def _initial_gaps(client: PinnedQuicConnection, probes: int) -> list[float]:
+    """Seconds between the client's Initial flights when every one of them is lost."""
+    now, sent = 0.0, []
+    client.connect(("peer", 0), now)
+    for _ in range(probes + 1):
+        if client.datagrams_to_send(now):
+            sent.append(now)
+        timer = client.get_timer()
+        assert timer is not None
+        now = timer
+        client.handle_timer(now)
+    return [b - a for a, b in itertools.pairwise(sent)]
+
+
+def test_probe_timeout_backoff_is_capped_before_the_handshake(alice: Identity) -> None:
+    # aioquic alone doubles the wait after each lost flight (0.2, 0.4, ... 6.4 s): at 40 % loss
+    # a handshake took 14 s. Capped: the client keeps probing at least every second.
+    bob = Identity.generate()
+    capped = PinnedQuicConnection(
+        configuration=_config(alice, is_client=True), expected_peer=bob.node_id
+    )
+    gaps = _initial_gaps(capped, 8)
+    assert len(gaps) == 8
+    assert max(gaps) <= 1.0 + 1e-6
+    assert gaps[0] < gaps[-1]  # it still backs off up to the cap
+    uncapped = PinnedQuicConnection(
+        configuration=_config(alice, is_client=True),
+        expected_peer=bob.node_id,
+        handshake_pto_max=1000.0,
+    )
+    assert max(_initial_gaps(uncapped, 6)) > 5.0  # 6.4 s (8 would pass the idle timeout)
