@@ -2,14 +2,17 @@
 
 Usage: python -m bench.attack [SCENARIO ...] [--cycles N] [--count N] [--seconds S]
        [--poison-requests N] [--poison-size B] [--poison-keys N] [--activation-cycles N]
-       [--seed N]
+       [--flood-initials N] [--flood-rate R] [--loss-runs N] [--seed N]
 
 Scenarios (default: all): kill-loop (coordinator kill -9 during pushes: acknowledged lost /
 cycles), fuzz (every decoder of outside bytes: inputs / foreign exceptions), floods (relay and
 coordinator: latency ratio of a real admin request, RSS before / during / after),
 audit-poisoning (garbage from uncertified keys: bytes stored / sent, audit still readable;
 bench/audit_poisoning.py), killed-activation (agent and switch child killed mid-switch:
-killed activations called applied / cycles; bench/killed_activation.py, needs Nix). Prints a
+killed activations called applied / cycles; bench/killed_activation.py, needs Nix),
+quic-flood (half-open QUIC Initials from one key: connections answered, status latency ratio,
+coordinator CPU and RSS; bench/attack_mesh.py), packet-loss (agents and fleetctl at 0/20/40 %
+UDP loss in namespaces: connect and status times; bench/attack_mesh.py, needs root). Prints a
 table and one JSON line. Add a scenario: an async function (options, scratch directory) ->
 rows, registered in SCENARIOS; each row has `scenario`, `item`, `figure` (the table text),
 `ok`, and whatever numbers it reports.
@@ -26,12 +29,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench import audit_poisoning, killed_activation
+from bench import attack_mesh, audit_poisoning, killed_activation
 from fleet.log import setup_logging
 from tests.attack.decoders import TARGETS
 from tests.attack.floods import FLOODS, FloodLab, measure
 from tests.attack.fuzzing import fuzz
 from tests.attack.kill_loop import run_kill_loop
+from tests.attack.test_packet_loss import FLEETCTL_TIMEOUT
+from tests.attack.test_quic_flood import CAP, CPU_SHARE, LATENCY_RATIO, RSS_GROWTH_MB
 
 Row = dict[str, Any]
 Scenario = Callable[[argparse.Namespace, Path], Awaitable[list[Row]]]
@@ -129,12 +134,48 @@ async def activation(options: argparse.Namespace, _scratch: Path) -> list[Row]:
     return rows
 
 
+async def quic_flood(options: argparse.Namespace, _scratch: Path) -> list[Row]:
+    rows: list[Row] = []
+    for f in await attack_mesh.floods(options.flood_initials, options.flood_rate):
+        before, _during, after = f["rss_mb"]
+        rss = "/".join(str(m) for m in f["rss_mb"])
+        text = (
+            f"answered {f['answered']} of {f['sent']} (most alive {f['most_alive']}, cap {CAP}), "
+            f"retries {f['retries']}; status ratio {f['ratio']}x; coordinator CPU "
+            f"{f['coordinator_cpu_s']} s in {f['seconds']} s; RSS MB before/during/after {rss}"
+        )
+        ok = (
+            f["most_alive"] <= CAP
+            and f["ratio"] <= LATENCY_RATIO
+            and f["coordinator_cpu_s"] <= CPU_SHARE * f["seconds"]
+            and after - before <= RSS_GROWTH_MB
+        )
+        rows.append({"scenario": "quic-flood", "item": f["mode"], "figure": text, "ok": ok, **f})
+    return rows
+
+
+async def packet_loss(options: argparse.Namespace, _scratch: Path) -> list[Row]:
+    rows: list[Row] = []
+    for f in await attack_mesh.losses(options.loss_runs):
+        connects, status = f["agent_connect_s"], f["status_s"]
+        text = (
+            f"agents connected in {', '.join(f'{s:.2f}' for s in connects)} s; fleetctl status "
+            f"max {max(status):.2f} s (timeout {FLEETCTL_TIMEOUT:.0f} s)"
+        )
+        ok = max(connects) < FLEETCTL_TIMEOUT and max(status) < FLEETCTL_TIMEOUT
+        rows.append({"scenario": "packet-loss", "item": f"{f['loss']:.0%} UDP loss",
+                     "figure": text, "ok": ok, **f})  # fmt: skip
+    return rows
+
+
 SCENARIOS: dict[str, Scenario] = {
     "kill-loop": kill_loop,
     "fuzz": fuzz_all,
     "floods": floods,
     "audit-poisoning": poisoning,
     "killed-activation": activation,
+    "quic-flood": quic_flood,
+    "packet-loss": packet_loss,
 }
 
 
@@ -158,6 +199,9 @@ async def main() -> int:
     parser.add_argument("--poison-size", type=int, default=900 * 1024, help="bytes per request")
     parser.add_argument("--poison-keys", type=int, default=20, help="uncertified keys sending")
     parser.add_argument("--activation-cycles", type=int, default=20, help="agent kills (CI: 3)")
+    parser.add_argument("--flood-initials", type=int, default=4500, help="QUIC Initials sent")
+    parser.add_argument("--flood-rate", type=float, default=300.0, help="QUIC Initials per s")
+    parser.add_argument("--loss-runs", type=int, default=10, help="fleetctl status per loss")
     parser.add_argument("--seed", type=int, default=10, help="RNG seed (kill moments, inputs)")
     options = parser.parse_args()
     setup_logging("warning")  # the in-process flooders' logs to stderr; stdout is the figures
