@@ -25,6 +25,7 @@ from fleet.audit.verifier import (
     Authorize,
     signed_request,
     verify_log,
+    walk_chain,
 )
 
 __all__ = [
@@ -55,4 +56,5 @@ __all__ = [
     "sign_checkpoint",
     "signed_request",
     "verify_log",
+    "walk_chain",
 ]

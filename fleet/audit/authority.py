@@ -3,8 +3,9 @@
 Entries are replayed in order: every accepted request's chain must lead from a trust root,
 be valid at the entry's time, not rely on a certificate revoked by an earlier accepted
 revocation, and grant the action the entry records (a push's announcement is checked the
-same way). Scope needs each device's tags at that time, which the log does not hold, so it
-is not re-checked here; the coordinator and, above all, the agents check it.
+same way), with the coordinator's own table of what each action needs
+(fleet.protocol.permissions). Scope needs each device's tags at that time, which the log
+does not hold, so it is not re-checked here; the coordinator and, above all, the agents do.
 """
 
 from __future__ import annotations
@@ -20,16 +21,8 @@ from fleet.capability import (
 )
 from fleet.identity import NodeId
 from fleet.protocol.messages import AdminRequest, Announcement, PushRequest, RevokeRequest
+from fleet.protocol.permissions import AUDITED_ACTIONS
 from fleet.wire import Tag, WireError, decode, verify_envelope
-
-NEEDS: dict[str, Permission | None] = {
-    "push": Permission.PUSH,
-    "device-add": Permission.DEVICES,
-    "device-approve": Permission.DEVICES,
-    "device-remove": Permission.DEVICES,
-    "grant": Permission.GRANT,
-    "revoke": None,  # the revocation carries its own proof
-}
 
 
 class AuthorityReplay:
@@ -40,16 +33,16 @@ class AuthorityReplay:
         self.revoked = RevocationList()
 
     def __call__(self, entry: AuditEntry, signer: NodeId, request: AdminRequest) -> str | None:
-        if entry.action not in NEEDS:
+        action = AUDITED_ACTIONS.get(entry.action)
+        if action is None:
             return f"unknown action {entry.action[:40]!r}"
         try:
             body = decode(request.body)
             authority = authority_of(
                 signer, request.chain, self.trust_roots, entry.time, self.revoked.ids()
             )
-            needed = NEEDS[entry.action]
-            if needed is not None:
-                authority.require(needed)
+            if action.needs is not None:
+                authority.require(action.needs)
             if isinstance(body, PushRequest):
                 ann_signer, ann = verify_envelope(body.announcement, Tag.ANNOUNCEMENT, Announcement)
                 authority_of(

@@ -14,7 +14,7 @@ The first failure raises AuditVerifyError naming the entry.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from fleet.audit.checkpoint import BadCheckpoint, Checkpoint, open_checkpoint
@@ -66,15 +66,11 @@ def signed_request(entry: AuditEntry) -> tuple[NodeId, AdminRequest]:
         raise ValueError(f"its request is malformed: {exc}") from None
 
 
-def verify_log(
-    entries: Sequence[AuditEntry],
-    checkpoints: Sequence[SignedEnvelope],
-    coordinator: NodeId,
-    *,
-    authorize: Authorize | None = None,
-) -> AuditReport:
+def walk_chain(entries: Iterable[AuditEntry]) -> Iterator[AuditEntry]:
+    """The entries, each yielded once its id, link and hash check out (checks 1 and 2);
+    the first break raises AuditVerifyError naming the entry. The one walk of the chain:
+    the verifier and the coordinator's own check both use it."""
     prev = GENESIS
-    accepted = refused = 0
     for expected, entry in enumerate(entries, start=1):
         if entry.id != expected:
             what = "missing" if entry.id > expected else "out of order"
@@ -85,6 +81,19 @@ def verify_log(
             raise AuditVerifyError(entry.id, f"does not link to entry {entry.id - 1}")
         if entry.computed_hash() != entry.hash:
             raise AuditVerifyError(entry.id, "content does not match its hash (edited)")
+        yield entry
+        prev = entry.hash
+
+
+def verify_log(
+    entries: Sequence[AuditEntry],
+    checkpoints: Sequence[SignedEnvelope],
+    coordinator: NodeId,
+    *,
+    authorize: Authorize | None = None,
+) -> AuditReport:
+    accepted = refused = 0
+    for entry in walk_chain(entries):
         if entry.outcome == Outcome.ACCEPTED:
             accepted += 1
             _check_accepted(entry, coordinator, authorize)
@@ -92,7 +101,6 @@ def verify_log(
             refused += 1
         else:
             raise AuditVerifyError(entry.id, f"unknown outcome {entry.outcome[:40]!r}")
-        prev = entry.hash
     sealed = 0
     for index, envelope in enumerate(checkpoints, start=1):
         try:

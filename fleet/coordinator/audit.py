@@ -21,19 +21,24 @@ from fleet.audit.record import (
     make_entry,
     record_hash,
 )
+from fleet.audit.verifier import walk_chain
+from fleet.coordinator.announcements import Reader
 from fleet.coordinator.database import Row, Transaction
 
 __all__ = [
     "GENESIS",
     "SIZES",
-    "AuditChainError",
     "AuditEntry",
     "AuditRecord",
     "Outcome",
+    "any_after",
     "append",
     "encode_detail",
+    "entries_between",
     "entry_of_row",
+    "head",
     "record_hash",
+    "sizes",
     "verify_chain",
 ]
 
@@ -46,8 +51,27 @@ SIZES = (
 )
 
 
-class AuditChainError(Exception):
-    """The stored audit rows do not form an intact chain (the message names the first bad row)."""
+async def head(db: Reader) -> tuple[int, bytes] | None:
+    """The last entry's id and hash (None: the log is empty)."""
+    row = await db.fetchone("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")
+    return None if row is None else (int(row["id"]), bytes(row["hash"]))
+
+
+async def sizes(db: Reader, after: int, limit: int) -> list[tuple[int, int]]:
+    """(id, stored size) of up to `limit` entries after `after`, in order."""
+    return [(int(r["id"]), int(r["size"])) for r in await db.fetchall(SIZES, (after, limit))]
+
+
+async def entries_between(db: Reader, low: int, high: int) -> list[AuditEntry]:
+    """The entries with low < id <= high, in order."""
+    rows = await db.fetchall(
+        "SELECT * FROM audit WHERE id > ? AND id <= ? ORDER BY id", (low, high)
+    )
+    return [entry_of_row(r) for r in rows]
+
+
+async def any_after(db: Reader, after: int) -> bool:
+    return (await db.fetchone("SELECT 1 FROM audit WHERE id > ? LIMIT 1", (after,))) is not None
 
 
 async def append(
@@ -105,15 +129,6 @@ def entry_of_row(row: Row) -> AuditEntry:
 
 
 def verify_chain(entries: Iterable[AuditEntry]) -> int:
-    """Check ids, links and hashes from the first row on; return the number of rows."""
-    prev = GENESIS
-    count = 0
-    for count, entry in enumerate(entries, start=1):
-        if entry.id != count:
-            raise AuditChainError(f"audit row {entry.id}: expected row {count} (gap or reorder)")
-        if entry.prev_hash != prev:
-            raise AuditChainError(f"audit row {entry.id}: does not link to row {entry.id - 1}")
-        if entry.computed_hash() != entry.hash:
-            raise AuditChainError(f"audit row {entry.id}: content does not match its hash")
-        prev = entry.hash
-    return count
+    """Check ids, links and hashes from the first row on (fleet.audit.walk_chain, which
+    raises AuditVerifyError naming the first bad row); return the number of rows."""
+    return sum(1 for _ in walk_chain(entries))

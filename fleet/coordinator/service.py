@@ -103,6 +103,7 @@ from fleet.protocol.messages import (
     Welcome,
     WitnessReport,
 )
+from fleet.protocol.permissions import ADMIN_ACTIONS
 from fleet.wire import (
     MAX_FRAME,
     Message,
@@ -127,47 +128,6 @@ AUDIT_ROW_OVERHEAD = 256  # ids, time, hashes, encoding, and a checkpoint, per e
 # wire limit); anything longer cannot be a valid request and is refused unread.
 MAX_ADMIN_REQUEST = MAX_FRAME + 4096
 
-ACTIONS: dict[type[Message], str] = {
-    NextSequence: "next-sequence",
-    PushRequest: "push",
-    DeviceAdd: "device-add",
-    DeviceApprove: "device-approve",
-    DeviceRemove: "device-remove",
-    DeviceList: "device-list",
-    StatusRequest: "status",
-    GrantRecord: "grant",
-    RevokeRequest: "revoke",
-    CertificateLookup: "certificate-lookup",
-    AuditQuery: "audit-read",
-    TargetCheck: "target-check",
-    AuditWitnesses: "audit-witnesses",
-}
-# The capability each request needs (revocation authority is checked by verify_revocation).
-NEEDS: dict[type[Message], Permission | None] = {
-    NextSequence: Permission.PUSH,
-    PushRequest: Permission.PUSH,
-    DeviceAdd: Permission.DEVICES,
-    DeviceApprove: Permission.DEVICES,
-    DeviceRemove: Permission.DEVICES,
-    DeviceList: None,  # read: every device; push alone: those in its scope (to resolve targets)
-    StatusRequest: Permission.READ,
-    GrantRecord: Permission.GRANT,
-    RevokeRequest: None,
-    CertificateLookup: Permission.GRANT,
-    AuditQuery: Permission.AUDIT,
-    TargetCheck: Permission.PUSH,
-    AuditWitnesses: Permission.AUDIT,
-}
-# Reads are not administrative actions: only their nonce is kept, no audit row.
-READ_ONLY = (
-    NextSequence,
-    DeviceList,
-    StatusRequest,
-    CertificateLookup,
-    AuditQuery,
-    TargetCheck,
-    AuditWitnesses,
-)
 MAX_TARGET_CHECK = 64  # targets answered per TargetCheck
 
 
@@ -267,7 +227,7 @@ class CoordinatorService:
             if len(raw) > MAX_ADMIN_REQUEST:
                 raise Refused("too-large", too_large(len(raw)))
             opened = self._open(raw, connection_id, now)
-            action = ACTIONS[type(opened.body)]
+            action = ADMIN_ACTIONS[type(opened.body)].name
             authority = await self._authority(opened.signer, opened.chain, now)
             certified = True
             return await self._dispatch(opened, authority, raw, connection_id, now)
@@ -324,7 +284,7 @@ class CoordinatorService:
                 f"authenticated as {connection_id.short()}",
                 signer=str(opened.signer),
             )
-        if type(opened.body) not in ACTIONS:
+        if type(opened.body) not in ADMIN_ACTIONS:
             raise Refused("invalid", f"{opened.body.wire_type} is not an admin request")
         return opened
 
@@ -361,10 +321,10 @@ class CoordinatorService:
         self, opened: OpenedRequest, authority: Authority, raw: bytes, actor: NodeId, now: float
     ) -> AdminResult:
         body = opened.body
-        needed = NEEDS[type(body)]
-        if needed is not None:
-            self._require(authority, needed, signer=str(opened.signer))
-        if isinstance(body, READ_ONLY):
+        entry = ADMIN_ACTIONS[type(body)]
+        if entry.needs is not None:
+            self._require(authority, entry.needs, signer=str(opened.signer))
+        if entry.read_only:
             async with self.db.transaction() as tx:
                 await self._use_nonce(tx, opened)
             if isinstance(body, CertificateLookup):
@@ -600,7 +560,7 @@ class CoordinatorService:
         actor: NodeId,
         now: float,
     ) -> AdminResult:
-        action = ACTIONS[type(body)]
+        action = ADMIN_ACTIONS[type(body)].name
         if isinstance(body, DeviceAdd):
             try:  # `kiosk` and `tag:kiosk` alike, before the scope sees them
                 body = dataclasses.replace(body, tags=normalize_tags(body.tags))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fleet.audit import AuditVerifyError
 from fleet.coordinator import audit
 from fleet.coordinator.database import Database, DatabaseError, Migration, bundled_migrations
 
@@ -89,9 +90,9 @@ async def test_audit_is_append_only_and_chained(tmp_path: Path) -> None:
         from dataclasses import replace
 
         tampered = [rows[0], replace(rows[1], detail='{"i":7}'), rows[2]]
-        with pytest.raises(audit.AuditChainError, match="row 2"):
+        with pytest.raises(AuditVerifyError, match="entry 2: content does not match"):
             audit.verify_chain(tampered)
-        with pytest.raises(audit.AuditChainError, match="row 3"):
+        with pytest.raises(AuditVerifyError, match="found entry 3 where entry 2 belongs"):
             audit.verify_chain([rows[0], rows[2]])
     finally:
         await db.close()

@@ -1,0 +1,62 @@
+"""Which admin request is which action, and the capability it needs: the one table.
+
+The coordinator authorizes requests with it (fleet.coordinator.admin adds a handler per
+entry) and the offline audit verifier (fleet.audit.authority) replays accepted entries with
+it, so the two cannot drift apart. Read-only requests are not administrative actions: the
+coordinator keeps only their nonce, never an audit entry, so none can appear accepted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fleet.capability import Permission
+from fleet.protocol.messages import (
+    AuditQuery,
+    AuditWitnesses,
+    CertificateLookup,
+    DeviceAdd,
+    DeviceApprove,
+    DeviceList,
+    DeviceRemove,
+    GrantRecord,
+    NextSequence,
+    PushRequest,
+    RevokeRequest,
+    StatusRequest,
+    TargetCheck,
+)
+from fleet.wire import Message
+
+
+@dataclass(frozen=True)
+class AdminAction:
+    """An admin request type as authority sees it."""
+
+    name: str  # the audit entry's action
+    # The capability the request needs before anything else; None: checked by its handler
+    # (a revocation carries its own proof; a device list needs read, or push for its scope).
+    needs: Permission | None
+    read_only: bool  # only its nonce is kept, no audit entry
+
+
+ADMIN_ACTIONS: dict[type[Message], AdminAction] = {
+    NextSequence: AdminAction("next-sequence", Permission.PUSH, read_only=True),
+    PushRequest: AdminAction("push", Permission.PUSH, read_only=False),
+    DeviceAdd: AdminAction("device-add", Permission.DEVICES, read_only=False),
+    DeviceApprove: AdminAction("device-approve", Permission.DEVICES, read_only=False),
+    DeviceRemove: AdminAction("device-remove", Permission.DEVICES, read_only=False),
+    DeviceList: AdminAction("device-list", None, read_only=True),
+    StatusRequest: AdminAction("status", Permission.READ, read_only=True),
+    GrantRecord: AdminAction("grant", Permission.GRANT, read_only=False),
+    RevokeRequest: AdminAction("revoke", None, read_only=False),
+    CertificateLookup: AdminAction("certificate-lookup", Permission.GRANT, read_only=True),
+    AuditQuery: AdminAction("audit-read", Permission.AUDIT, read_only=True),
+    TargetCheck: AdminAction("target-check", Permission.PUSH, read_only=True),
+    AuditWitnesses: AdminAction("audit-witnesses", Permission.AUDIT, read_only=True),
+}
+
+# The actions an accepted audit entry can record, by name.
+AUDITED_ACTIONS: dict[str, AdminAction] = {
+    action.name: action for action in ADMIN_ACTIONS.values() if not action.read_only
+}
