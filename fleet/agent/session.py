@@ -14,6 +14,7 @@ from typing import Protocol
 from fleet.agent.backoff import Backoff
 from fleet.agent.worker import Agent
 from fleet.log import get_logger
+from fleet.protocol.agent_session import Sender, SessionPhase, is_legal
 from fleet.protocol.messages import AuditCheckpoint, Deliver, Revocations, Welcome
 from fleet.protocol.stream import recv_message, send_message
 from fleet.wire import ByteReader, ByteWriter, WireError
@@ -135,7 +136,9 @@ class CoordinatorSession:
                 message = await recv_message(channel.reader, timeout=None)
             except EOFError:
                 raise SessionEnded("coordinator closed the control stream") from None
-            if isinstance(message, Deliver):
+            if not is_legal(SessionPhase.ESTABLISHED, Sender.COORDINATOR, message):
+                log.warning("agent_unexpected_message", type=type(message).__name__)
+            elif isinstance(message, Deliver):
                 rejected = self.agent.on_deliver(message.announcement)
                 if rejected is not None and self.agent.outbox is not None:
                     self.agent.outbox.put(rejected)
@@ -147,8 +150,6 @@ class CoordinatorSession:
                         self.agent.outbox.put(report)
             elif isinstance(message, Welcome):
                 self._welcome(message)
-            else:
-                log.warning("agent_unexpected_message", type=type(message).__name__)
 
     async def _send(self, channel: Channel) -> None:
         outbox = self.agent.outbox

@@ -14,21 +14,18 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol
 
+from fleet.coordinator.admin import MAX_ADMIN_REQUEST, AdminResult
 from fleet.coordinator.refusals import RequestFacts
-from fleet.coordinator.service import MAX_ADMIN_REQUEST, AdminResult, CoordinatorService
+from fleet.coordinator.service import CoordinatorService
 from fleet.coordinator.sessions import AgentSession
 from fleet.coordinator.watchers import StatusWatcher, WatcherOverflow
 from fleet.identity import NodeId
 from fleet.log import get_logger
 from fleet.protocol import alpn
+from fleet.protocol.agent_session import Sender, SessionPhase, is_legal, opens_session
 from fleet.protocol.messages import (
-    AnnouncementRejected,
-    AnnouncementRejectedV1,
-    AnyHello,
     ErrorReply,
-    StatusReport,
     StatusUpdate,
-    WitnessReport,
 )
 from fleet.protocol.stream import MESSAGE_CAP, recv_message, send_message
 from fleet.wire import (
@@ -169,7 +166,7 @@ class CoordinatorServer:
         try:
             reader, writer = await conn.accept_bi(timeout=limits.hello_timeout)
             hello = await recv_message(reader, timeout=limits.hello_timeout)
-            if not isinstance(hello, AnyHello):  # versions 1 and 2: older agents
+            if not opens_session(hello):  # any version: 1 and 2 are older agents
                 raise UnexpectedMessageType(f"expected fleet.agent.hello, got {hello.wire_type}")
         except Exception as exc:
             log.info("agent_dropped", peer=conn.remote_id.short(), reason=_describe(exc))
@@ -197,10 +194,7 @@ class CoordinatorServer:
         try:
             while True:
                 message = await recv_message(reader, timeout=None)
-                if not isinstance(
-                    message,
-                    StatusReport | AnnouncementRejected | AnnouncementRejectedV1 | WitnessReport,
-                ):
+                if not is_legal(SessionPhase.ESTABLISHED, Sender.AGENT, message):
                     link.close(f"unexpected {message.wire_type} from agent")
                     return
                 await self.service.agent_message(session, message)

@@ -7,16 +7,45 @@ every agent; checkpoints are the coordinator's signatures over the audit head.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from fleet.capability import (
     CapabilityError,
     Chain,
+    RevocationList,
     SignedRevocation,
     certificate_id,
     certificates_of,
 )
 from fleet.coordinator.announcements import Reader
-from fleet.coordinator.database import Transaction
+from fleet.coordinator.database import Database, Transaction
+from fleet.identity import NodeId
+from fleet.log import get_logger
 from fleet.wire import SignedEnvelope, WireError, decode, encode
+
+log = get_logger(__name__)
+
+
+class KnownRevocations:
+    """The verified revocations, loaded from the database on first use, then kept current."""
+
+    def __init__(
+        self, db: Database, trust_roots: Iterable[NodeId], clock: Callable[[], float]
+    ) -> None:
+        self.db = db
+        self.trust_roots = frozenset(trust_roots)
+        self.clock = clock
+        self._revoked: RevocationList | None = None
+
+    async def get(self) -> RevocationList:
+        if self._revoked is None:
+            revoked = RevocationList()
+            for problem in revoked.add_all(
+                await all_revocations(self.db), self.trust_roots, self.clock()
+            ):
+                log.warning("revocation_ignored", reason=str(problem))
+            self._revoked = revoked
+        return self._revoked
 
 
 async def remember_chain(tx: Transaction, chain: Chain, now: float) -> None:

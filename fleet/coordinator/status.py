@@ -1,0 +1,153 @@
+"""The fleet's status as admins see it: snapshots of every device, and live watchers.
+
+A row joins the registry (fleet.coordinator.registry), the device's last report, the
+latest announcement for it and its latest rejection, with what its live session knows
+(online, path, progress, last message). Watchers (`fleetctl status --watch`) get fresh rows
+for the devices that changed, computed only when someone watches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+
+from fleet.coordinator import announcements, registry
+from fleet.coordinator.database import Database
+from fleet.coordinator.registry import DeviceRecord, LastReport
+from fleet.coordinator.sessions import AgentSession, Phase
+from fleet.coordinator.watchers import StatusWatcher
+from fleet.identity import NodeId
+from fleet.log import get_logger
+from fleet.protocol.messages import DesiredSystem, DeviceInfo, DeviceStatus, Rejection
+
+log = get_logger(__name__)
+
+
+class StatusBoard:
+    """Status rows and the watchers that follow them; reads the sessions, never changes them."""
+
+    def __init__(self, db: Database, sessions: Mapping[NodeId, AgentSession]) -> None:
+        self.db = db
+        self.sessions = sessions
+        self.watchers: set[StatusWatcher] = set()
+
+    def watch(self) -> StatusWatcher:
+        watcher = StatusWatcher()
+        self.watchers.add(watcher)
+        return watcher
+
+    def unwatch(self, watcher: StatusWatcher) -> None:
+        watcher.close()
+        self.watchers.discard(watcher)
+
+    async def snapshot(self) -> tuple[DeviceStatus, ...]:
+        devices = await registry.all_devices(self.db)
+        reports = await registry.last_reports(self.db)
+        desired = await announcements.latest_desired(self.db)
+        rejections = await registry.latest_rejections(self.db)
+        return tuple(
+            self._row(
+                d,
+                reports.get(str(d.node_id)),
+                desired.get(str(d.node_id)),
+                rejections.get(str(d.node_id)),
+            )
+            for d in devices
+        )
+
+    async def status_of(self, node: NodeId) -> DeviceStatus | None:
+        device = await registry.get(self.db, node)
+        if device is None:
+            return None
+        latest = await announcements.latest_for(self.db, node)
+        report = await registry.last_report(self.db, node)
+        rejection = await registry.latest_rejection(self.db, node)
+        return self._row(
+            device, report, latest.desired() if latest is not None else None, rejection
+        )
+
+    def info(self, device: DeviceRecord) -> DeviceInfo:
+        """A registry entry, with the time of the last message of a connected device."""
+        info = device.info()
+        live = self._live(device.node_id)
+        if live is None:
+            return info
+        return dataclasses.replace(info, last_seen=live.last_seen)
+
+    async def publish(self, nodes: Iterable[NodeId]) -> None:
+        """Send fresh rows for `nodes` to every watcher (only computed if someone watches)."""
+        if not self.watchers:
+            return
+        rows = []
+        for node in dict.fromkeys(nodes):
+            row = await self.status_of(node)
+            if row is None:
+                row = removed_row(node)
+            rows.append(row)
+        for watcher in list(self.watchers):
+            for row in rows:
+                if not watcher.offer(row):
+                    self.watchers.discard(watcher)
+                    log.warning("status_watcher_dropped", reason="fell behind")
+                    break
+
+    def _live(self, node: NodeId) -> AgentSession | None:
+        session = self.sessions.get(node)
+        return session if session is not None and session.phase is not Phase.GONE else None
+
+    def _row(
+        self,
+        device: DeviceRecord,
+        report: LastReport | None,
+        desired: DesiredSystem | None,
+        rejection: Rejection | None,
+    ) -> DeviceStatus:
+        live = self._live(device.node_id)
+        if (
+            rejection is not None
+            and report is not None
+            and report.sequence is not None
+            and report.sequence > rejection.sequence
+            and report.reported_at >= rejection.time
+        ):
+            rejection = None  # the device has worked on a newer push since
+        return DeviceStatus(
+            node_id=device.node_id,
+            name=device.name,
+            tags=device.tags,
+            agent_tags=device.agent_tags,
+            approved=device.approved,
+            online=live is not None,
+            path=live.link.path if live is not None else None,
+            last_seen=live.last_seen if live is not None else device.last_seen,
+            state=report.state if report is not None else None,
+            state_since=report.state_since if report is not None else None,
+            sequence=report.sequence if report is not None else None,
+            current=report.current if report is not None else None,
+            desired=desired,
+            progress=live.progress if live is not None else None,
+            error=report.error if report is not None else None,
+            rejection=rejection,
+        )
+
+
+def removed_row(node: NodeId) -> DeviceStatus:
+    """A device no longer in the registry: name None, not approved, offline."""
+    return DeviceStatus(
+        node_id=node,
+        name=None,
+        tags=(),
+        agent_tags=None,
+        approved=False,
+        online=False,
+        path=None,
+        last_seen=None,
+        state=None,
+        state_since=None,
+        sequence=None,
+        current=None,
+        desired=None,
+        progress=None,
+        error=None,
+        rejection=None,
+    )
