@@ -49,7 +49,6 @@ from fleet.agent.switch_run import (
 from fleet.agent.verify import Accepted
 from fleet.log import get_logger
 from fleet.nix import (
-    Action,
     ActivationResult,
     CacheUnreachable,
     FetchProgress,
@@ -74,6 +73,7 @@ from fleet.protocol.messages import (
     StatusReport,
     SystemState,
 )
+from fleet.vocabulary import Action
 from fleet.wire import WireError, decode
 
 log = get_logger("fleet.agent.apply")

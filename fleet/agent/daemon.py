@@ -19,6 +19,7 @@ from fleet.mesh import Endpoint
 from fleet.mesh.peer_addr import PeerAddr
 from fleet.mesh.ping import PING_ALPN, serve_ping
 from fleet.netaddr import format_host_port
+from fleet.relay.client import relay_client_factory
 
 log = get_logger("fleet.agent")
 
@@ -51,7 +52,11 @@ async def run_agent(settings: AgentSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         async with Endpoint(
-            settings.identity, bind=settings.listen, alpns=[PING_ALPN], relay_urls=settings.relays
+            settings.identity,
+            bind=settings.listen,
+            alpns=[PING_ALPN],
+            relay_urls=settings.relays,
+            relay_factory=relay_client_factory,
         ) as endpoint:
             host, port = endpoint.bound_address
             log.info(

@@ -18,7 +18,7 @@ from fleet.agent.switch_run import Purpose, SwitchRun, boot_id, process_start
 from fleet.agent.verify import Accepted
 from fleet.agent.worker import Agent
 from fleet.identity import Identity
-from fleet.nix import Action, NixStore, current_system, is_valid, set_profile
+from fleet.nix import NixStore, current_system, is_valid, set_profile
 from fleet.nix.profile import list_generations_sync
 from fleet.protocol.messages import (
     AgentState,
@@ -26,6 +26,7 @@ from fleet.protocol.messages import (
     AnnouncementRejected,
     StatusReport,
 )
+from fleet.vocabulary import Action
 from fleet.wire import SignedEnvelope, Tag, decode, sign_envelope
 from tests.conftest import NixCache, Systems
 from tests.nixlab import BROKEN_EXIT_CODE, SWITCH_LOG_VAR, Builder, switch_log_lines

@@ -20,8 +20,9 @@ from fleet.capability import (
     sign_certificate,
 )
 from fleet.identity import Identity
-from fleet.nix import Action, NixStore
+from fleet.nix import NixStore
 from fleet.protocol.messages import Announcement
+from fleet.vocabulary import Action
 from fleet.wire import SignedEnvelope, Tag, sign_envelope
 from tests.capability_kit import DAY, NOW, Org, make_org
 

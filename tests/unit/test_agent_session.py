@@ -18,7 +18,7 @@ from fleet.agent.session import CoordinatorSession, SessionConfig
 from fleet.agent.state import StateFile
 from fleet.agent.worker import Agent
 from fleet.identity import Identity
-from fleet.nix import Action, NixStore
+from fleet.nix import NixStore
 from fleet.protocol.messages import (
     AgentState,
     Announcement,
@@ -29,6 +29,7 @@ from fleet.protocol.messages import (
     Welcome,
 )
 from fleet.protocol.stream import recv_message, send_message
+from fleet.vocabulary import Action
 from fleet.wire import Message, Tag, sign_envelope
 
 ADMIN = Identity.generate()

@@ -13,8 +13,8 @@ from fleet.agent.procedure import Status
 from fleet.agent.state import AgentRecord, StateError, StateFile
 from fleet.agent.switch_run import Purpose, SwitchRun
 from fleet.identity import Identity
-from fleet.nix import Action
 from fleet.protocol.messages import AgentState, Announcement, Progress
+from fleet.vocabulary import Action
 from fleet.wire import Tag, sign_envelope
 
 PATH = "/nix/store/" + "d" * 32 + "-nixos-system-x"
