@@ -62,6 +62,26 @@ LAYERS: tuple[Layer, ...] = (
     Layer("cli", ("fleet.cli", "fleet.__main__")),
 )
 
+
+@dataclass(frozen=True)
+class Narrowing:
+    """Of the unit `imported`, the unit `importer` may use only the modules in `only`."""
+
+    importer: str
+    imported: str
+    only: tuple[str, ...]
+    why: str
+
+
+NARROWINGS: tuple[Narrowing, ...] = (
+    Narrowing(
+        "fleet.mesh",
+        "fleet.relay",
+        ("fleet.relay.url",),
+        "the daemons inject the relay client (Endpoint(relay_factory=relay_client_factory))",
+    ),
+)
+
 # Imports that break a rule today, each with why it is tolerated; remove an entry by fixing it
 # (test_allowed_exceptions_are_still_needed fails once one is no longer used).
 ALLOWED: dict[tuple[str, str], str] = {
@@ -147,6 +167,7 @@ def check(
     package: str,
     layers: tuple[Layer, ...],
     allowed: Iterable[tuple[str, str]] = (),
+    narrowings: Iterable[Narrowing] = (),
 ) -> tuple[list[Violation], set[tuple[str, str]]]:
     """The rule broken by each import of `package` under `root`, and the allowances used."""
     allowed = set(allowed)
@@ -167,7 +188,9 @@ def check(
             continue
         for site in imports_of(path, module, found, package):
             dst = unit_of(site.imported, layers, package)
-            rule = _broken_rule(src, dst, layers, site.imported)
+            rule = _broken_rule(src, dst, layers, site.imported) or _narrowed(
+                src, dst, site.imported, narrowings
+            )
             if rule is None:
                 continue
             key = (module, site.imported)
@@ -176,6 +199,20 @@ def check(
                 continue
             violations.append(Violation(shown, site.line, module, site.imported, rule))
     return violations, used
+
+
+def _narrowed(
+    src: tuple[int, str],
+    dst: tuple[int, str] | None,
+    imported: str,
+    narrowings: Iterable[Narrowing],
+) -> str | None:
+    for n in narrowings:
+        if dst is None or (src[1], dst[1]) != (n.importer, n.imported):
+            continue
+        if not any(imported == m or imported.startswith(m + ".") for m in n.only):
+            return f"{n.importer} may use only {', '.join(n.only)} of {n.imported}: {n.why}"
+    return None
 
 
 def _broken_rule(
@@ -203,14 +240,14 @@ def _broken_rule(
 
 
 def test_fleet_imports_follow_the_layers() -> None:
-    violations, _ = check(REPO, "fleet", LAYERS, ALLOWED)
+    violations, _ = check(REPO, "fleet", LAYERS, ALLOWED, NARROWINGS)
     assert not violations, "imports against docs/architecture.md's layers:\n" + "\n".join(
         str(v) for v in violations
     )
 
 
 def test_allowed_exceptions_are_still_needed() -> None:
-    _, used = check(REPO, "fleet", LAYERS, ALLOWED)
+    _, used = check(REPO, "fleet", LAYERS, ALLOWED, NARROWINGS)
     assert set(ALLOWED) == used, f"no longer needed, delete: {sorted(set(ALLOWED) - used)}"
 
 
@@ -322,6 +359,19 @@ def test_checker_allows_only_the_listed_exception(tmp_path: Path) -> None:
     violations, used = check(root, "pkg", FAKE_LAYERS, {("pkg.side", "pkg.low.core")})
     assert used == {("pkg.side", "pkg.low.core")}
     assert [(v.module, v.imported) for v in violations] == [("pkg.side", "pkg.high")]
+
+
+def test_checker_applies_a_narrowing(tmp_path: Path) -> None:
+    # GOOD's pkg/high imports pkg.low.core, the one module of pkg.low it may use.
+    narrow = Narrowing("pkg.high", "pkg.low", ("pkg.low.core",), "inject the rest")
+    root = _tree(tmp_path, GOOD)
+    assert check(root, "pkg", FAKE_LAYERS, (), [narrow]) == ([], set())
+    root = _tree(tmp_path, {"pkg/high/y.py": "import os\nfrom pkg.low.helper import y\n"})
+    violations, _ = check(root, "pkg", FAKE_LAYERS, (), [narrow])
+    assert [(str(v.path), v.line, v.imported) for v in violations] == [
+        ("pkg/high/y.py", 2, "pkg.low.helper")
+    ]
+    assert "pkg.high may use only pkg.low.core of pkg.low: inject the rest" in violations[0].rule
 
 
 def test_docs_table_parser_reads_units() -> None:
