@@ -12,8 +12,8 @@ import pytest
 
 from fleet.agent.apply import ApplyConfig, DownloadError, Updater
 from fleet.agent.backoff import Backoff
-from fleet.agent.procedure import Status
-from fleet.agent.state import AgentRecord, StateFile
+from fleet.agent.procedure import AgentRecord, Status
+from fleet.agent.state import StateFile
 from fleet.agent.switch_run import Purpose, SwitchRun, boot_id, process_start
 from fleet.agent.verify import Accepted
 from fleet.agent.worker import Agent
@@ -222,6 +222,42 @@ async def test_download_failures_activate_nothing(
     record = rig.state.load()
     assert record.retrying
     assert record.applied_sequence == 0
+
+
+async def test_an_expired_announcement_is_not_resumed_after_a_restart(rig: Rig) -> None:
+    """A download failed, the announcement expired while the agent waited to retry: after a
+    restart the agent must not pick the expired announcement up again."""
+    job = accepted(1, MISSING)
+    updater = rig.updater()
+    with pytest.raises(DownloadError):
+        await updater.apply(job)
+    assert rig.updater().pending() == job  # a restart now would retry the download
+    updater.expire(job)
+
+    record = rig.state.load()
+    assert not record.retrying
+    assert record.status.state is S.FAILED
+    assert rig.updater().pending() is None  # a restarted agent does not resume it
+    assert rig.states() == [S.DOWNLOADING, S.FAILED]  # nothing new reported
+
+
+async def test_an_expired_download_in_progress_is_failed_and_not_resumed(rig: Rig) -> None:
+    """A restart in downloading, the announcement expired meanwhile: failed, and stays so."""
+    job = accepted(1, MISSING)
+    rig.state.save(
+        AgentRecord(
+            status=Status(state=S.DOWNLOADING, since=1.0, sequence=1, desired=MISSING),
+            announcement=job.envelope,
+        )
+    )
+    updater = rig.updater()
+    assert updater.pending() == job
+    updater.expire(job)
+    assert rig.states() == [S.FAILED]
+    assert rig.reports[-1].error == "announcement 1 expired before it was downloaded"
+    record = rig.state.load()
+    assert (record.status.state, record.retrying) == (S.FAILED, False)
+    assert rig.updater().pending() is None
 
 
 async def test_restart_knows_last_sequence_and_refuses_replay(
