@@ -150,6 +150,14 @@ def _current_generation(profile: Path) -> Generation | None:
     return None
 
 
+def running_system(profile: Path) -> SystemState:
+    """The system the profile's current generation points at (what Hello and status carry)."""
+    generation = _current_generation(profile)
+    if generation is None:
+        return SystemState(store_path=None, generation=None)
+    return SystemState(store_path=generation.path, generation=generation.number)
+
+
 def _tail(text: str) -> str:
     return text[-TAIL_CHARS:]
 
@@ -177,10 +185,7 @@ class Updater:
     # -- status -------------------------------------------------------------------------
 
     def current(self) -> SystemState:
-        generation = _current_generation(self.config.profile)
-        if generation is None:
-            return SystemState(store_path=None, generation=None)
-        return SystemState(store_path=generation.path, generation=generation.number)
+        return running_system(self.config.profile)
 
     def report(self) -> StatusReport:
         return self.procedure.status.report(self.current())

@@ -282,3 +282,16 @@ async def test_a_rejection_not_sent_before_a_reconnect_is_sent_after_it(agent: A
     agent.outbox.resync()  # the next session: current status first, the rejection kept
     assert isinstance(await asyncio.wait_for(agent.outbox.get(), T), StatusReport)
     assert await asyncio.wait_for(agent.outbox.get(), 1) == refused
+
+
+def test_the_agent_answers_each_coordinator_message_through_receive(agent: Agent) -> None:
+    """One entry point for the session: replies come back, status goes to the outbox."""
+    replies = agent.receive(deliver(1, path="/not/a/store/path"))
+    assert len(replies) == 1
+    refused = replies[0]
+    assert isinstance(refused, AnnouncementRejected)
+    assert (refused.sequence, refused.code) == (1, "bad-path")
+    assert agent.receive(deliver(2)) == []  # accepted: queued for the worker, nothing to say
+    assert agent.floor() == 2
+    assert agent.receive(Welcome(approved=True, name="dev-1")) == []  # not the agent's business
+    assert agent.outbox.latest.state is AgentState.IDLE  # the status it started with
