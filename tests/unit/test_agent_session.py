@@ -12,11 +12,11 @@ from typing import TypeVar
 
 import pytest
 
-from fleet.agent.apply import ApplyConfig
+from fleet.agent.agent import Agent
 from fleet.agent.backoff import Backoff
 from fleet.agent.session import CoordinatorSession, SessionConfig
 from fleet.agent.state import StateFile
-from fleet.agent.worker import Agent
+from fleet.agent.updater import ApplyConfig
 from fleet.identity import Identity
 from fleet.nix import Action, NixStore
 from fleet.protocol.messages import (
@@ -212,7 +212,7 @@ async def test_pending_device_stays_connected_and_garbage_ends_only_the_session(
 async def test_shutdown_waits_for_an_activation_but_not_for_a_download(
     agent: Agent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fleet.agent.apply as apply_module
+    import fleet.agent.updater as updater_module
     from fleet.nix import ActivationResult, FetchProgress, FetchResult
 
     other = "/nix/store/" + "f" * 32 + "-nixos-system-fleet-test-2"
@@ -229,9 +229,9 @@ async def test_shutdown_waits_for_an_activation_but_not_for_a_download(
         await release.wait()
         return ActivationResult(action, system, 0, "", 0.0)
 
-    monkeypatch.setattr(apply_module, "fetch_closure", fetch)
-    monkeypatch.setattr(apply_module, "set_profile", set_profile)
-    monkeypatch.setattr(apply_module, "run_switch", run_switch)
+    monkeypatch.setattr(updater_module, "fetch_closure", fetch)
+    monkeypatch.setattr(updater_module, "set_profile", set_profile)
+    monkeypatch.setattr(updater_module, "run_switch", run_switch)
     agent.updater.config = dataclasses.replace(agent.updater.config, checks=())
     seen: list[tuple[int | None, AgentState]] = []
     agent.updater.publish = lambda report: seen.append((report.sequence, report.state))

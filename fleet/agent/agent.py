@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable, Iterable
 
 from fleet import __version__
-from fleet.agent.apply import ApplyConfig, DownloadError, Updater, running_system
 from fleet.agent.backoff import Backoff
 from fleet.agent.outbox import Outbox
 from fleet.agent.revocations import RevocationStore
 from fleet.agent.state import StateFile
+from fleet.agent.updater import ApplyConfig, DownloadError, Updater, running_system
 from fleet.agent.verify import Accepted, AnnouncementRefused, verify_announcement
 from fleet.agent.witness import CheckpointWitness
 from fleet.capability import SignedRevocation

@@ -82,7 +82,7 @@ from fleet.protocol.messages import (
 )
 from fleet.wire import SignedEnvelope, WireError, decode
 
-log = get_logger("fleet.agent.apply")
+log = get_logger("fleet.agent.updater")
 
 TAIL_CHARS = 4096  # of the activation output sent upstream (the full tail is logged locally)
 

@@ -1,4 +1,4 @@
-"""The applier and worker against real Nix: chroot store, signed HTTP cache, fake systems."""
+"""The Updater and the Agent against real Nix: chroot store, signed HTTP cache, fake systems."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from fleet.agent.apply import ApplyConfig, DownloadError, Updater
+from fleet.agent.agent import Agent
 from fleet.agent.backoff import Backoff
 from fleet.agent.procedure import AgentRecord, Status
 from fleet.agent.state import StateFile
 from fleet.agent.switch_run import Purpose, SwitchRun, boot_id, process_start
+from fleet.agent.updater import ApplyConfig, DownloadError, Updater
 from fleet.agent.verify import Accepted
-from fleet.agent.worker import Agent
 from fleet.identity import Identity
 from fleet.nix import Action, NixStore, current_system, is_valid, set_profile
 from fleet.nix.profile import list_generations_sync
@@ -307,7 +307,7 @@ async def test_newer_announcement_cancels_a_download(
     agent = rig.agent()
     gate = asyncio.Event()
     real_fetch_started = asyncio.Event()
-    import fleet.agent.apply as apply_module
+    import fleet.agent.updater as updater_module
     from fleet.nix import fetch_closure as original
 
     async def slow_fetch(*args: object, **kw: object) -> object:
@@ -316,7 +316,7 @@ async def test_newer_announcement_cancels_a_download(
             await gate.wait()  # never set: stands for a long download
         return await original(*args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(apply_module, "fetch_closure", slow_fetch)
+    monkeypatch.setattr(updater_module, "fetch_closure", slow_fetch)
     async with asyncio.TaskGroup() as tg:
         worker = tg.create_task(agent.run())
         agent.on_deliver(envelope(1, nix_systems.v2.path))
@@ -362,7 +362,7 @@ def interrupted(system: str, attempt: int = 1, **kw: object) -> SwitchRun:
 async def test_switch_runs_are_recorded_before_they_start_and_when_they_end(
     rig: Rig, nix_systems: Systems, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fleet.agent.apply as apply_module
+    import fleet.agent.updater as updater_module
     from fleet.nix import run_switch as real
 
     seen: list[SwitchRun | None] = []
@@ -371,7 +371,7 @@ async def test_switch_runs_are_recorded_before_they_start_and_when_they_end(
         seen.append(rig.state.load().switch)  # what survives a crash right now
         return await real(*args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(apply_module, "run_switch", spying)
+    monkeypatch.setattr(updater_module, "run_switch", spying)
     v1 = nix_systems.v1.path
     await rig.updater().apply(accepted(1, v1))
     before = seen[0]
