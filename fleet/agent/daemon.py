@@ -8,11 +8,11 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleet.agent.apply import ApplyConfig
+from fleet.agent.agent import Agent
 from fleet.agent.dial import MeshDialer
 from fleet.agent.session import CoordinatorSession
 from fleet.agent.state import StateFile
-from fleet.agent.worker import Agent
+from fleet.agent.updater import ApplyConfig
 from fleet.identity import Identity, NodeId
 from fleet.log import get_logger
 from fleet.mesh import Endpoint

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from fleet.agent.apply import ApplyConfig
+from fleet.agent.agent import Agent
 from fleet.agent.state import StateFile
+from fleet.agent.updater import ApplyConfig
 from fleet.agent.verify import AnnouncementRefused, verify_announcement
-from fleet.agent.worker import Agent
 from fleet.capability import (
     EMPTY_CHAIN,
     Chain,
