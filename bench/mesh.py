@@ -27,6 +27,7 @@ import structlog
 
 from fleet.identity import Identity
 from fleet.mesh import Connection, Endpoint, MeshConfig
+from fleet.relay.client import relay_client_factory
 from tests.integration.relay_process import start_relay
 
 ALPN = "fleet/bench/1"
@@ -60,7 +61,7 @@ def _server(
     async def main() -> None:
         kwargs: dict[str, Any] = {}
         if relay is not None:
-            kwargs.update(relay_urls=[relay])
+            kwargs.update(relay_urls=[relay], relay_factory=relay_client_factory)
         async with (
             Endpoint(
                 Identity.from_seed(seed),
@@ -97,7 +98,7 @@ async def _measure(
     kwargs: dict[str, Any] = {}
     addrs = [addr]
     if relay is not None:
-        kwargs.update(relay_urls=[relay])
+        kwargs.update(relay_urls=[relay], relay_factory=relay_client_factory)
         addrs = []
     async with Endpoint(
         Identity.generate(), bind=("127.0.0.1", 0), alpns=[ALPN], config=config, **kwargs

@@ -39,6 +39,7 @@ def _identity(key: str | None) -> Any:
 async def serve(args: argparse.Namespace) -> None:
     from fleet.mesh import Connection, Endpoint, MeshError
     from fleet.mesh.ping import PING_ALPN, serve_ping
+    from fleet.relay.client import relay_client_factory
 
     async def sink(conn: Connection) -> None:
         try:
@@ -55,7 +56,12 @@ async def serve(args: argparse.Namespace) -> None:
             pass
 
     async with (
-        Endpoint(_identity(args.key), alpns=[SINK_ALPN, PING_ALPN], relay_urls=[args.relay]) as ep,
+        Endpoint(
+            _identity(args.key),
+            alpns=[SINK_ALPN, PING_ALPN],
+            relay_urls=[args.relay],
+            relay_factory=relay_client_factory,
+        ) as ep,
         asyncio.TaskGroup() as tg,
     ):
         tg.create_task(serve_ping(ep))
@@ -72,6 +78,7 @@ async def serve(args: argparse.Namespace) -> None:
 async def transfer(args: argparse.Namespace) -> None:
     from fleet.identity import NodeId
     from fleet.mesh import Endpoint, PathChanged
+    from fleet.relay.client import relay_client_factory
 
     start = time.monotonic()
 
@@ -90,7 +97,9 @@ async def transfer(args: argparse.Namespace) -> None:
             direct_at.append(t())
         emit("path", t=t(), path=new.kind, addr=addr, reason=change.reason)
 
-    async with Endpoint(_identity(args.key), relay_urls=[args.relay]) as ep:
+    async with Endpoint(
+        _identity(args.key), relay_urls=[args.relay], relay_factory=relay_client_factory
+    ) as ep:
         ep.add_path_listener(on_path)
         # Give STUN its round trip first, as a daemon that has been up for a while would.
         with contextlib.suppress(TimeoutError):  # no answer: UDP may be blocked

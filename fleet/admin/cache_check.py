@@ -28,7 +28,7 @@ from fleet.nix.narinfo import (
     parse_narinfo,
     verify_narinfo,
 )
-from fleet.nix.store import STORE_DIR
+from fleet.vocabulary import STORE_DIR
 
 CONCURRENCY = 25  # Nix's own http-connections default
 MAX_PATHS = 100_000

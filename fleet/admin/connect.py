@@ -16,6 +16,7 @@ from fleet.admin.settings import Settings
 from fleet.identity import Identity
 from fleet.mesh import ConnectError, Endpoint, MeshConfig, MeshError
 from fleet.protocol.alpn import ADMIN
+from fleet.relay.client import relay_client_factory
 
 
 @contextlib.asynccontextmanager
@@ -30,6 +31,7 @@ async def open_admin_client(
             alpns=[],
             relay_urls=settings.relays,
             config=config,
+            relay_factory=relay_client_factory,
         ) as endpoint:
             try:
                 connection = await endpoint.connect(

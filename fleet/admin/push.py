@@ -18,7 +18,8 @@ from fleet.admin.errors import CoordinatorRefused, ProtocolViolation
 from fleet.admin.tracking import PushTracker
 from fleet.capability import EMPTY_CHAIN, Chain
 from fleet.identity import NodeId
-from fleet.protocol.messages import Action, Announcement, PushAccepted, StatusSnapshot
+from fleet.protocol.messages import Announcement, PushAccepted, StatusSnapshot
+from fleet.vocabulary import Action
 from fleet.wire import Tag, sign_envelope
 
 MAX_ATTEMPTS = 4

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import os
 
-from fleet.nix.errors import InvalidStorePath
-from fleet.nix.store import STORE_DIR, check_store_path
+from fleet.vocabulary import STORE_DIR, InvalidStorePath, check_store_path
 
 MAX_LINKS = 40  # as the kernel's ELOOP limit
 _HINT = "pass the system's /nix/store/... path, or the ./result link nix-build made"

@@ -8,17 +8,18 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleet.agent.apply import ApplyConfig
+from fleet.agent.agent import Agent
 from fleet.agent.dial import MeshDialer
 from fleet.agent.session import CoordinatorSession
 from fleet.agent.state import StateFile
-from fleet.agent.worker import Agent
+from fleet.agent.updater import ApplyConfig
 from fleet.identity import Identity, NodeId
 from fleet.log import get_logger
 from fleet.mesh import Endpoint
 from fleet.mesh.peer_addr import PeerAddr
 from fleet.mesh.ping import PING_ALPN, serve_ping
 from fleet.netaddr import format_host_port
+from fleet.relay.client import relay_client_factory
 
 log = get_logger("fleet.agent")
 
@@ -51,7 +52,11 @@ async def run_agent(settings: AgentSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         async with Endpoint(
-            settings.identity, bind=settings.listen, alpns=[PING_ALPN], relay_urls=settings.relays
+            settings.identity,
+            bind=settings.listen,
+            alpns=[PING_ALPN],
+            relay_urls=settings.relays,
+            relay_factory=relay_client_factory,
         ) as endpoint:
             host, port = endpoint.bound_address
             log.info(

@@ -2,7 +2,7 @@
 
 The profile link proves only that `nix-env --set` ran, never that the system was activated,
 so it is never the reason to report `applied`. The record of the last switch-to-configuration
-run (fleet/agent/switch_run.py) decides; the Updater (fleet/agent/apply.py) carries the plan
+run (fleet/agent/switch_run.py) decides; the Updater (fleet/agent/updater.py) carries the plan
 out and ends, as after any activation, in the health checks. The rules (docs/agent.md):
 
 - checking, or the switch recorded as exited 0: resume at the health checks;

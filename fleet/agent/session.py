@@ -2,7 +2,9 @@
 status up, reconnecting with jittered backoff for as long as the agent runs.
 
 How the connection is made is behind `Dialer` (the mesh in production, an in-memory pipe in
-unit tests): it returns a `Channel`, the control stream of a fresh connection.
+unit tests): it returns a `Channel`, the control stream of a fresh connection. The session
+talks to the agent through `AgentSide`: its Hello, `receive()` for every message from the
+coordinator (the Welcome aside, which is the session's own), and its outbox.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from fleet.agent.backoff import Backoff
-from fleet.agent.worker import Agent
+from fleet.agent.outbox import Outbox
 from fleet.log import get_logger
 from fleet.protocol.agent_session import Sender, SessionPhase, is_legal
-from fleet.protocol.messages import AuditCheckpoint, Deliver, Revocations, Welcome
+from fleet.protocol.messages import Hello, Welcome
 from fleet.protocol.stream import recv_message, send_message
-from fleet.wire import ByteReader, ByteWriter, WireError
+from fleet.wire import ByteReader, ByteWriter, Message, WireError
 
 log = get_logger("fleet.agent.session")
 
@@ -35,6 +37,17 @@ class Channel(Protocol):
     def path(self) -> str | None: ...  # "direct", "relay" or None, for logs
 
     async def close(self) -> None: ...
+
+
+class AgentSide(Protocol):
+    """What the session needs of the agent (fleet.agent.agent.Agent)."""
+
+    @property
+    def outbox(self) -> Outbox: ...
+
+    def hello(self) -> Hello: ...
+
+    def receive(self, message: Message) -> list[Message]: ...
 
 
 class Dialer(Protocol):
@@ -68,8 +81,11 @@ _SESSION_ERRORS: tuple[type[BaseException], ...] = (
 
 
 class CoordinatorSession:
-    def __init__(self, agent: Agent, dialer: Dialer, config: SessionConfig | None = None) -> None:
+    def __init__(
+        self, agent: AgentSide, dialer: Dialer, config: SessionConfig | None = None
+    ) -> None:
         self.agent = agent
+        self.outbox = agent.outbox
         self.dialer = dialer
         self.config = config or SessionConfig()
         self.connected = asyncio.Event()  # set while a session is up (for tests and logs)
@@ -109,8 +125,7 @@ class CoordinatorSession:
             welcomed = True
             self._welcome(welcome)
             self.sessions += 1
-            assert self.agent.outbox is not None
-            self.agent.outbox.resync()
+            self.outbox.resync()
             self.connected.set()
             log.info("agent_connected", path=channel.path, approved=welcome.approved)
             async with asyncio.TaskGroup() as tasks:
@@ -138,22 +153,15 @@ class CoordinatorSession:
                 raise SessionEnded("coordinator closed the control stream") from None
             if not is_legal(SessionPhase.ESTABLISHED, Sender.COORDINATOR, message):
                 log.warning("agent_unexpected_message", type=type(message).__name__)
-            elif isinstance(message, Deliver):
-                rejected = self.agent.on_deliver(message.announcement)
-                if rejected is not None and self.agent.outbox is not None:
-                    self.agent.outbox.put(rejected)
-            elif isinstance(message, Revocations):
-                self.agent.on_revocations(message.revocations)
-            elif isinstance(message, AuditCheckpoint):
-                for report in self.agent.on_checkpoint(message.checkpoint):
-                    if self.agent.outbox is not None:
-                        self.agent.outbox.put(report)
-            elif isinstance(message, Welcome):
+                continue
+            if isinstance(message, Welcome):
                 self._welcome(message)
+                continue
+            for reply in self.agent.receive(message):
+                self.outbox.put(reply)  # in order, and kept across a reconnect if it matters
 
     async def _send(self, channel: Channel) -> None:
-        outbox = self.agent.outbox
-        assert outbox is not None
+        outbox = self.outbox
         while True:
             message = await outbox.get()
             try:

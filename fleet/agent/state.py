@@ -6,19 +6,19 @@ fsync(dir) gives the same guarantee SQLite would (after a crash the file is eith
 the new record, never a mix), without a thread pool, a schema or migrations, and an operator
 can read it with `cat`. A file that cannot be parsed stops the agent with a clear message
 rather than starting over: starting over would forget the applied sequence and re-open the
-door to replayed announcements.
+door to replayed announcements. The record (AgentRecord) belongs to the update procedure
+(fleet.agent.procedure), which alone changes it; this module only saves and loads it.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fleet.agent.durable import replace_durably
-from fleet.agent.procedure import Status
+from fleet.agent.procedure import AgentRecord, Status
 from fleet.agent.switch_run import Purpose, SwitchRun
 from fleet.protocol.messages import AgentState, Progress
 from fleet.wire import SignedEnvelope, WireError, decode, encode
@@ -29,18 +29,6 @@ FORMAT_VERSION = 1
 
 class StateError(Exception):
     """The state file exists but cannot be used; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class AgentRecord:
-    """Everything the agent must remember across restarts."""
-
-    applied_sequence: int = 0  # highest sequence that reached `applied`
-    status: Status = field(default_factory=lambda: Status(state=AgentState.IDLE, since=0.0))
-    announcement: SignedEnvelope | None = None  # in progress, or the last one finished
-    previous: str | None = None  # the system that was current before activation began
-    retrying: bool = False  # failed to download: retry the announcement after a restart
-    switch: SwitchRun | None = None  # the last switch-to-configuration run (started/finished)
 
 
 def _progress_json(progress: Progress | None) -> dict[str, int] | None:

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 from fleet.capability import CapabilityError, NotSubject, Permission, UnknownRoot, authority_of
 from fleet.identity import NodeId
-from fleet.nix import InvalidStorePath, check_store_path
 from fleet.protocol.messages import Announcement
+from fleet.vocabulary import InvalidStorePath, check_store_path
 from fleet.wire import SignedEnvelope, Tag, WireError, verify_envelope
 
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import click
 
-from fleet.agent.apply import ApplyConfig
 from fleet.agent.daemon import AgentSettings, run_agent
 from fleet.agent.settings import (
     DEFAULT_KEY,
@@ -21,6 +20,7 @@ from fleet.agent.settings import (
     from_mapping,
 )
 from fleet.agent.state import StateError
+from fleet.agent.updater import ApplyConfig
 from fleet.cli.common import ConfigurationError, load_key_or_fail
 from fleet.config import ConfigError, merge_settings, prepare_state_dir
 from fleet.log import setup_logging

@@ -116,9 +116,9 @@ from fleet.identity import (
     write_new_key,
 )
 from fleet.log import setup_logging
-from fleet.nix.errors import InvalidStorePath
 from fleet.nix.substituters import InvalidSubstituter, check_substituter
-from fleet.protocol.messages import Action, DeviceInfo, StatusSnapshot, Witness
+from fleet.protocol.messages import DeviceInfo, StatusSnapshot, Witness
+from fleet.vocabulary import Action, InvalidStorePath
 from fleet.wire import SignedEnvelope
 
 T = TypeVar("T")

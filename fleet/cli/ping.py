@@ -21,6 +21,7 @@ from fleet.mesh.peer_addr import InvalidPeerAddr, PeerAddr
 from fleet.mesh.ping import PING_ALPN, PingClient
 from fleet.mesh.reflexive import StunServerStatus
 from fleet.netaddr import format_host_port
+from fleet.relay.client import relay_client_factory
 from fleet.relay.url import InvalidRelayUrl, RelayUrl
 
 STUN_GRACE = 2.0  # seconds a STUN server gets to answer before ping says it did not
@@ -140,7 +141,9 @@ async def _run(
 
     relays = [relay] if relay is not None else []
     try:
-        async with Endpoint(identity, bind=bind, relay_urls=relays) as ep:
+        async with Endpoint(
+            identity, bind=bind, relay_urls=relays, relay_factory=relay_client_factory
+        ) as ep:
             ep.add_path_listener(on_path)
             try:
                 conn = await ep.connect(

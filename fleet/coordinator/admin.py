@@ -51,8 +51,6 @@ from fleet.coordinator.watchers import StatusWatcher
 from fleet.identity import Identity, InvalidLabel, NodeId, normalize_tags
 from fleet.identity.labels import TAG_PREFIX
 from fleet.log import get_logger
-from fleet.nix.errors import InvalidStorePath
-from fleet.nix.store import check_store_path
 from fleet.protocol.admin import MAX_CLOCK_SKEW, AdminRequestError, OpenedRequest
 from fleet.protocol.admin import open_admin_request as _open_admin_request
 from fleet.protocol.messages import (
@@ -83,6 +81,7 @@ from fleet.protocol.messages import (
     TargetCheckReply,
 )
 from fleet.protocol.permissions import ADMIN_ACTIONS, AdminAction
+from fleet.vocabulary import InvalidStorePath, check_store_path
 from fleet.wire import (
     MAX_FRAME,
     Message,

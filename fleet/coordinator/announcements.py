@@ -9,7 +9,8 @@ from typing import Any, Protocol
 
 from fleet.coordinator.database import Row, Transaction
 from fleet.identity import NodeId
-from fleet.protocol.messages import Action, Announcement, DesiredSystem
+from fleet.protocol.messages import Announcement, DesiredSystem
+from fleet.vocabulary import Action
 from fleet.wire import SignedEnvelope, decode, encode
 
 

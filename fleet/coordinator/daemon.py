@@ -15,6 +15,7 @@ from fleet.mesh import Endpoint
 from fleet.mesh.ping import PING_ALPN, serve_ping
 from fleet.netaddr import format_host_port
 from fleet.protocol import alpn
+from fleet.relay.client import relay_client_factory
 
 log = get_logger("fleet.coordinator")
 
@@ -35,6 +36,7 @@ async def run(settings: CoordinatorSettings, identity: Identity) -> None:
             bind=settings.listen,
             alpns=[alpn.AGENT, alpn.ADMIN, PING_ALPN],
             relay_urls=settings.relays,
+            relay_factory=relay_client_factory,
         ) as endpoint:
             host, port = endpoint.bound_address
             log.info(

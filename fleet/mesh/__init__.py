@@ -1,4 +1,4 @@
-"""Layer 3: the mesh. An Endpoint dials and accepts QUIC connections by node id, over direct
+"""Layer 5: the mesh. An Endpoint dials and accepts QUIC connections by node id, over direct
 UDP or a relay, with TLS pinned to node ids (see docs/mesh.md)."""
 
 from fleet.mesh.config import MeshConfig

@@ -44,7 +44,6 @@ from fleet.mesh.relay import RelayFactory, RelayRunner, RelayTransport
 from fleet.mesh.socket import UdpSocket
 from fleet.mesh.tls_hooks import PinnedQuicConnection, kick, quic_configuration
 from fleet.netaddr import format_host_port
-from fleet.relay.client import RelayClient
 from fleet.relay.url import InvalidRelayUrl, RelayUrl
 from fleet.stun import looks_like_stun
 
@@ -52,16 +51,6 @@ log = get_logger(__name__)
 
 CID_LENGTH = 8  # aioquic's default host connection id length
 MIN_INITIAL_SIZE = 1200  # RFC 9000 14.1: a client Initial is padded to at least this
-
-
-def relay_client_factory(
-    url: str,
-    identity: Identity,
-    on_packet: Callable[[NodeId, bytes], None],
-    on_peer_gone: Callable[[NodeId], None],
-) -> RelayRunner:
-    """The default: a real fleet.relay RelayClient for a `fleet-relay://NODEID@HOST:PORT` URL."""
-    return RelayClient(RelayUrl.parse(url), identity, on_packet, on_peer_gone)
 
 
 def _normalize_addr(addr: tuple[str, int]) -> Addr:
@@ -75,7 +64,12 @@ def _normalize_addr(addr: tuple[str, int]) -> Addr:
 
 
 class Endpoint:
-    """A node on the mesh. Use as `async with Endpoint(identity, alpns=[...]) as ep`."""
+    """A node on the mesh. Use as `async with Endpoint(identity, alpns=[...]) as ep`.
+
+    The relay client is injected, so the mesh does not import one: daemons pass
+    `relay_factory=relay_client_factory` from fleet.relay.client, tests may pass an in-memory
+    hub's. Without a factory the endpoint has no relay path and refuses relay URLs.
+    """
 
     def __init__(
         self,
@@ -91,8 +85,10 @@ class Endpoint:
         self._bind = bind
         self._alpns = list(alpns)
         self.config = config or MeshConfig()
-        self._relay_factory = relay_factory or relay_client_factory
+        self._relay_factory = relay_factory
         self._home_relays = [str(u) for u in relay_urls]
+        if relay_factory is None and self._home_relays:
+            raise ValueError("relay URLs given but no relay_factory to connect to them")
         self._relays: dict[str, RelayRunner] = {}
         self._relay_tasks: dict[str, asyncio.Task[None]] = {}
         self._peers = PeerTable(self.config.paths)
@@ -364,6 +360,8 @@ class Endpoint:
             return relay
         if self._tasks is None:
             raise MeshError("endpoint is not running")
+        if self._relay_factory is None:
+            raise ConnectError(f"relay {url} given, but this endpoint has no relay client")
 
         def on_packet(src: NodeId, data: bytes) -> None:
             self._on_relay_packet(relay_ref, src, data)

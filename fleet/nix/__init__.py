@@ -1,16 +1,15 @@
-"""Layer 7: the one place fleet runs Nix (closures, verified fetch, profiles, activation).
+"""The one place fleet runs Nix (closures, verified fetch, profiles, activation).
 
 Everything is async (asyncio subprocesses), every call has a timeout, and failures are
 typed NixErrors that carry Nix's own reason and stderr tail.
 """
 
-from fleet.nix.activation import Action, ActivationResult, run_switch
+from fleet.nix.activation import ActivationResult, run_switch
 from fleet.nix.cache import SigningKey, copy_to_cache, generate_signing_key, sign_paths
 from fleet.nix.closure import PathInfo, closure_paths, invalid_paths, is_valid, path_info
 from fleet.nix.errors import (
     CacheUnreachable,
     HashMismatch,
-    InvalidStorePath,
     NixError,
     NixNotInstalled,
     NixTimeout,
@@ -29,17 +28,15 @@ from fleet.nix.profile import (
     switch_generation,
 )
 from fleet.nix.progress import FetchProgress
-from fleet.nix.store import NixEnv, NixStore, check_store_path
+from fleet.nix.store import NixEnv, NixStore
 
 __all__ = [
-    "Action",
     "ActivationResult",
     "CacheUnreachable",
     "FetchProgress",
     "FetchResult",
     "Generation",
     "HashMismatch",
-    "InvalidStorePath",
     "NixEnv",
     "NixError",
     "NixNotInstalled",
@@ -50,7 +47,6 @@ __all__ = [
     "ProfileError",
     "SignatureError",
     "SigningKey",
-    "check_store_path",
     "closure_paths",
     "copy_to_cache",
     "current_system",

@@ -12,7 +12,6 @@ systemd-run, not of the script (the agent does not use `isolate` today; see docs
 
 from __future__ import annotations
 
-import enum
 import os
 import time
 from collections.abc import Mapping
@@ -21,16 +20,10 @@ from dataclasses import dataclass
 from fleet.log import get_logger
 from fleet.nix.errors import PathNotFound
 from fleet.nix.process import LineCallback, StartCallback, run_process
-from fleet.nix.store import NixStore, check_store_path
+from fleet.nix.store import NixStore
+from fleet.vocabulary import Action, check_store_path
 
 log = get_logger("fleet.nix.activation")
-
-
-class Action(enum.StrEnum):
-    SWITCH = "switch"  # activate now and make it the boot default
-    BOOT = "boot"  # boot default only; active after the next reboot
-    TEST = "test"  # activate now; the previous default boots next time
-    DRY_ACTIVATE = "dry-activate"
 
 
 @dataclass(frozen=True)

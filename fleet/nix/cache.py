@@ -15,7 +15,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from fleet.nix.process import run_nix
-from fleet.nix.store import NixStore, check_store_path
+from fleet.nix.store import NixStore
+from fleet.vocabulary import check_store_path
 
 _KEY_NAME = re.compile(r"[A-Za-z0-9._+-]{1,64}")
 _COMPRESSIONS = frozenset({"zstd", "xz", "bzip2", "gzip", "none"})

@@ -9,7 +9,8 @@ from typing import Any
 
 from fleet.nix.errors import NixError, PathNotFound
 from fleet.nix.process import run_nix
-from fleet.nix.store import NixStore, check_store_path
+from fleet.nix.store import NixStore
+from fleet.vocabulary import check_store_path
 
 
 @dataclass(frozen=True)

@@ -60,10 +60,6 @@ class ProfileError(NixError):
     """A profile operation was refused (no older generation, unknown generation)."""
 
 
-class InvalidStorePath(ValueError):
-    """Text that is not a plain /nix/store path; never passed on to Nix."""
-
-
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 # Ordered: the first class whose pattern matches any stderr line wins. A signature failure

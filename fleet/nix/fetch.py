@@ -18,8 +18,9 @@ from fleet.nix.errors import NixError, PathNotFound, classify
 from fleet.nix.keys import NixPublicKey
 from fleet.nix.process import run_nix
 from fleet.nix.progress import FetchProgress, ProgressParser
-from fleet.nix.store import NixStore, check_store_path
+from fleet.nix.store import NixStore
 from fleet.nix.substituters import check_substituter
+from fleet.vocabulary import check_store_path
 
 log = get_logger("fleet.nix.fetch")
 

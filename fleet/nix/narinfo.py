@@ -20,9 +20,8 @@ from dataclasses import dataclass
 import nacl.exceptions
 import nacl.signing
 
-from fleet.nix.errors import InvalidStorePath
 from fleet.nix.keys import InvalidNixPublicKey, NixPublicKey
-from fleet.nix.store import STORE_DIR, check_store_path
+from fleet.vocabulary import STORE_DIR, InvalidStorePath, check_store_path
 
 NIX32_ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"  # Nix's base32: no e, o, u, t
 _SHA256_BYTES = hashlib.sha256().digest_size

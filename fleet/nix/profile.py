@@ -15,7 +15,8 @@ from pathlib import Path
 
 from fleet.nix.errors import NixError
 from fleet.nix.process import run_nix
-from fleet.nix.store import NixStore, check_store_path
+from fleet.nix.store import NixStore
+from fleet.vocabulary import check_store_path
 
 
 @dataclass(frozen=True)

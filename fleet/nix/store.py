@@ -13,19 +13,13 @@ out to cache.nixos.org.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fleet.nix.errors import InvalidStorePath
+from fleet.vocabulary.store_paths import check_store_path
 
-STORE_DIR = "/nix/store"
 SYSTEM_PROFILE = "nix/var/nix/profiles/system"
-
-# Nix's own rules: 32 chars of its base32 alphabet (no e, o, u, t), a dash, then a name of
-# [A-Za-z0-9+-._?=], not starting with a dot. Anything else is refused before Nix sees it.
-_STORE_PATH = re.compile(r"/nix/store/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-_?=][A-Za-z0-9+\-._?=]*")
 
 HERMETIC_NIX_CONF = """\
 # Written by fleet for a hermetic Nix: no daemon, no build users, no public cache.
@@ -37,17 +31,6 @@ experimental-features = nix-command
 require-sigs = true
 narinfo-cache-negative-ttl = 0
 """
-
-
-def check_store_path(text: str) -> str:
-    """Return `text` if it is exactly one top-level store path, else raise InvalidStorePath.
-
-    Store paths arrive in announcements from the network; validating them here means no
-    caller can smuggle an option ("--option ...") or a subpath into a Nix command line.
-    """
-    if len(text) > 256 or not _STORE_PATH.fullmatch(text):
-        raise InvalidStorePath(f"not a store path: {text[:80]!r}")
-    return text
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,1 @@
-"""Layer 5: the fleet protocol spoken over mesh connections (agent, admin <-> coordinator)."""
+"""Layer 6: the fleet protocol spoken over mesh connections (agent, admin <-> coordinator)."""

@@ -27,7 +27,7 @@ import enum
 
 from fleet.capability import EMPTY_CHAIN, Chain, SignedRevocation
 from fleet.identity import NodeId
-from fleet.nix.activation import Action
+from fleet.vocabulary import Action
 from fleet.wire import Message, SignedEnvelope
 
 __all__ = [

@@ -304,3 +304,13 @@ class RelayClient:
             self._link = None
             self._connected.clear()
             link.abort()
+
+
+def relay_client_factory(
+    url: str,
+    identity: Identity,
+    on_packet: PacketHandler,
+    on_peer_gone: PeerGoneHandler,
+) -> RelayClient:
+    """What daemons inject into the mesh Endpoint: a RelayClient for a `fleet-relay://` URL."""
+    return RelayClient(RelayUrl.parse(url), identity, on_packet, on_peer_gone)

@@ -78,8 +78,17 @@ async def test_killed_mid_switch_is_re_run_before_it_is_called_applied(
     fleet, held = lab
     v1 = nix_systems.v1.path
     dev, hold = await held_switch(fleet, held, v1, tmp_path)
-    # The agent recorded the running switch (and which process it is) before the kill.
-    record = StateFile(fleet.root / "agents" / dev.name / "state").load().switch
+    # The agent recorded the running switch (and which process it is) before the kill. The
+    # record is written before the spawn and again with the pid once the process exists, so
+    # wait (bounded) for the second write rather than race it.
+    state = StateFile(fleet.root / "agents" / dev.name / "state")
+
+    def recorded_pid() -> int | None:
+        switch = state.load().switch
+        return None if switch is None else switch.pid
+
+    await wait_for(recorded_pid, "the switch's pid in the agent's state")
+    record = state.load().switch
     assert record is not None
     assert (record.system, record.attempt, record.finished) == (held.path, 1, False)
     assert record.pid in switch_children(dev, held.path)

@@ -15,7 +15,7 @@ import pytest
 
 from fleet.identity import Identity, NodeId
 from fleet.mesh import Connection, Endpoint, StreamWriter
-from fleet.nix import Action, NixEnv, NixStore, current_system
+from fleet.nix import NixEnv, NixStore, current_system
 from fleet.protocol import alpn
 from fleet.protocol.messages import (
     AgentState,
@@ -27,6 +27,7 @@ from fleet.protocol.messages import (
     Welcome,
 )
 from fleet.protocol.stream import recv_message, send_message
+from fleet.vocabulary import Action
 from fleet.wire import Message, Tag, sign_envelope
 from tests.cli import cli_env, fleet_argv, run_fleet
 from tests.conftest import NixCache, Systems

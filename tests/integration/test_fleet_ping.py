@@ -12,6 +12,7 @@ import pytest
 from fleet.identity import Identity
 from fleet.mesh import Endpoint
 from fleet.mesh.ping import PING_ALPN, PingClient, serve_ping
+from fleet.relay.client import relay_client_factory
 from tests.cli import cli_env, fleet_argv
 from tests.integration.relay_process import RelayProcess, private_loopback, start_relay
 
@@ -71,6 +72,7 @@ async def test_fleet_ping_json_through_a_relay(pinged: Endpoint, relay: RelayPro
             bind=("127.0.0.1", 0),
             alpns=[PING_ALPN],
             relay_urls=[str(relay.url)],
+            relay_factory=relay_client_factory,
         ) as target,
         asyncio.TaskGroup() as tg,
     ):
@@ -126,6 +128,7 @@ async def test_fleet_ping_says_what_stun_answered(pinged: Endpoint, tmp_path: Pa
                     bind=("127.0.0.1", 0),
                     alpns=[PING_ALPN],
                     relay_urls=[str(relay.url)],
+                    relay_factory=relay_client_factory,
                 ) as target,
                 asyncio.TaskGroup() as tg,
             ):

@@ -19,7 +19,9 @@ import pytest
 from fleet.identity import Identity, NodeId, write_new_key
 from fleet.mesh import Connection, Endpoint, MeshError
 from fleet.protocol.alpn import ADMIN
-from fleet.protocol.messages import Action, AgentState, DeviceInfo, ErrorReply
+from fleet.protocol.messages import AgentState, DeviceInfo, ErrorReply
+from fleet.relay.client import relay_client_factory
+from fleet.vocabulary import Action
 from tests.admin_standin import StandIn, desired, device_status
 from tests.cli import cli_env, fleetctl_argv
 from tests.integration.relay_process import start_relay
@@ -84,7 +86,11 @@ async def _standin_fleet(tmp_path: Path, relay_urls: list[str]) -> AsyncIterator
     ]
     standin = StandIn(identity=coordinator, admins={admin.node_id}, devices=list(devices))
     async with Endpoint(
-        coordinator, bind=("127.0.0.1", 0), alpns=[ADMIN], relay_urls=relay_urls
+        coordinator,
+        bind=("127.0.0.1", 0),
+        alpns=[ADMIN],
+        relay_urls=relay_urls,
+        relay_factory=relay_client_factory,
     ) as endpoint:
         server = asyncio.create_task(_serve(standin, endpoint))
         try:

@@ -106,6 +106,20 @@ async def test_connect_without_any_path_fails_at_once() -> None:
             await ea.connect(Identity.generate().node_id, ALPN, timeout=1)
 
 
+async def test_an_endpoint_without_a_relay_client_refuses_relays() -> None:
+    # The mesh does not import a relay client: without an injected factory there is no relay.
+    with pytest.raises(ValueError, match="no relay_factory"):
+        Endpoint(Identity.generate(), relay_urls=["fleet-relay+insecure://x@127.0.0.1:1"])
+    async with Endpoint(Identity.generate(), bind=LOOPBACK, alpns=[ALPN]) as ea:
+        with pytest.raises(ConnectError, match="has no relay client"):
+            await ea.connect(
+                Identity.generate().node_id,
+                ALPN,
+                relay_url="fleet-relay+insecure://x@127.0.0.1:1",
+                timeout=1,
+            )
+
+
 async def test_unknown_alpn_is_refused() -> None:
     alice, bob = Identity.generate(), Identity.generate()
     async with (

@@ -11,6 +11,7 @@ import pytest
 
 from fleet.identity import Identity
 from fleet.mesh import ConnectError, Endpoint
+from fleet.relay.client import relay_client_factory
 from tests.integration.relay_process import RelayProcess, start_relay
 
 ALPN = "fleet/test/1"
@@ -33,8 +34,20 @@ def _forwarded(metrics: dict[str, float]) -> float:
 async def test_connection_through_the_real_relay(relay: RelayProcess) -> None:
     url = str(relay.url)
     async with (
-        Endpoint(Identity.generate(), bind=LOOPBACK, alpns=[ALPN], relay_urls=[url]) as ea,
-        Endpoint(Identity.generate(), bind=LOOPBACK, alpns=[ALPN], relay_urls=[url]) as eb,
+        Endpoint(
+            Identity.generate(),
+            bind=LOOPBACK,
+            alpns=[ALPN],
+            relay_urls=[url],
+            relay_factory=relay_client_factory,
+        ) as ea,
+        Endpoint(
+            Identity.generate(),
+            bind=LOOPBACK,
+            alpns=[ALPN],
+            relay_urls=[url],
+            relay_factory=relay_client_factory,
+        ) as eb,
     ):
         ea.socket.blackhole.add(eb.bound_address)  # no direct path: only the relay works
         eb.socket.blackhole.add(ea.bound_address)
@@ -67,8 +80,20 @@ async def test_connection_through_the_real_relay(relay: RelayProcess) -> None:
 async def test_direct_path_dies_and_the_real_relay_takes_over(relay: RelayProcess) -> None:
     url = str(relay.url)
     async with (
-        Endpoint(Identity.generate(), bind=LOOPBACK, alpns=[ALPN], relay_urls=[url]) as ea,
-        Endpoint(Identity.generate(), bind=LOOPBACK, alpns=[ALPN], relay_urls=[url]) as eb,
+        Endpoint(
+            Identity.generate(),
+            bind=LOOPBACK,
+            alpns=[ALPN],
+            relay_urls=[url],
+            relay_factory=relay_client_factory,
+        ) as ea,
+        Endpoint(
+            Identity.generate(),
+            bind=LOOPBACK,
+            alpns=[ALPN],
+            relay_urls=[url],
+            relay_factory=relay_client_factory,
+        ) as eb,
     ):
         async with asyncio.TaskGroup() as tg:
             server = tg.create_task(eb.accept(ALPN, timeout=15))
@@ -89,6 +114,8 @@ async def test_direct_path_dies_and_the_real_relay_takes_over(relay: RelayProces
 
 async def test_unreachable_relay_fails_connect_clearly() -> None:
     dead = "fleet-relay://" + str(Identity.generate().node_id) + "@127.0.0.1:9"
-    async with Endpoint(Identity.generate(), bind=LOOPBACK, alpns=[ALPN]) as ea:
+    async with Endpoint(
+        Identity.generate(), bind=LOOPBACK, alpns=[ALPN], relay_factory=relay_client_factory
+    ) as ea:
         with pytest.raises(ConnectError, match="not reachable"):
             await ea.connect(Identity.generate().node_id, ALPN, relay_url=dead, timeout=1.5)

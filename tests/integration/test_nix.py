@@ -9,11 +9,9 @@ from pathlib import Path
 import pytest
 
 from fleet.nix import (
-    Action,
     CacheUnreachable,
     FetchProgress,
     HashMismatch,
-    InvalidStorePath,
     NixStore,
     PathNotFound,
     ProfileError,
@@ -33,6 +31,7 @@ from fleet.nix import (
     sign_paths,
     switch_generation,
 )
+from fleet.vocabulary import Action, InvalidStorePath
 from tests.conftest import NixCache, Systems
 from tests.nixlab import (
     BROKEN_EXIT_CODE,

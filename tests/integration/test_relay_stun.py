@@ -20,6 +20,7 @@ from aioice import stun as aiostun
 from fleet import stun
 from fleet.identity import Identity
 from fleet.mesh import Endpoint, MeshConfig
+from fleet.relay.client import relay_client_factory
 from tests.cli import run_fleet
 from tests.integration.relay_process import RelayProcess, private_loopback, start_relay
 
@@ -55,7 +56,11 @@ async def test_endpoint_learns_its_address_from_the_relay_stun_port(relay: Relay
     assert relay.stun_address is not None
     config = MeshConfig(relay_stun_port=relay.stun_address[1])
     async with Endpoint(
-        Identity.generate(), bind=("127.0.0.1", 0), relay_urls=[str(relay.url)], config=config
+        Identity.generate(),
+        bind=("127.0.0.1", 0),
+        relay_urls=[str(relay.url)],
+        config=config,
+        relay_factory=relay_client_factory,
     ) as ep:
         await _until(lambda: ep.reflexive_addresses, 10)
         # Asked from the mesh socket itself, so the answer is that socket's address.

@@ -11,7 +11,6 @@ from pathlib import Path
 from fleet.capability import EMPTY_CHAIN, Chain, Scope, certificate_id, revoke
 from fleet.identity import Identity, NodeId
 from fleet.mesh import Endpoint
-from fleet.nix import Action
 from fleet.protocol import alpn
 from fleet.protocol.messages import (
     AgentState,
@@ -24,6 +23,7 @@ from fleet.protocol.messages import (
     Welcome,
 )
 from fleet.protocol.stream import recv_message, send_message
+from fleet.vocabulary import Action
 from fleet.wire import ByteReader, Message, Tag, sign_envelope
 from tests.capability_kit import make_org
 from tests.conftest import NixCache

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from fleet.agent.apply import ApplyConfig
+from fleet.agent.agent import Agent
 from fleet.agent.state import StateFile
+from fleet.agent.updater import ApplyConfig
 from fleet.agent.verify import AnnouncementRefused, verify_announcement
-from fleet.agent.worker import Agent
 from fleet.capability import (
     EMPTY_CHAIN,
     Chain,
@@ -20,8 +20,9 @@ from fleet.capability import (
     sign_certificate,
 )
 from fleet.identity import Identity
-from fleet.nix import Action, NixStore
+from fleet.nix import NixStore
 from fleet.protocol.messages import Announcement
+from fleet.vocabulary import Action
 from fleet.wire import SignedEnvelope, Tag, sign_envelope
 from tests.capability_kit import DAY, NOW, Org, make_org
 

@@ -6,6 +6,7 @@ import pytest
 
 from fleet.agent.procedure import (
     TABLE,
+    Abandoned,
     Activated,
     AlreadyRunning,
     CheckPassed,
@@ -13,6 +14,7 @@ from fleet.agent.procedure import (
     DownloadFailed,
     DownloadProgress,
     Event,
+    Expired,
     Failed,
     IllegalTransition,
     Procedure,
@@ -21,9 +23,16 @@ from fleet.agent.procedure import (
     RolledBack,
     Start,
     Status,
+    SwitchExited,
+    SwitchSpawned,
+    SwitchStarted,
     transitions,
 )
-from fleet.protocol.messages import AgentState, Progress, SystemState
+from fleet.agent.switch_run import Purpose
+from fleet.identity import Identity
+from fleet.protocol.messages import AgentState, Announcement, Progress, SystemState
+from fleet.vocabulary import Action
+from fleet.wire import Tag, sign_envelope
 
 S = AgentState
 PATH = "/nix/store/" + "a" * 32 + "-nixos-system-x"
@@ -187,3 +196,83 @@ def test_status_report_carries_everything() -> None:
     assert report.exit_code == 3
     assert report.log_tail == "tail"
     assert report.current.generation == 2
+
+
+ADMIN = Identity.generate()
+OLD = "/nix/store/" + "b" * 32 + "-nixos-system-old"
+ENVELOPE = sign_envelope(
+    ADMIN,
+    Tag.ANNOUNCEMENT,
+    Announcement(
+        sequence=3, devices=(ADMIN.node_id,), targets=(), store_path=PATH, substituters=(),
+        action=Action.SWITCH, issued_at=1.0, valid_until=2.0,
+    ),
+)  # fmt: skip
+
+
+def retrying(proc: Procedure) -> bool:
+    return proc.record.retrying
+
+
+def test_the_record_holds_the_announcement_the_previous_system_and_the_retry() -> None:
+    proc = run([Start(3, PATH, ENVELOPE, OLD)])
+    assert (proc.record.announcement, proc.record.previous) == (ENVELOPE, OLD)
+    proc.handle(DownloadFailed("unreachable"), 2.0)
+    assert retrying(proc)
+    assert proc.resumable() == ENVELOPE  # a restart now retries the download
+    failed = proc.status
+    proc.handle(Abandoned(), 3.0)  # it expired while waiting to retry
+    assert not retrying(proc)
+    assert proc.status is failed  # the status did not change: nothing to report
+    assert proc.resumable() is None
+
+
+def test_an_expired_download_fails_and_is_not_retried() -> None:
+    proc = run([Start(3, PATH, ENVELOPE, OLD)])
+    status = proc.handle(Expired("announcement 3 expired"), 2.0)
+    assert (status.state, status.error) == (S.FAILED, "announcement 3 expired")
+    assert not retrying(proc)
+    assert proc.resumable() is None
+    with pytest.raises(IllegalTransition):
+        proc.handle(Expired("again"), 3.0)  # only a download in progress expires
+
+
+def test_only_a_failed_download_is_retried() -> None:
+    proc = run([Start(3, PATH, ENVELOPE, OLD), DownloadFailed("x"), Start(3, PATH, ENVELOPE)])
+    assert not retrying(proc)
+    assert proc.resumable() == ENVELOPE  # downloading: resumed after a restart anyway
+    proc.handle(DownloadProgress(PROGRESS), 4.0)
+    proc.handle(Downloaded(), 5.0)
+    assert proc.activating
+    assert proc.resumable() is None
+
+
+def test_switch_runs_are_recorded_without_changing_the_state() -> None:
+    proc = run([Start(3, PATH, ENVELOPE, OLD), Downloaded()])
+    activating = proc.status
+    proc.handle(SwitchStarted(3, PATH, "switch", Purpose.ACTIVATE, 1, "boot-1"), 10.0)
+    proc.handle(SwitchSpawned(42, 777), 11.0)
+    run_ = proc.record.switch
+    assert run_ is not None
+    assert (run_.started_at, run_.pid, run_.pid_start, run_.finished) == (10.0, 42, 777, False)
+    proc.handle(SwitchExited(0), 12.0)
+    run_ = proc.record.switch
+    assert run_ is not None
+    assert (run_.finished_at, run_.exit_code, run_.boot_id) == (12.0, 0, "boot-1")
+    assert proc.status is activating
+
+
+def test_a_switch_is_recorded_only_during_activation() -> None:
+    with pytest.raises(IllegalTransition):
+        run([Start(3, PATH), SwitchStarted(3, PATH, "switch", Purpose.ACTIVATE, 1, "b")])
+    proc = run([Start(3, PATH), Downloaded()])
+    with pytest.raises(IllegalTransition):  # no run recorded: nothing to have exited
+        proc.handle(SwitchExited(0), 2.0)
+    assert proc.record.switch is None
+
+
+def test_a_restarted_procedure_has_the_whole_record() -> None:
+    proc = run([Start(3, PATH, ENVELOPE, OLD), DownloadFailed("x")])
+    again = Procedure.resume(proc.record)
+    assert again.record == proc.record
+    assert again.resumable() == ENVELOPE

@@ -12,13 +12,13 @@ from typing import TypeVar
 
 import pytest
 
-from fleet.agent.apply import ApplyConfig
+from fleet.agent.agent import Agent
 from fleet.agent.backoff import Backoff
 from fleet.agent.session import CoordinatorSession, SessionConfig
 from fleet.agent.state import StateFile
-from fleet.agent.worker import Agent
+from fleet.agent.updater import ApplyConfig
 from fleet.identity import Identity
-from fleet.nix import Action, NixStore
+from fleet.nix import NixStore
 from fleet.protocol.messages import (
     AgentState,
     Announcement,
@@ -29,6 +29,7 @@ from fleet.protocol.messages import (
     Welcome,
 )
 from fleet.protocol.stream import recv_message, send_message
+from fleet.vocabulary import Action
 from fleet.wire import Message, Tag, sign_envelope
 
 ADMIN = Identity.generate()
@@ -212,7 +213,7 @@ async def test_pending_device_stays_connected_and_garbage_ends_only_the_session(
 async def test_shutdown_waits_for_an_activation_but_not_for_a_download(
     agent: Agent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fleet.agent.apply as apply_module
+    import fleet.agent.updater as updater_module
     from fleet.nix import ActivationResult, FetchProgress, FetchResult
 
     other = "/nix/store/" + "f" * 32 + "-nixos-system-fleet-test-2"
@@ -229,9 +230,9 @@ async def test_shutdown_waits_for_an_activation_but_not_for_a_download(
         await release.wait()
         return ActivationResult(action, system, 0, "", 0.0)
 
-    monkeypatch.setattr(apply_module, "fetch_closure", fetch)
-    monkeypatch.setattr(apply_module, "set_profile", set_profile)
-    monkeypatch.setattr(apply_module, "run_switch", run_switch)
+    monkeypatch.setattr(updater_module, "fetch_closure", fetch)
+    monkeypatch.setattr(updater_module, "set_profile", set_profile)
+    monkeypatch.setattr(updater_module, "run_switch", run_switch)
     agent.updater.config = dataclasses.replace(agent.updater.config, checks=())
     seen: list[tuple[int | None, AgentState]] = []
     agent.updater.publish = lambda report: seen.append((report.sequence, report.state))
@@ -282,3 +283,16 @@ async def test_a_rejection_not_sent_before_a_reconnect_is_sent_after_it(agent: A
     agent.outbox.resync()  # the next session: current status first, the rejection kept
     assert isinstance(await asyncio.wait_for(agent.outbox.get(), T), StatusReport)
     assert await asyncio.wait_for(agent.outbox.get(), 1) == refused
+
+
+def test_the_agent_answers_each_coordinator_message_through_receive(agent: Agent) -> None:
+    """One entry point for the session: replies come back, status goes to the outbox."""
+    replies = agent.receive(deliver(1, path="/not/a/store/path"))
+    assert len(replies) == 1
+    refused = replies[0]
+    assert isinstance(refused, AnnouncementRejected)
+    assert (refused.sequence, refused.code) == (1, "bad-path")
+    assert agent.receive(deliver(2)) == []  # accepted: queued for the worker, nothing to say
+    assert agent.floor() == 2
+    assert agent.receive(Welcome(approved=True, name="dev-1")) == []  # not the agent's business
+    assert agent.outbox.latest.state is AgentState.IDLE  # the status it started with

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from fleet.agent.backoff import Backoff
-from fleet.agent.procedure import Status
-from fleet.agent.state import AgentRecord, StateError, StateFile
+from fleet.agent.procedure import AgentRecord, Status
+from fleet.agent.state import StateError, StateFile
 from fleet.agent.switch_run import Purpose, SwitchRun
 from fleet.identity import Identity
-from fleet.nix import Action
 from fleet.protocol.messages import AgentState, Announcement, Progress
+from fleet.vocabulary import Action
 from fleet.wire import Tag, sign_envelope
 
 PATH = "/nix/store/" + "d" * 32 + "-nixos-system-x"

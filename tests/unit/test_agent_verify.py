@@ -9,8 +9,8 @@ import pytest
 
 from fleet.agent.verify import AnnouncementRefused, verify_announcement
 from fleet.identity import Identity, NodeId
-from fleet.nix import Action
 from fleet.protocol.messages import Announcement, DeviceList
+from fleet.vocabulary import Action
 from fleet.wire import SignedEnvelope, Tag, sign_envelope
 
 PATH = "/nix/store/" + "b" * 32 + "-nixos-system-fleet-test-1"

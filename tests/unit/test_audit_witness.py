@@ -17,12 +17,12 @@ import pytest
 from fleet.admin.auditing import check_witnessed
 from fleet.admin.settings import resolve_state_dir
 from fleet.admin.witness import CheckpointMemory, WitnessFileError
-from fleet.agent.apply import ApplyConfig
+from fleet.agent.agent import Agent
 from fleet.agent.backoff import Backoff
 from fleet.agent.session import CoordinatorSession, SessionConfig
 from fleet.agent.state import StateFile
+from fleet.agent.updater import ApplyConfig
 from fleet.agent.witness import CHECKPOINT_FILE, CheckpointWitness
-from fleet.agent.worker import Agent
 from fleet.audit import (
     AuditEntry,
     AuditExport,

@@ -15,7 +15,8 @@ from fleet.admin.views import (
     status_table,
 )
 from fleet.identity import Identity
-from fleet.protocol.messages import Action, AgentState, DeviceInfo, Progress, Rejection
+from fleet.protocol.messages import AgentState, DeviceInfo, Progress, Rejection
+from fleet.vocabulary import Action
 from tests.admin_standin import desired, device_status
 
 NOW = 1_700_000_000.0

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from fleet.nix import InvalidStorePath, NixStore, NixTimeout, check_store_path
+from fleet.nix import NixStore, NixTimeout
 from fleet.nix.process import Tail, run_process
+from fleet.vocabulary import InvalidStorePath, check_store_path
 
 GOOD = "/nix/store/bfjfx9wh33i70s2zls876qnp1k4d2sn9-nixos-system-test-1"
 

@@ -1,4 +1,4 @@
-"""The applier and worker against real Nix: chroot store, signed HTTP cache, fake systems."""
+"""The Updater and the Agent against real Nix: chroot store, signed HTTP cache, fake systems."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from fleet.agent.apply import ApplyConfig, DownloadError, Updater
+from fleet.agent.agent import Agent
 from fleet.agent.backoff import Backoff
-from fleet.agent.procedure import Status
-from fleet.agent.state import AgentRecord, StateFile
+from fleet.agent.procedure import AgentRecord, Status
+from fleet.agent.state import StateFile
 from fleet.agent.switch_run import Purpose, SwitchRun, boot_id, process_start
+from fleet.agent.updater import ApplyConfig, DownloadError, Updater
 from fleet.agent.verify import Accepted
-from fleet.agent.worker import Agent
 from fleet.identity import Identity
-from fleet.nix import Action, NixStore, current_system, is_valid, set_profile
+from fleet.nix import NixStore, current_system, is_valid, set_profile
 from fleet.nix.profile import list_generations_sync
 from fleet.protocol.messages import (
     AgentState,
@@ -26,6 +26,7 @@ from fleet.protocol.messages import (
     AnnouncementRejected,
     StatusReport,
 )
+from fleet.vocabulary import Action
 from fleet.wire import SignedEnvelope, Tag, decode, sign_envelope
 from tests.conftest import NixCache, Systems
 from tests.nixlab import BROKEN_EXIT_CODE, SWITCH_LOG_VAR, Builder, switch_log_lines
@@ -224,6 +225,42 @@ async def test_download_failures_activate_nothing(
     assert record.applied_sequence == 0
 
 
+async def test_an_expired_announcement_is_not_resumed_after_a_restart(rig: Rig) -> None:
+    """A download failed, the announcement expired while the agent waited to retry: after a
+    restart the agent must not pick the expired announcement up again."""
+    job = accepted(1, MISSING)
+    updater = rig.updater()
+    with pytest.raises(DownloadError):
+        await updater.apply(job)
+    assert rig.updater().pending() == job  # a restart now would retry the download
+    updater.expire(job)
+
+    record = rig.state.load()
+    assert not record.retrying
+    assert record.status.state is S.FAILED
+    assert rig.updater().pending() is None  # a restarted agent does not resume it
+    assert rig.states() == [S.DOWNLOADING, S.FAILED]  # nothing new reported
+
+
+async def test_an_expired_download_in_progress_is_failed_and_not_resumed(rig: Rig) -> None:
+    """A restart in downloading, the announcement expired meanwhile: failed, and stays so."""
+    job = accepted(1, MISSING)
+    rig.state.save(
+        AgentRecord(
+            status=Status(state=S.DOWNLOADING, since=1.0, sequence=1, desired=MISSING),
+            announcement=job.envelope,
+        )
+    )
+    updater = rig.updater()
+    assert updater.pending() == job
+    updater.expire(job)
+    assert rig.states() == [S.FAILED]
+    assert rig.reports[-1].error == "announcement 1 expired before it was downloaded"
+    record = rig.state.load()
+    assert (record.status.state, record.retrying) == (S.FAILED, False)
+    assert rig.updater().pending() is None
+
+
 async def test_restart_knows_last_sequence_and_refuses_replay(
     rig: Rig, nix_systems: Systems
 ) -> None:
@@ -271,7 +308,7 @@ async def test_newer_announcement_cancels_a_download(
     agent = rig.agent()
     gate = asyncio.Event()
     real_fetch_started = asyncio.Event()
-    import fleet.agent.apply as apply_module
+    import fleet.agent.updater as updater_module
     from fleet.nix import fetch_closure as original
 
     async def slow_fetch(*args: object, **kw: object) -> object:
@@ -280,7 +317,7 @@ async def test_newer_announcement_cancels_a_download(
             await gate.wait()  # never set: stands for a long download
         return await original(*args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(apply_module, "fetch_closure", slow_fetch)
+    monkeypatch.setattr(updater_module, "fetch_closure", slow_fetch)
     async with asyncio.TaskGroup() as tg:
         worker = tg.create_task(agent.run())
         agent.on_deliver(envelope(1, nix_systems.v2.path))
@@ -326,7 +363,7 @@ def interrupted(system: str, attempt: int = 1, **kw: object) -> SwitchRun:
 async def test_switch_runs_are_recorded_before_they_start_and_when_they_end(
     rig: Rig, nix_systems: Systems, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fleet.agent.apply as apply_module
+    import fleet.agent.updater as updater_module
     from fleet.nix import run_switch as real
 
     seen: list[SwitchRun | None] = []
@@ -335,7 +372,7 @@ async def test_switch_runs_are_recorded_before_they_start_and_when_they_end(
         seen.append(rig.state.load().switch)  # what survives a crash right now
         return await real(*args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(apply_module, "run_switch", spying)
+    monkeypatch.setattr(updater_module, "run_switch", spying)
     v1 = nix_systems.v1.path
     await rig.updater().apply(accepted(1, v1))
     before = seen[0]

@@ -2,7 +2,8 @@
 
 The Updater is the I/O half of fleet.agent.procedure: it downloads, sets the profile, runs
 switch-to-configuration, runs health checks and rolls back, and feeds each outcome to the
-Procedure. Every transition is saved to the state file *before* it is published upstream.
+Procedure, which owns the agent's record. After every event the record is saved to the state
+file (fleet.agent.state) *before* the status is published upstream.
 
 Actions: `switch` and `boot` set the system profile (a new generation) before running the
 script; `test` activates without touching the profile (that is what `test` means in NixOS:
@@ -12,7 +13,6 @@ profile's system with `test`.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,13 +21,16 @@ from typing import Protocol
 
 from fleet.agent import recovery
 from fleet.agent.procedure import (
+    Abandoned,
     Activated,
+    AgentRecord,
     AlreadyRunning,
     CheckPassed,
     Downloaded,
     DownloadFailed,
     DownloadProgress,
     Event,
+    Expired,
     Failed,
     Procedure,
     Recovering,
@@ -35,8 +38,11 @@ from fleet.agent.procedure import (
     RolledBack,
     Start,
     Status,
+    SwitchExited,
+    SwitchSpawned,
+    SwitchStarted,
 )
-from fleet.agent.state import AgentRecord, StateFile
+from fleet.agent.state import StateFile
 from fleet.agent.switch_run import (
     Purpose,
     SwitchRun,
@@ -49,7 +55,6 @@ from fleet.agent.switch_run import (
 from fleet.agent.verify import Accepted
 from fleet.log import get_logger
 from fleet.nix import (
-    Action,
     ActivationResult,
     CacheUnreachable,
     FetchProgress,
@@ -74,9 +79,10 @@ from fleet.protocol.messages import (
     StatusReport,
     SystemState,
 )
-from fleet.wire import WireError, decode
+from fleet.vocabulary import Action
+from fleet.wire import SignedEnvelope, WireError, decode
 
-log = get_logger("fleet.agent.apply")
+log = get_logger("fleet.agent.updater")
 
 TAIL_CHARS = 4096  # of the activation output sent upstream (the full tail is logged locally)
 
@@ -144,12 +150,21 @@ def _current_generation(profile: Path) -> Generation | None:
     return None
 
 
+def running_system(profile: Path) -> SystemState:
+    """The system the profile's current generation points at (what Hello and status carry)."""
+    generation = _current_generation(profile)
+    if generation is None:
+        return SystemState(store_path=None, generation=None)
+    return SystemState(store_path=generation.path, generation=generation.number)
+
+
 def _tail(text: str) -> str:
     return text[-TAIL_CHARS:]
 
 
 class Updater:
-    """Runs the procedure for one announcement at a time; owns the persisted record."""
+    """Runs the effects of the procedure for one announcement at a time; the Procedure owns
+    the record, the Updater saves it after every event and only then publishes."""
 
     def __init__(
         self,
@@ -164,21 +179,13 @@ class Updater:
         self.state = state
         self.publish = publish
         self.clock = clock
-        self.procedure = Procedure(record.status, record.applied_sequence)
-        self.announcement = record.announcement
-        self.previous = record.previous
-        self.retrying = record.retrying
-        self.switch_run = record.switch  # the last switch-to-configuration run
-        self.activating = False  # True from the end of the download to the final state
+        self.procedure = Procedure.resume(record)
         self._last_progress = 0.0
 
     # -- status -------------------------------------------------------------------------
 
     def current(self) -> SystemState:
-        generation = _current_generation(self.config.profile)
-        if generation is None:
-            return SystemState(store_path=None, generation=None)
-        return SystemState(store_path=generation.path, generation=generation.number)
+        return running_system(self.config.profile)
 
     def report(self) -> StatusReport:
         return self.procedure.status.report(self.current())
@@ -187,12 +194,29 @@ class Updater:
     def status(self) -> Status:
         return self.procedure.status
 
+    @property
+    def announcement(self) -> SignedEnvelope | None:
+        """The announcement in progress, or the last one finished (signed, verbatim)."""
+        return self.procedure.record.announcement
+
+    @property
+    def activating(self) -> bool:
+        """From the end of the download to the final state (see Agent.offer)."""
+        return self.procedure.activating
+
     def _emit(self, event: Event) -> Status:
-        """Transition, persist (fsync), then publish: never report what is not durable."""
+        """Transition, persist (fsync), then publish: never report what is not durable.
+
+        Progress is published and not persisted; a record-only event (a switch run, an
+        abandoned retry) is persisted and not published: the status did not change.
+        """
+        before = self.procedure.status
         status = self.procedure.handle(event, self.clock())
-        if not isinstance(event, DownloadProgress):
-            self.retrying = isinstance(event, DownloadFailed)
-            self._save()
+        if isinstance(event, DownloadProgress):
+            self.publish(status.report(self.current()))
+            return status
+        self.state.save(self.procedure.record)
+        if status is not before:
             log.info(
                 "agent_state",
                 state=status.state.value,
@@ -200,20 +224,8 @@ class Updater:
                 desired=status.desired,
                 error=status.error,
             )
-        self.publish(status.report(self.current()))
+            self.publish(status.report(self.current()))
         return status
-
-    def _save(self) -> None:
-        self.state.save(
-            AgentRecord(
-                applied_sequence=self.procedure.applied_sequence,
-                status=self.procedure.status,
-                announcement=self.announcement,
-                previous=self.previous,
-                retrying=self.retrying,
-                switch=self.switch_run,
-            )
-        )
 
     def _on_progress(self, snap: FetchProgress) -> None:
         now = time.monotonic()
@@ -227,13 +239,12 @@ class Updater:
     async def apply(self, accepted: Accepted) -> Status:
         """Run one announcement to a final state. Raises DownloadError (retry later)."""
         ann = accepted.announcement
-        self.announcement = accepted.envelope
         current = _current_generation(self.config.profile)
         if current is not None and current.path == ann.store_path:
             log.info("agent_already_running", sequence=ann.sequence, path=ann.store_path)
-            return self._emit(AlreadyRunning(ann.sequence, ann.store_path))
-        self.previous = current.path if current is not None else None
-        self._emit(Start(ann.sequence, ann.store_path))
+            return self._emit(AlreadyRunning(ann.sequence, ann.store_path, accepted.envelope))
+        previous = current.path if current is not None else None
+        self._emit(Start(ann.sequence, ann.store_path, accepted.envelope, previous))
         self._last_progress = 0.0
         cfg = self.config
         try:
@@ -251,14 +262,10 @@ class Updater:
             reason = f"download failed ({_kind(exc)}): {exc}"
             self._emit(DownloadFailed(reason))
             raise DownloadError(reason) from exc
-        # From here on nothing may interrupt the procedure (see Agent.offer).
-        self.activating = True
-        try:
-            self.procedure.handle(DownloadProgress(_progress(result.progress)), self.clock())
-            self._emit(Downloaded())
-            return await self._activate(ann)
-        finally:
-            self.activating = False
+        # From here on nothing may interrupt the procedure (activating: see Agent.offer).
+        self.procedure.handle(DownloadProgress(_progress(result.progress)), self.clock())
+        self._emit(Downloaded())
+        return await self._activate(ann)
 
     async def _switch(
         self,
@@ -275,22 +282,11 @@ class Updater:
         what recovery (fleet.agent.recovery) goes by, never the profile link.
         """
         cfg = self.config
-        run = SwitchRun(
-            sequence=sequence,
-            system=system,
-            action=action.value,
-            purpose=purpose,
-            attempt=attempt,
-            started_at=self.clock(),
-            boot_id=boot_id(),
-            reason=reason,
-        )
-        self.switch_run = run
-        self._save()
+        run = SwitchStarted(sequence, system, action.value, purpose, attempt, boot_id(), reason)
+        self._emit(run)
 
         def started(pid: int) -> None:
-            self.switch_run = dataclasses.replace(run, pid=pid, pid_start=process_start(pid))
-            self._save()
+            self._emit(SwitchSpawned(pid, process_start(pid)))
 
         try:
             result = await run_switch(
@@ -302,17 +298,10 @@ class Updater:
                 on_start=started,
             )
         except NixError:
-            self._finish_switch(None)
+            self._emit(SwitchExited(None))
             raise
-        self._finish_switch(result.exit_code)
+        self._emit(SwitchExited(result.exit_code))
         return result
-
-    def _finish_switch(self, exit_code: int | None) -> None:
-        assert self.switch_run is not None
-        self.switch_run = dataclasses.replace(
-            self.switch_run, finished_at=self.clock(), exit_code=exit_code
-        )
-        self._save()
 
     async def _activate(
         self, ann: Announcement, *, attempt: int = 1, note: str | None = None
@@ -379,7 +368,9 @@ class Updater:
                 )
             target = current.path
         elif (
-            current is not None and current.path == self.previous and current.path != ann.store_path
+            current is not None
+            and current.path == self.procedure.record.previous
+            and current.path != ann.store_path
         ):
             target = current.path  # rolled back already, before a restart
         else:
@@ -418,28 +409,26 @@ class Updater:
         return self._emit(RolledBack(error, exit_code, tail))
 
     def expire(self, accepted: Accepted) -> None:
-        """Stop working on an announcement that expired before its download succeeded."""
+        """Stop working on an announcement that expired before its download succeeded; the
+        record says so, so a restart does not take it up again."""
         if self.procedure.state is AgentState.DOWNLOADING:
             seq = accepted.announcement.sequence
-            self._emit(DownloadFailed(f"announcement {seq} expired before it was downloaded"))
-        self.retrying = False
+            self._emit(Expired(f"announcement {seq} expired before it was downloaded"))
+        elif self.procedure.record.retrying:
+            self._emit(Abandoned())
 
     # -- after a restart ----------------------------------------------------------------
 
     def pending(self) -> Accepted | None:
         """The announcement to resume after a restart (a download in progress or retrying)."""
-        status = self.procedure.status
-        if self.announcement is None:
+        envelope = self.procedure.resumable()
+        if envelope is None:
             return None
-        if status.state is AgentState.DOWNLOADING or (
-            status.state is AgentState.FAILED and self.retrying
-        ):
-            try:
-                ann = decode(self.announcement.payload, Announcement)
-            except (WireError, ValueError, TypeError):
-                return None
-            return Accepted(ann, self.announcement, duplicate=False)
-        return None
+        try:
+            ann = decode(envelope.payload, Announcement)
+        except (WireError, ValueError, TypeError):
+            return None
+        return Accepted(ann, envelope, duplicate=False)
 
     async def recover(self) -> Status | None:
         """Settle a procedure that a restart interrupted in activating or checking.
@@ -467,37 +456,33 @@ class Updater:
                     "the activation was not re-run"
                 )
             )
-        run = self.switch_run
+        run = self.procedure.record.switch
         if run is not None and run.sequence != ann.sequence:
             run = None  # the record of an earlier announcement's switch
-        self.activating = True
-        try:
-            outlived = False
-            if run is not None and is_running(run):
-                outlived = True
-                await self._wait_for_survivor(run)
-            current = _current_generation(self.config.profile)
-            step = recovery.plan(
-                status.state,
-                desired=ann.store_path,
-                action=ann.action.value,
-                profile=current.path if current is not None else None,
-                previous=self.previous,
-                run=run,
-                outlived=outlived,
-                boot=boot_id(),
-            )
-            log.warning(
-                "agent_recovering",
-                state=status.state.value,
-                profile=current.path if current is not None else None,
-                switch_attempt=run.attempt if run is not None else None,
-                switch_finished=run.finished if run is not None else None,
-                plan=type(step).__name__,
-            )
-            return await self._carry_out(ann, step)
-        finally:
-            self.activating = False
+        outlived = False
+        if run is not None and is_running(run):
+            outlived = True
+            await self._wait_for_survivor(run)
+        current = _current_generation(self.config.profile)
+        step = recovery.plan(
+            status.state,
+            desired=ann.store_path,
+            action=ann.action.value,
+            profile=current.path if current is not None else None,
+            previous=self.procedure.record.previous,
+            run=run,
+            outlived=outlived,
+            boot=boot_id(),
+        )
+        log.warning(
+            "agent_recovering",
+            state=status.state.value,
+            profile=current.path if current is not None else None,
+            switch_attempt=run.attempt if run is not None else None,
+            switch_finished=run.finished if run is not None else None,
+            plan=type(step).__name__,
+        )
+        return await self._carry_out(ann, step)
 
     async def _wait_for_survivor(self, run: SwitchRun) -> None:
         """The recorded switch is still running (it outlived the agent): let it end first."""

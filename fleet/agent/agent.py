@@ -1,9 +1,11 @@
 """The agent's work side: accept verified announcements and run them one at a time.
 
 `Agent` owns the Updater (procedure + state file), the mailbox of the newest accepted
-announcement and the outbox of messages for the coordinator. The connection side (session.py)
-calls `on_deliver()` and drains the outbox; `run()` is the worker loop. The two run as sibling
-tasks, so the device keeps working while the coordinator is unreachable.
+announcement and the outbox of messages for the coordinator (fleet.agent.outbox, created
+first and handed to the Updater). The connection side (session.py) hands every message from
+the coordinator to `receive()`, sends what it returns, and drains the outbox for what the
+agent says on its own (status); `run()` is the worker loop. The two run as sibling tasks, so
+the device keeps working while the coordinator is unreachable.
 
 Supersession: a newer announcement cancels a download in progress (or a retry wait), never an
 activation: from the end of the download to the final state the procedure runs to its end.
@@ -12,64 +14,31 @@ activation: from the end of the download to the final state the procedure runs t
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
 from collections.abc import Callable, Iterable
 
 from fleet import __version__
-from fleet.agent.apply import ApplyConfig, DownloadError, Updater
 from fleet.agent.backoff import Backoff
+from fleet.agent.outbox import Outbox
 from fleet.agent.revocations import RevocationStore
 from fleet.agent.state import StateFile
+from fleet.agent.updater import ApplyConfig, DownloadError, Updater, running_system
 from fleet.agent.verify import Accepted, AnnouncementRefused, verify_announcement
 from fleet.agent.witness import CheckpointWitness
 from fleet.capability import SignedRevocation
 from fleet.identity import NodeId
 from fleet.log import get_logger
-from fleet.protocol.messages import AnnouncementRejected, Hello, StatusReport, WitnessReport
+from fleet.protocol.messages import (
+    AnnouncementRejected,
+    AuditCheckpoint,
+    Deliver,
+    Hello,
+    Revocations,
+    WitnessReport,
+)
 from fleet.wire import Message, SignedEnvelope
 
 log = get_logger("fleet.agent")
-
-
-class Outbox:
-    """Messages for the coordinator, in order; on reconnect only the latest status matters."""
-
-    def __init__(self, latest: StatusReport, limit: int = 256) -> None:
-        self.latest = latest
-        self._queue: collections.deque[Message] = collections.deque(maxlen=limit)
-        self._ready = asyncio.Event()
-
-    def put_status(self, report: StatusReport) -> None:
-        self.latest = report
-        self.put(report)
-
-    def put(self, message: Message) -> None:
-        self._queue.append(message)
-        self._ready.set()
-
-    def resync(self) -> None:
-        """After (re)connecting: the current status first, then rejections not sent yet.
-
-        Old status reports are dropped (only the latest matters), but a rejection is the only
-        word the coordinator gets of a refused announcement, so it survives the reconnect.
-        """
-        kept = [m for m in self._queue if isinstance(m, AnnouncementRejected)]
-        self._queue.clear()
-        self.put(self.latest)
-        for message in kept:
-            self.put(message)
-
-    def requeue(self, message: Message) -> None:
-        """A message whose sending failed goes first again (kept by resync if it matters)."""
-        self._queue.appendleft(message)
-        self._ready.set()
-
-    async def get(self) -> Message:
-        while not self._queue:
-            self._ready.clear()
-            await self._ready.wait()
-        return self._queue.popleft()
 
 
 class Agent:
@@ -95,9 +64,8 @@ class Agent:
         self.witness.load()
         self.retry = retry or Backoff(initial=5.0, maximum=300.0)
         record = state.load()
-        self.outbox: Outbox | None = None
-        self.updater = Updater(config, state, record, self._publish, clock=clock)
-        self.outbox = Outbox(self.updater.report())
+        self.outbox = Outbox(record.status.report(running_system(config.profile)))
+        self.updater = Updater(config, state, record, self.outbox.put_status, clock=clock)
         self._next: Accepted | None = None
         self._mail = asyncio.Event()
         self._attempt: asyncio.Task[object] | None = None
@@ -106,9 +74,20 @@ class Agent:
 
     # -- connection side ----------------------------------------------------------------
 
-    def _publish(self, report: StatusReport) -> None:
-        if self.outbox is not None:
-            self.outbox.put_status(report)
+    def receive(self, message: Message) -> list[Message]:
+        """A message from the coordinator; returns the replies to send (a rejection, witness
+        reports). Status goes to the outbox as it changes."""
+        match message:
+            case Deliver(announcement=envelope):
+                rejected = self.on_deliver(envelope)
+                return [rejected] if rejected is not None else []
+            case Revocations(revocations=revocations):
+                self.on_revocations(revocations)
+                return []
+            case AuditCheckpoint(checkpoint=checkpoint):
+                return list(self.on_checkpoint(checkpoint))
+        log.warning("agent_unexpected_message", type=type(message).__name__)
+        return []
 
     def hello(self) -> Hello:
         status = self.updater.status
@@ -148,7 +127,6 @@ class Agent:
             return AnnouncementRejected(sequence=exc.sequence, code=exc.code, reason=exc.reason)
         if accepted.duplicate:
             log.info("agent_announcement_duplicate", sequence=accepted.announcement.sequence)
-            assert self.outbox is not None
             self.outbox.put(self.outbox.latest)  # tell the sender where we are with it
             return None
         self.offer(accepted)
