@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import signal
 from typing import Any
 
 import click
@@ -16,8 +15,9 @@ from fleet.cli.common import (
     parse_bind_address_or_fail,
 )
 from fleet.config import ConfigError, merge_settings
+from fleet.daemon import run_until_signal
 from fleet.identity import Identity
-from fleet.log import get_logger, setup_logging
+from fleet.log import setup_logging
 from fleet.netaddr import format_host_port
 from fleet.relay.protocol import ServerSessionConfig
 from fleet.relay.server import RelayServer, RelayServerConfig
@@ -162,17 +162,12 @@ async def _serve(
     metrics_listen: tuple[str, int] | None,
     stun_listen: tuple[str, int] | None,
 ) -> None:
-    log = get_logger("fleet.relay")
     server = RelayServer(identity, config)
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
     try:
-        await server.run(host, port, metrics_listen=metrics_listen, stun_listen=stun_listen)
-    except asyncio.CancelledError:
-        log.info("relay_signal", action="shutdown")
+        await run_until_signal(
+            server.run(host, port, metrics_listen=metrics_listen, stun_listen=stun_listen),
+            "relay",
+        )
     except StunListenError as exc:
         raise click.ClickException(
             f"{exc}; give --stun-listen HOST:PORT for another address, or --no-stun to run "
@@ -185,6 +180,3 @@ async def _serve(
         raise click.ClickException(
             f"cannot start the relay on {where}: {exc.strerror or exc}"
         ) from exc
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
