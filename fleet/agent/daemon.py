@@ -4,7 +4,6 @@ sibling tasks, and an orderly shutdown that never interrupts an activation."""
 from __future__ import annotations
 
 import asyncio
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from fleet.agent.dial import MeshDialer
 from fleet.agent.session import CoordinatorSession
 from fleet.agent.state import StateFile
 from fleet.agent.updater import ApplyConfig
+from fleet.daemon import run_until_signal
 from fleet.identity import Identity, NodeId
 from fleet.log import get_logger
 from fleet.mesh import Endpoint
@@ -38,6 +38,11 @@ class AgentSettings:
 
 async def run_agent(settings: AgentSettings) -> None:
     """Run until SIGTERM/SIGINT; then finish an activation in progress and stop."""
+    stop = asyncio.Event()
+    await run_until_signal(_run(settings, stop), "agent", stop=stop)
+
+
+async def _run(settings: AgentSettings, stop: asyncio.Event) -> None:
     agent = Agent(
         settings.identity.node_id,
         settings.trust_roots,
@@ -46,42 +51,33 @@ async def run_agent(settings: AgentSettings) -> None:
         tags=settings.tags,
         coordinator=settings.coordinator.node_id,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        async with Endpoint(
-            settings.identity,
-            bind=settings.listen,
-            alpns=[PING_ALPN],
-            relay_urls=settings.relays,
-            relay_factory=relay_client_factory,
-        ) as endpoint:
-            host, port = endpoint.bound_address
-            log.info(
-                "agent_started",
-                node=str(settings.identity.node_id),
-                listen=format_host_port(host, port),
-                coordinator=str(settings.coordinator.node_id),
-                state=agent.updater.status.state.value,
-                last_sequence=agent.updater.procedure.applied_sequence,
-                profile=str(settings.apply.profile),
-                trust_roots=[r.short() for r in settings.trust_roots],
-                tags=list(settings.tags),
-            )
-            session = CoordinatorSession(agent, MeshDialer(endpoint, settings.coordinator))
-            async with asyncio.TaskGroup() as tasks:
-                work = tasks.create_task(agent.run(), name="agent-work")
-                link = tasks.create_task(session.run(), name="agent-session")
-                pings = tasks.create_task(serve_ping(endpoint), name="agent-ping")
-                await stop.wait()
-                log.info("agent_signal", action="shutdown")
-                await agent.finish_activation()
-                link.cancel()
-                pings.cancel()
-                work.cancel()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+    async with Endpoint(
+        settings.identity,
+        bind=settings.listen,
+        alpns=[PING_ALPN],
+        relay_urls=settings.relays,
+        relay_factory=relay_client_factory,
+    ) as endpoint:
+        host, port = endpoint.bound_address
+        log.info(
+            "agent_started",
+            node=str(settings.identity.node_id),
+            listen=format_host_port(host, port),
+            coordinator=str(settings.coordinator.node_id),
+            state=agent.updater.status.state.value,
+            last_sequence=agent.updater.procedure.applied_sequence,
+            profile=str(settings.apply.profile),
+            trust_roots=[r.short() for r in settings.trust_roots],
+            tags=list(settings.tags),
+        )
+        session = CoordinatorSession(agent, MeshDialer(endpoint, settings.coordinator))
+        async with asyncio.TaskGroup() as tasks:
+            work = tasks.create_task(agent.run(), name="agent-work")
+            link = tasks.create_task(session.run(), name="agent-session")
+            pings = tasks.create_task(serve_ping(endpoint), name="agent-ping")
+            await stop.wait()
+            await agent.finish_activation()
+            link.cancel()
+            pings.cancel()
+            work.cancel()
     log.info("agent_stopped")

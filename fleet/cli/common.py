@@ -17,6 +17,7 @@ import click
 
 from fleet.admin.errors import unwrap_group
 from fleet.identity import Identity, InvalidNodeId, KeyFileError, NodeId, load_identity
+from fleet.netaddr import InvalidAddress, parse_host_port
 
 EXIT_CONFIG = 78  # EX_CONFIG (sysexits.h): a daemon setting is wrong; restarting cannot help
 ENV_TRACEBACK = "FLEET_TRACEBACK"  # set to 1 to see the traceback of an internal error
@@ -103,3 +104,11 @@ def parse_node_id_or_fail(text: str, what: str = "node id") -> NodeId:
         return NodeId.parse(text)
     except InvalidNodeId as exc:
         raise click.BadParameter(f"{text!r}: {exc}", param_hint=what) from exc
+
+
+def parse_bind_address_or_fail(text: object, what: str) -> tuple[str, int]:
+    """An address to listen on or bind to (HOST:PORT, [IPV6]:PORT; port 0: any free port)."""
+    try:
+        return parse_host_port(text, any_port=True)
+    except InvalidAddress as exc:
+        raise click.BadParameter(str(exc), param_hint=what) from exc

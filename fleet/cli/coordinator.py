@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 from typing import Any
 
 import click
@@ -13,8 +12,9 @@ from fleet.config import ConfigError, merge_settings, prepare_state_dir
 from fleet.coordinator import daemon
 from fleet.coordinator.database import DatabaseError
 from fleet.coordinator.settings import KNOWN, CoordinatorSettings, SettingsError, from_mapping
+from fleet.daemon import run_until_signal
 from fleet.identity import Identity
-from fleet.log import get_logger, setup_logging
+from fleet.log import setup_logging
 
 
 @click.command("coordinator")
@@ -47,16 +47,8 @@ def coordinator(config_file: str | None, **flags: Any) -> None:
 
 
 async def _serve(settings: CoordinatorSettings, identity: Identity) -> None:
-    log = get_logger("fleet.coordinator")
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
     try:
-        await daemon.run(settings, identity)
-    except asyncio.CancelledError:
-        log.info("coordinator_signal", action="shutdown")
+        await run_until_signal(daemon.run(settings, identity), "coordinator")
     except DatabaseError as exc:
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:
@@ -64,6 +56,3 @@ async def _serve(settings: CoordinatorSettings, identity: Identity) -> None:
             f"cannot start: {exc.strerror or exc} ({settings.listen[0]}:{settings.listen[1]}, "
             f"{settings.state_dir})"
         ) from exc
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)

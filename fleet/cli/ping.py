@@ -12,8 +12,7 @@ from typing import Any
 
 import click
 
-from fleet.cli.common import load_key_or_fail
-from fleet.cli.relay import parse_host_port
+from fleet.cli.common import load_key_or_fail, parse_bind_address_or_fail
 from fleet.identity import Identity
 from fleet.log import setup_logging
 from fleet.mesh import ConnectError, Endpoint, MeshError, PathChanged
@@ -106,7 +105,7 @@ def ping(
             raise click.BadParameter(str(exc), param_hint="--relay") from exc
     if not peer.addrs and relay is None:
         raise click.UsageError("TARGET has no address: give NODEID@HOST:PORT or --relay URL")
-    bind_addr = parse_host_port(bind, "--bind")
+    bind_addr = parse_bind_address_or_fail(bind, "--bind")
     setup_logging("error")  # retries (a relay refusing) are not news: the outcome is
     identity = load_key_or_fail(key) if key else Identity.generate()
     report = asyncio.run(_run(identity, peer, relay, bind_addr, count, interval, timeout, as_json))

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import signal
 from typing import Any
 
 import click
 
-from fleet.cli.common import ConfigurationError, bad_settings_exit_config, load_key_or_fail
+from fleet.cli.common import (
+    ConfigurationError,
+    bad_settings_exit_config,
+    load_key_or_fail,
+    parse_bind_address_or_fail,
+)
 from fleet.config import ConfigError, merge_settings
+from fleet.daemon import run_until_signal
 from fleet.identity import Identity
-from fleet.log import get_logger, setup_logging
+from fleet.log import setup_logging
 from fleet.netaddr import format_host_port
 from fleet.relay.protocol import ServerSessionConfig
 from fleet.relay.server import RelayServer, RelayServerConfig
@@ -35,20 +40,6 @@ SETTINGS = (
 )
 
 STUN_PORT = 3478  # where nodes look for STUN: the relay URL's host (MeshConfig.relay_stun_port)
-
-
-def parse_host_port(text: str, what: str) -> tuple[str, int]:
-    """HOST:PORT or [IPV6]:PORT; port 0 means any free port."""
-    if not isinstance(text, str):
-        raise click.BadParameter(f"expected HOST:PORT, got {text!r}", param_hint=what)
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-    else:
-        host, _, port_text = text.rpartition(":")
-    if not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise click.BadParameter(f"expected HOST:PORT, got {text!r}", param_hint=what)
-    return host, int(port_text)
 
 
 def _is_loopback(host: str) -> bool:
@@ -95,7 +86,7 @@ def _stun_listen(
         return None
     if listen is None:
         return host, STUN_PORT
-    return parse_host_port(listen, "stun-listen")
+    return parse_bind_address_or_fail(listen, "stun-listen")
 
 
 @click.command("relay")
@@ -134,7 +125,7 @@ def relay(config_file: str | None, **flags: Any) -> None:
         raise ConfigurationError(str(exc)) from exc
     if "listen" not in settings or "key" not in settings:
         raise click.UsageError("--listen and --key are required (as flags or in --config)")
-    host, port = parse_host_port(settings["listen"], "listen")
+    host, port = parse_bind_address_or_fail(settings["listen"], "listen")
     insecure = bool(settings.get("insecure_no_tls", False))
     if insecure and not _is_loopback(host):
         raise click.UsageError(
@@ -142,7 +133,7 @@ def relay(config_file: str | None, **flags: Any) -> None:
         )
     metrics_listen = None
     if settings.get("metrics_listen"):
-        metrics_listen = parse_host_port(settings["metrics_listen"], "metrics-listen")
+        metrics_listen = parse_bind_address_or_fail(settings["metrics_listen"], "metrics-listen")
     stun_listen = _stun_listen(settings, flags, host)
     defaults = ServerSessionConfig()
     session = ServerSessionConfig(
@@ -171,17 +162,12 @@ async def _serve(
     metrics_listen: tuple[str, int] | None,
     stun_listen: tuple[str, int] | None,
 ) -> None:
-    log = get_logger("fleet.relay")
     server = RelayServer(identity, config)
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
     try:
-        await server.run(host, port, metrics_listen=metrics_listen, stun_listen=stun_listen)
-    except asyncio.CancelledError:
-        log.info("relay_signal", action="shutdown")
+        await run_until_signal(
+            server.run(host, port, metrics_listen=metrics_listen, stun_listen=stun_listen),
+            "relay",
+        )
     except StunListenError as exc:
         raise click.ClickException(
             f"{exc}; give --stun-listen HOST:PORT for another address, or --no-stun to run "
@@ -194,6 +180,3 @@ async def _serve(
         raise click.ClickException(
             f"cannot start the relay on {where}: {exc.strerror or exc}"
         ) from exc
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)

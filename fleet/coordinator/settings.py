@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fleet.identity import InvalidNodeId, NodeId
+from fleet.netaddr import InvalidAddress, parse_host_port
 from fleet.relay.url import InvalidRelayUrl, RelayUrl
 
 KNOWN = ("key", "listen", "relay", "state_dir", "trust_root", "checkpoint_interval", "log_level")
@@ -45,20 +45,10 @@ def _as_list(value: Any, name: str) -> list[str]:
 
 def parse_listen(text: Any) -> tuple[str, int]:
     """IP:PORT or [IPV6]:PORT; a UDP socket binds to an address, not a host name."""
-    if not isinstance(text, str):
-        raise SettingsError(f"listen: expected IP:PORT, got {text!r}")
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-    else:
-        host, _, port_text = text.rpartition(":")
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise SettingsError(f"listen: {text!r} is not IP:PORT (an IP address to bind)") from None
-    if not port_text.isdigit() or int(port_text) > 65535:
-        raise SettingsError(f"listen: {text!r} has no valid port")
-    return host, int(port_text)
+        return parse_host_port(text, any_port=True, ip_only=True)
+    except InvalidAddress as exc:
+        raise SettingsError(f"listen: {exc}") from None
 
 
 def from_mapping(settings: Mapping[str, Any]) -> CoordinatorSettings:

@@ -10,7 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fleet.identity import InvalidNodeId, NodeId
-from fleet.netaddr import InvalidAddress, format_host_port, parse_host_port
+from fleet.netaddr import (
+    InvalidAddress,
+    check_host,
+    check_port,
+    format_host_port,
+    parse_host_port,
+)
 
 SCHEME = "fleet-relay"
 INSECURE_SCHEME = "fleet-relay+insecure"
@@ -28,10 +34,14 @@ class RelayUrl:
     insecure: bool = False
 
     def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
-            raise InvalidRelayUrl(f"relay port {self.port} is not in 1-65535")
-        if not self.host or any(c in self.host for c in "/@?#[] "):
-            raise InvalidRelayUrl(f"relay host {self.host!r} is not a host name or address")
+        try:
+            check_port(self.port)
+        except InvalidAddress as exc:
+            raise InvalidRelayUrl(f"relay {exc}") from None
+        try:
+            check_host(self.host)
+        except InvalidAddress as exc:
+            raise InvalidRelayUrl(f"relay host {exc}") from None
 
     @classmethod
     def parse(cls, text: str) -> RelayUrl:

@@ -54,7 +54,7 @@ from fleet.protocol.messages import (
     SystemState,
 )
 from fleet.relay import protocol as relay
-from fleet.relay.stun_responder import StunAnswerer
+from fleet.stun import StunAnswerer
 from fleet.wire import (
     FrameDecoder,
     SignedEnvelope,

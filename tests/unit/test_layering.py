@@ -48,6 +48,7 @@ LAYERS: tuple[Layer, ...] = (
         ),
         independent=True,
     ),
+    Layer("daemon", ("fleet.daemon",)),  # runs the roles' daemons: logs, so not a utility
     Layer("identity", ("fleet.identity", "fleet.vocabulary"), independent=True),
     Layer("wire", ("fleet.wire",)),
     Layer("capability", ("fleet.capability",)),

@@ -95,3 +95,34 @@ def test_stun_is_never_confused_with_quic_or_disco() -> None:
     assert not stun.looks_like_stun(quic_like)
     assert stun.looks_like_stun(stun.binding_request(TX))
     assert not disco.is_disco(stun.binding_request(TX))
+
+
+def test_split_reads_both_forms_and_checks_the_fingerprint_once() -> None:
+    frame = stun.split(stun.binding_response(TX, ("203.0.113.7", 41641)))
+    assert (frame.kind, frame.classic, frame.tx_id) == (0x0101, False, TX)
+    assert [t for t, _ in frame.attributes] == [0x0020]  # the checked FINGERPRINT left out
+    classic_tx = bytes(range(100, 116))
+    classic = stun.classic_binding_response(classic_tx, ("198.51.100.1", 5000))
+    frame = stun.split(classic)
+    assert (frame.classic, frame.tx_id) == (True, classic_tx)
+    assert frame.attributes == ((0x0001, aiostun.pack_address(("198.51.100.1", 5000))),)
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"\x01\x01\x00\x04" + stun.MAGIC_COOKIE + TX + b"\x00\x20\x00\x08", "overruns"),
+        (
+            stun.binding_request(TX)[:2]
+            + struct.pack(">H", 16)
+            + stun.binding_request(TX)[4:]
+            + struct.pack(">HH", 0x8022, 1)
+            + b"x\x00\x00\x00",
+            "not the last",
+        ),
+        (b"\x41\x01\x00\x00" + stun.MAGIC_COOKIE + TX, "top two bits"),
+    ],
+)
+def test_split_refuses_what_the_framing_forbids(data: bytes, why: str) -> None:
+    with pytest.raises(stun.StunError, match=why):
+        stun.split(data)

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fleet import stun
-from fleet.relay.stun_responder import ReplyKind, StunAnswerer
+from fleet.stun import ReplyKind, StunAnswerer
 
 SOURCE = ("198.51.100.7", 41641)
 TX = bytes(range(12))
