@@ -14,7 +14,6 @@ import contextlib
 import json
 import sqlite3
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,18 +24,6 @@ from tests.fleetlab import FleetctlResult, FleetLab
 from tests.nixlab import Builder
 
 pytestmark = pytest.mark.nix
-
-
-@pytest.fixture
-async def lab(tmp_path: Path, nix_builder: Builder, nix_cache: NixCache) -> AsyncIterator[FleetLab]:
-    lab = FleetLab(
-        tmp_path / "lab", substituter=nix_cache.url, trusted_key=nix_builder.key.public_key
-    )
-    try:
-        await lab.start()
-        yield lab
-    finally:
-        print(await lab.close())  # shown by pytest when the test fails
 
 
 def nix_build_result(builder: Builder, version: str, link: Path) -> str:

@@ -11,33 +11,19 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from fleet.identity import write_new_key
-from tests.conftest import NixCache, Systems
+from tests.conftest import Systems
 from tests.fleetlab import FleetLab
 from tests.integration.test_update_chain import pushed_sequence
-from tests.nixlab import Builder
 from tests.terminal import Terminal
 
 pytestmark = pytest.mark.nix
 
 QUICK = 30.0  # "within a few seconds", with room for a loaded two-core machine
-
-
-@pytest.fixture
-async def lab(tmp_path: Path, nix_builder: Builder, nix_cache: NixCache) -> AsyncIterator[FleetLab]:
-    lab = FleetLab(
-        tmp_path / "lab", substituter=nix_cache.url, trusted_key=nix_builder.key.public_key
-    )
-    try:
-        await lab.start()
-        yield lab
-    finally:
-        print(await lab.close())  # shown by pytest when the test fails
 
 
 async def scoped_key(lab: FleetLab) -> tuple[Path, Path]:

@@ -10,30 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fleet.identity import write_new_key
-from tests.conftest import NixCache, Systems
+from tests.conftest import Systems
 from tests.fleetlab import FleetLab
 from tests.nixlab import Builder
 
 pytestmark = pytest.mark.nix
-
-
-@pytest.fixture
-async def lab(tmp_path: Path, nix_builder: Builder, nix_cache: NixCache) -> AsyncIterator[FleetLab]:
-    lab = FleetLab(
-        tmp_path / "lab", substituter=nix_cache.url, trusted_key=nix_builder.key.public_key
-    )
-    try:
-        await lab.start()
-        yield lab
-    finally:
-        print(await lab.close())  # shown by pytest when the test fails
 
 
 def pushed_sequence(out: str) -> int:
