@@ -31,23 +31,21 @@ def _forwarded(metrics: dict[str, float]) -> float:
     return sum(v for k, v in metrics.items() if k.startswith("fleet_relay_packets_forwarded"))
 
 
+def _endpoint(relay_url: str) -> Endpoint:
+    return Endpoint(
+        Identity.generate(),
+        bind=LOOPBACK,
+        alpns=[ALPN],
+        relay_urls=[relay_url],
+        relay_factory=relay_client_factory,
+    )
+
+
 async def test_connection_through_the_real_relay(relay: RelayProcess) -> None:
     url = str(relay.url)
     async with (
-        Endpoint(
-            Identity.generate(),
-            bind=LOOPBACK,
-            alpns=[ALPN],
-            relay_urls=[url],
-            relay_factory=relay_client_factory,
-        ) as ea,
-        Endpoint(
-            Identity.generate(),
-            bind=LOOPBACK,
-            alpns=[ALPN],
-            relay_urls=[url],
-            relay_factory=relay_client_factory,
-        ) as eb,
+        _endpoint(url) as ea,
+        _endpoint(url) as eb,
     ):
         ea.socket.blackhole.add(eb.bound_address)  # no direct path: only the relay works
         eb.socket.blackhole.add(ea.bound_address)
@@ -80,20 +78,8 @@ async def test_connection_through_the_real_relay(relay: RelayProcess) -> None:
 async def test_direct_path_dies_and_the_real_relay_takes_over(relay: RelayProcess) -> None:
     url = str(relay.url)
     async with (
-        Endpoint(
-            Identity.generate(),
-            bind=LOOPBACK,
-            alpns=[ALPN],
-            relay_urls=[url],
-            relay_factory=relay_client_factory,
-        ) as ea,
-        Endpoint(
-            Identity.generate(),
-            bind=LOOPBACK,
-            alpns=[ALPN],
-            relay_urls=[url],
-            relay_factory=relay_client_factory,
-        ) as eb,
+        _endpoint(url) as ea,
+        _endpoint(url) as eb,
     ):
         async with asyncio.TaskGroup() as tg:
             server = tg.create_task(eb.accept(ALPN, timeout=15))
