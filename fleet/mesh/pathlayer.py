@@ -197,9 +197,12 @@ class PathLayer:
         relay we tell the peer where to reach us directly."""
         peer.connections.add(conn)
         peer.paths.set_active(True, now)
-        self._emit_path_events(peer)
         if peer.relay is not None:
             self._send_call_me_maybe(peer, now)
+        # Ping its candidates at once: a server's pings must open its NAT towards the peer
+        # before our CallMeMaybe makes the peer ping us (else the peer's first pings are
+        # dropped there and punching waits a search interval).
+        self._poll_peer(peer, now)
 
     def connection_removed(self, peer: Peer, conn: Connection, now: float) -> None:
         peer.connections.discard(conn)
