@@ -10,7 +10,10 @@ from fleet.mesh.reflexive import StunTiming
 
 @dataclass(frozen=True, slots=True)
 class MeshConfig:
-    keepalive_interval: float = 10.0  # QUIC PING on idle connections; keeps NAT bindings open
+    # A QUIC PING per connection this often: keeps NAT bindings open (NAT-safe: UDP mappings
+    # commonly last 30 s or more) and proves an idle direct path, with no signed disco; an
+    # idle peer also learns of our restart at its next one (a stateless reset answers it).
+    keepalive_interval: float = 15.0
     idle_timeout: float = 30.0  # QUIC idle timeout: a silent peer is gone after this
     paths: PathTiming = field(default_factory=PathTiming)  # heartbeat, trust, probe windows
     recv_batch: int = 256  # datagrams read per loop turn before one flush
@@ -39,7 +42,9 @@ class MeshConfig:
     max_half_open: int = 1024
     retry_threshold: int | None = 16
     retry_threshold_per_node: int | None = 2
-    tick: float = 0.1  # housekeeping period (path probes, keepalives)
+    # Housekeeping granularity: the path layer's per-peer deadlines are rounded up to this,
+    # so that many peers share one wake-up (there is no periodic walk over the peers).
+    tick: float = 0.1
     socket_buffer: int = 4 << 20  # SO_RCVBUF / SO_SNDBUF wish (the kernel may cap it)
     udp_offload: bool = True  # Linux UDP_SEGMENT / UDP_GRO: fewer system calls per datagram
     # STUN: every relay we use is also asked at its host, UDP port `relay_stun_port` (the

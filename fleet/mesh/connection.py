@@ -119,7 +119,8 @@ class Connection:
         self.verified = False  # set only when the handshake completed with the pinned peer
         self.cids: set[bytes] = set()
         self.closed: CloseReason | None = None
-        self.last_keepalive = 0.0
+        self.keepalive_at = 0.0  # the next QUIC PING (MeshConfig.keepalive_interval)
+        self.unacked_since: float | None = None  # data in flight without an ACK since
         self.half_open: HalfOpen | None = None  # a server connection's admission slot
         # Where this connection's last direct datagram came from (None: via the relay).
         # Two processes may share a node id (an admin's `status --watch` and `push`): the

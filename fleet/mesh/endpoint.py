@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import math
 import socket as pysocket
 from collections.abc import Callable, Iterable
 from types import TracebackType
@@ -51,7 +52,14 @@ from fleet.mesh.paths import Path, PathChanged
 from fleet.mesh.peers import Peer
 from fleet.mesh.reflexive import ReflexiveChanged, StunServerStatus, StunUnanswered
 from fleet.mesh.relay import RelayFactory, RelayRunner, RelayTransport
-from fleet.mesh.tls_hooks import PinnedQuicConnection, kick, quic_configuration
+from fleet.mesh.reset import StatelessResets, is_stateless_reset, reset_key
+from fleet.mesh.tls_hooks import (
+    PinnedQuicConnection,
+    bytes_in_flight,
+    kick,
+    peer_reset_tokens,
+    quic_configuration,
+)
 from fleet.mesh.udp import UdpSocket
 from fleet.netaddr import format_host_port
 from fleet.relay.url import InvalidRelayUrl, RelayUrl
@@ -111,6 +119,12 @@ class Endpoint:
         self.relay_packets_sent = 0
         self.relay_packets_received = 0
         self._quic_dropped = 0  # undecodable, unknown or misdirected QUIC datagrams
+        # Stateless resets only from endpoints that serve: one that only dials (fleetctl)
+        # may run as several processes of one key at once, and one's reset would end the
+        # other's connections; it keeps aioquic's random tokens.
+        self._resets = StatelessResets(reset_key(identity), cid_length=CID_LENGTH)
+        self._reset_token = self._resets.token if self._alpns else None
+        self.resets_received = 0  # connections ended by the peer's stateless reset
         cfg = self.config
         self._admission = Admission(
             AdmissionLimits(
@@ -141,7 +155,7 @@ class Endpoint:
             self._timer = DeadlineTimer(self._loop, self._on_housekeeping)
             self._exit.callback(self._timer.cancel)
             self._paths.start(self._now())
-            self._timer.set(self._paths.get_timer())
+            self._arm_housekeeping()
             for url in self._home_relays:
                 self._relay_for(url)
             for host, port in self.config.stun_servers:
@@ -240,6 +254,11 @@ class Endpoint:
         return self._paths.disco_rejected
 
     @property
+    def disco_sent(self) -> int:
+        """Signed disco packets sent so far (none while every direct path is idle)."""
+        return self._paths.disco_sent
+
+    @property
     def quic_dropped(self) -> int:
         return self._quic_dropped + self._paths.quic_dropped
 
@@ -325,6 +344,7 @@ class Endpoint:
             configuration=config,
             expected_peer=node_id,
             handshake_pto_max=self.config.handshake_pto_max,
+            reset_token=self._reset_token,
         )
         conn = self._add_connection(quic, peer, is_client=True)
         quic.connect(peer.vaddr, now)
@@ -431,6 +451,9 @@ class Endpoint:
         while (event := paths.next_event()) is not None:
             self._on_path_event(event)
             self._transmit()
+        if paths.timer_moved:
+            paths.timer_moved = False
+            self._arm_housekeeping()
 
     def _transmit(self) -> None:
         socket = self.socket
@@ -522,6 +545,8 @@ class Endpoint:
                     peer = receive_udp(data, addr, now)
                     if peer is None:
                         last_addr = None
+                        if data[0] >= 0x40:  # QUIC from an address no Ping tied to a node
+                            self._reset_unknown(data, addr, None, None, now)
                         self._service_paths()
                         continue
                     last_addr = addr
@@ -555,6 +580,10 @@ class Endpoint:
         if conn is None:
             if header is not None:
                 conn = self._new_server_connection(peer, header, len(data), source)
+            elif self._stateless_reset_received(peer, data):
+                return None
+            else:
+                self._reset_unknown(data, source, peer, peer.relay, now)
             if conn is None:
                 self._quic_dropped += 1
                 return None
@@ -563,6 +592,42 @@ class Endpoint:
             return None
         conn.quic.receive_datagram(data, peer.vaddr, self._now() if now is None else now)
         return conn
+
+    def _reset_unknown(
+        self,
+        data: bytes,
+        source: Addr | None,
+        peer: Peer | None,
+        relay: RelayTransport | None,
+        now: float | None,
+    ) -> None:
+        """A short header packet for a connection we do not have (we restarted, or it is
+        long gone): answer with a stateless reset, so the peer stops waiting for us."""
+        if (
+            self._reset_token is None
+            or data[0] & 0xC0 != 0x40
+            or data[1 : 1 + CID_LENGTH] in self._by_cid
+        ):
+            return
+        reset = self._resets.answer(data, self._now() if now is None else now)
+        if reset is None:
+            return
+        if source is not None:
+            self.socket.sendto(reset, source)
+        elif relay is not None and peer is not None:
+            relay.send(peer.node, reset)
+
+    def _stateless_reset_received(self, peer: Peer, data: bytes) -> bool:
+        """End the peer's connections whose token `data` carries (the peer lost them)."""
+        ended = False
+        for conn in list(peer.connections):
+            if is_stateless_reset(data, peer_reset_tokens(conn.quic)):
+                ended = True
+                self.resets_received += 1
+                log.info("mesh_stateless_reset", peer=peer.node.short(), alpn=conn.alpn)
+                conn.abandon("the peer lost the connection (stateless reset: it restarted?)")
+                self._remove_connection(conn)
+        return ended
 
     def _new_server_connection(
         self, peer: Peer, header: Any, size: int, source: Addr | None
@@ -594,6 +659,7 @@ class Endpoint:
             return None
         if decision.verdict is Verdict.DROP:
             log.debug("mesh_initial_refused", peer=peer.node.short(), reason=decision.reason)
+            self._arm_housekeeping()  # for the refusal summary
             return None
         if self._server_config is None:
             self._server_config = self._quic_config(False, self._alpns)
@@ -603,10 +669,12 @@ class Endpoint:
             original_destination_connection_id=decision.original_cid,
             retry_source_connection_id=decision.retry_cid,
             handshake_pto_max=self.config.handshake_pto_max,
+            reset_token=self._reset_token,
         )
         conn = self._add_connection(quic, peer, is_client=False)
         conn.half_open = self._admission.open(peer.node, source, now)
         self._half_open[conn] = now
+        self._arm_housekeeping()
         self._register_cid(conn, header.destination_cid)
         return conn
 
@@ -683,37 +751,71 @@ class Endpoint:
                 for data in payloads:
                     relay_send(node, data)
                 self.relay_packets_sent += len(payloads)
+        self._track_unacked(conn, peer, now)
         self._process_events(conn)
-        conn.timer.set(conn.quic.get_timer())
+        timer, keepalive = quic.get_timer(), conn.keepalive_at
+        conn.timer.set(keepalive if timer is None or keepalive < timer else timer)
+
+    def _track_unacked(self, conn: Connection, peer: Peer, now: float) -> None:
+        """Tell the path layer when data to the peer starts or stops waiting for an ACK
+        (while it waits too long, the path in use is heartbeated; idle, it is not)."""
+        in_flight = bytes_in_flight(conn.quic) > 0
+        if in_flight == (conn.unacked_since is not None):
+            return
+        conn.unacked_since = now if in_flight else None
+        waiting = [c.unacked_since for c in peer.connections if c.unacked_since is not None]
+        self._paths.set_unacked(peer, min(waiting) if waiting else None, now)
+        self._service_paths()
 
     def _on_timer(self, conn: Connection) -> None:
+        """The connection's timer: aioquic's, or its keepalive (a QUIC PING keeps the NAT
+        binding open and proves the path; no signed disco needed while it is answered)."""
         if conn not in self._conn_peer:
             return
-        conn.quic.handle_timer(self._now())
+        now = self._now()
+        if now >= conn.keepalive_at:
+            conn.keepalive_at = now + self.config.keepalive_interval
+            if conn.closed is None:
+                conn.quic.send_ping(0)
+        conn.quic.handle_timer(now)
         self._process_events(conn)
         self._flush(conn)
 
     # -- housekeeping -----------------------------------------------------------------------
 
     def _on_housekeeping(self) -> None:
-        """At the path layer's timer: its heartbeats, probes and expiry; QUIC keepalives,
-        half-open handshakes that took too long. Never raises (it runs as a loop callback)."""
+        """At the path layer's timer (its due peers only), and for half-open handshakes that
+        took too long. Never raises (it runs as a loop callback)."""
         if self._closing or self._timer is None:
             return
         now = self._now()
         try:
             self._paths.handle_timer(now)
             self._service_paths()
-            for conn in list(self._conn_peer):
-                if now - conn.last_keepalive >= self.config.keepalive_interval:
-                    conn.last_keepalive = now
-                    if conn.closed is None:
-                        conn.quic.send_ping(0)
-                        self._request_flush(conn)
             self._expire_half_open(now)
         except Exception:  # a bug here must not stop the timer for good
             log.exception("mesh_housekeeping_failed")
-        self._timer.set(self._paths.get_timer())
+        self._arm_housekeeping()
+
+    def _arm_housekeeping(self) -> None:
+        """Set the one housekeeping timer, on a `tick` grid so that many peers' deadlines
+        share a wake-up (at most `tick` late, as the old 100 ms walk was)."""
+        timer = self._timer
+        if timer is None or self._closing:
+            return
+        times = [t for t in (self._paths.get_timer(), self._half_open_deadline()) if t is not None]
+        if not times:
+            timer.set(None)
+            return
+        tick = self.config.tick
+        timer.set(math.ceil(min(times) / tick) * tick)
+
+    def _half_open_deadline(self) -> float | None:
+        if self._half_open:
+            return next(iter(self._half_open.values())) + self.config.handshake_timeout
+        if sum(self._admission.refused.values()) != self._refusals_logged:
+            return self._refusals_logged_at + 10.0  # the next refusal summary
+        return None
 
     # -- bookkeeping ------------------------------------------------------------------------
 
@@ -741,7 +843,7 @@ class Endpoint:
             on_timer=self._on_timer,
         )
         now = self._now()
-        conn.last_keepalive = now
+        conn.keepalive_at = now + self.config.keepalive_interval
         self._conn_peer[conn] = peer
         self._register_cid(conn, quic.host_cid)
         self._paths.connection_added(peer, conn, now)

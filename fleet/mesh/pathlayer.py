@@ -15,7 +15,9 @@ The Endpoint keeps the socket, the relay tasks, the QUIC connections and accept 
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -123,10 +125,17 @@ class PathLayer:
         self._unix_time = unix_time
         self.observed_addresses: set[Addr] = set()  # our address as peers saw it (Pongs)
         self.disco_rejected = 0
+        self.disco_sent = 0  # signed disco packets we sent (the idle cost to watch)
         self.quic_dropped = 0  # QUIC datagrams from addresses no Ping tied to a node (held)
         self._transmits: list[Transmit] = []
         self._events: deque[PathEvent] = deque()
-        self._next_tick: float | None = None
+        self._started = False
+        # Set when get_timer() may have moved earlier; the owner clears it when it re-arms.
+        self.timer_moved = False
+        # Per-peer deadlines, earliest first: (when, sequence, node). An entry is live while
+        # it equals its peer's `timer_at`; others are left behind by reschedules and skipped.
+        self._heap: list[tuple[float, int, NodeId]] = []
+        self._seq = itertools.count()
 
     # -- outputs ----------------------------------------------------------------------------
 
@@ -139,8 +148,16 @@ class PathLayer:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
-        """When `handle_timer` should run next (None: not started)."""
-        return self._next_tick
+        """When `handle_timer` should run next (None: nothing is waiting)."""
+        if not self._started:
+            return None
+        candidates = [
+            self._heap[0][0] if self._heap else None,
+            self.reflexive.next_deadline(),
+            self.peers.next_held_expiry(),
+        ]
+        due = [t for t in candidates if t is not None]
+        return min(due) if due else None
 
     # -- inputs: datagrams --------------------------------------------------------------------
 
@@ -151,12 +168,14 @@ class PathLayer:
             if disco.is_disco(data):
                 self._on_disco(data, addr, None, None, now)
             elif looks_like_stun(data) and self.reflexive.receive(data, addr, now):
+                self.timer_moved = True
                 self._after_stun(now)
             return None
         peer = self.peers.peer_at(addr)
         if peer is None:
             self.quic_dropped += 1
             self.peers.hold(addr, data, now)
+            self.timer_moved = True  # held packets expire
         return peer
 
     def receive_relay(
@@ -171,6 +190,9 @@ class PathLayer:
         if peer.relay is None:
             peer.relay = relay
             peer.paths.set_relay(True, now)
+        path = peer.paths.path
+        if path is not None and path.kind == "direct":
+            peer.paths.doubt(now)
         self._poll_peer(peer, now)
         return peer
 
@@ -191,10 +213,14 @@ class PathLayer:
     def relay_settled(self, peer: Peer, now: float) -> None:
         """Whether the peer has a relay is now known (after waiting for it to connect)."""
         peer.paths.set_relay(peer.relay is not None, now)
+        self._reschedule(peer, now)
 
     def connection_added(self, peer: Peer, conn: Connection, now: float) -> None:
         """A QUIC connection to `peer` exists: its paths are probed from now on, and over a
-        relay we tell the peer where to reach us directly."""
+        relay we tell the peer where to reach us directly. From now on the caller reports
+        unacknowledged data (`set_unacked`), so an idle direct path needs no heartbeats."""
+        if not peer.connections:
+            peer.paths.unacked_since = None
         peer.connections.add(conn)
         peer.paths.set_active(True, now)
         if peer.relay is not None:
@@ -209,12 +235,21 @@ class PathLayer:
         if not peer.connections:
             peer.paths.set_active(False, now)
             self._emit_path_events(peer)
+            self._reschedule(peer, now)
+
+    def set_unacked(self, peer: Peer, since: float | None, now: float) -> None:
+        """Data to `peer` has been in flight unacknowledged since `since` (None: nothing is
+        in flight): while it is, the path in use must keep answering heartbeats."""
+        if since != peer.paths.unacked_since:
+            peer.paths.set_unacked(since, now)
+            self._emit_path_events(peer)
+            self._reschedule(peer, now)
 
     def route(self, peer: Peer, now: float) -> tuple[list[Addr], RelayTransport | None]:
         """Where the QUIC datagrams to `peer` go now: direct addresses, and the relay to use
         as well (or None). Due pings are queued first (send them before the QUIC ones)."""
         paths = peer.paths
-        deadline = paths.next_deadline()
+        deadline = paths.next_deadline(now)
         if deadline is not None and deadline <= now:
             self._poll_peer(peer, now)
         addrs, via_relay = paths.send_targets(now)
@@ -229,29 +264,59 @@ class PathLayer:
     # -- timers ---------------------------------------------------------------------------------
 
     def start(self, now: float) -> None:
-        self._next_tick = now + self._config.tick
+        self._started = True
 
     def handle_timer(self, now: float) -> None:
-        """Heartbeats and probes due, upgrade attempts from the relay, STUN, held packets."""
-        if self._next_tick is None or now < self._next_tick:
+        """Due heartbeats and probes, upgrade attempts from the relay, STUN, held packets:
+        only the peers whose deadline has come (a heap), never a walk over every peer."""
+        if not self._started:
             return
-        self._next_tick = now + self._config.tick
         stun_due = self.reflexive.next_deadline()
         if stun_due is not None and stun_due <= now:
             self._poll_stun(now)
-        upgrade = self._config.call_me_maybe_interval
-        for peer in self.peers:
-            deadline = peer.paths.next_deadline()
-            if deadline is not None and deadline <= now:
-                self._poll_peer(peer, now)
-            if (
-                peer.connections
-                and peer.relay is not None
-                and (peer.paths.path is None or peer.paths.path.kind == "relay")
-                and (peer.last_call_me_maybe is None or now - peer.last_call_me_maybe >= upgrade)
-            ):
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            at, _, node = heapq.heappop(heap)
+            peer = self.peers.get(node)
+            if peer is None or peer.timer_at != at:
+                continue  # rescheduled or evicted since
+            peer.timer_at = None
+            self._poll_peer(peer, now)  # reschedules
+            if self._upgrade_due(peer, now):
                 self._send_call_me_maybe(peer, now)  # keep trying to go direct
+                self._reschedule(peer, now)
         self.peers.expire_held(now)
+
+    def _upgrade_due(self, peer: Peer, now: float) -> bool:
+        at = self._upgrade_at(peer)
+        return at is not None and at <= now
+
+    def _upgrade_at(self, peer: Peer) -> float | None:
+        """When to send the next CallMeMaybe over the relay (None: not on the relay)."""
+        path = peer.paths.path
+        if (
+            not peer.connections
+            or peer.relay is None
+            or (path is not None and path.kind != "relay")
+        ):
+            return None
+        if peer.last_call_me_maybe is None:
+            return 0.0
+        return peer.last_call_me_maybe + self._config.call_me_maybe_interval
+
+    def _reschedule(self, peer: Peer, now: float) -> None:
+        """Keep the peer's heap entry at its next deadline (or earlier: a wake-up that finds
+        nothing due reschedules again)."""
+        times = [
+            t for t in (peer.paths.next_deadline(now), self._upgrade_at(peer)) if t is not None
+        ]
+        if not times:
+            return
+        at = max(min(times), now)
+        if peer.timer_at is None or at < peer.timer_at:
+            peer.timer_at = at
+            heapq.heappush(self._heap, (at, next(self._seq), peer.node))
+            self.timer_moved = True
 
     # -- disco ------------------------------------------------------------------------------------
 
@@ -327,6 +392,7 @@ class PathLayer:
 
     def _send_disco(self, receiver: NodeId, message: disco.Message, addr: Addr) -> None:
         packet = disco.encode(self._identity, receiver, message, self._unix_time())
+        self.disco_sent += 1
         self._transmits.append(SendUdp(packet, addr))
 
     def advertised_addresses(self) -> tuple[Addr, ...]:
@@ -355,13 +421,15 @@ class PathLayer:
             packet = disco.encode(
                 self._identity, peer.node, disco.CallMeMaybe(addrs), self._unix_time()
             )
+            self.disco_sent += 1
             self._transmits.append(SendRelay(packet, relay, peer.node))
 
     def _poll_peer(self, peer: Peer, now: float) -> None:
-        """Queue due pings and publish path changes for one peer."""
+        """Queue due pings, publish path changes and reschedule, for one peer."""
         for action in peer.paths.poll(now):
             self._send_disco(peer.node, action.ping, action.addr)
         self._emit_path_events(peer)
+        self._reschedule(peer, now)
 
     def _emit_path_events(self, peer: Peer) -> None:
         while (change := peer.paths.next_event()) is not None:
@@ -376,6 +444,7 @@ class PathLayer:
     # -- STUN -------------------------------------------------------------------------------------
 
     def _poll_stun(self, now: float) -> None:
+        self.timer_moved = True
         for data, addr in self.reflexive.poll(now):
             self._transmits.append(SendUdp(data, addr))
         self._after_stun(now)

@@ -8,6 +8,14 @@ a relay. A candidate is *confirmed* when it answered our Ping with a Pong, and s
 moves to the relay; other candidates are re-probed every `probe_interval`, so traffic returns
 to a direct path once it answers again.
 
+Idle is nearly free: on a confirmed direct path nobody heartbeats while the connections to
+the peer have nothing unacknowledged in flight (QUIC keepalives keep the NAT binding and
+prove liveness; the path is *held* without Pongs). Once data has been unacknowledged for
+`unacked_grace` (a transfer, a keepalive that got no ACK, a loss), heartbeats and probes
+resume, and the path must answer one within `ping_timeout`: a path that died while idle is
+left `unacked_grace + ping_timeout` (2 s) after the first unanswered packet, one that dies
+during a transfer (heartbeats running) within the trust window, as before (`set_unacked`).
+
 Sending rule (see `send_targets`):
 - a confirmed candidate exists: send only there (the lowest RTT one, with hysteresis);
 - otherwise: the relay if there is one, plus every candidate that has not failed a ping yet
@@ -28,6 +36,7 @@ from fleet.mesh.disco import Addr, Ping
 MAX_CANDIDATES = 16
 MAX_OUTSTANDING_PINGS = 64
 PING_BACK_GAP = 0.1  # at most one immediate ping-back per candidate this often
+_NEVER = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +51,10 @@ class PathTiming:
     # that wait dominated connect times).
     search_interval: float = 0.25
     search_window: float = 4.0
+    # Data unacknowledged this long on the path in use: heartbeats resume (and the path must
+    # answer one within `trust_window` of that moment). Longer than a round trip on any
+    # path we use, shorter than a QUIC probe timeout's wait.
+    unacked_grace: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +111,13 @@ class PeerPaths:
     timing: PathTiming = field(default_factory=PathTiming)
     has_relay: bool = False
     active: bool = False
+    # Since when data to the peer has been in flight unacknowledged; None: nothing is. Until
+    # the owner reports it (set_unacked), "always": heartbeats run as during a transfer.
+    unacked_since: float | None = float("-inf")
     _candidates: dict[Addr, _Candidate] = field(default_factory=dict)
     _pings: dict[bytes, _SentPing] = field(default_factory=dict)
     _path: Path | None = None
+    _doubt_since: float | None = None
     _events: deque[PathChanged] = field(default_factory=deque)
 
     # -- inputs -----------------------------------------------------------------------------
@@ -161,6 +178,7 @@ class PeerPaths:
         rtt = max(now - sent.sent, 0.0)
         cand.rtt = rtt if cand.rtt is None else 0.7 * cand.rtt + 0.3 * rtt
         cand.first_unanswered = None
+        self._doubt_since = None
         self._update(now, "pong")
         return True
 
@@ -173,6 +191,21 @@ class PeerPaths:
         self.active = active
         self._update(now, "activity")
 
+    def doubt(self, now: float) -> None:
+        """The peer's traffic arrived over the relay while we use a direct path: it may have
+        given that path up (a one-way cut: a receiver's ACKs never wait for anything), so
+        the path must answer a heartbeat again to stay in use."""
+        current = self._path
+        if self._doubt_since is None and current is not None and current.kind == "direct":
+            self._doubt_since = now
+            self._update(now, "traffic over the relay")
+
+    def set_unacked(self, since: float | None, now: float) -> None:
+        """Since when data to the peer has been in flight unacknowledged (None: nothing is).
+        The path in use is heartbeated only while that has lasted `unacked_grace`."""
+        self.unacked_since = since
+        self._update(now, "unacknowledged data" if since is not None else "acknowledged")
+
     # -- outputs ----------------------------------------------------------------------------
 
     def poll(self, now: float) -> list[SendPing]:
@@ -181,7 +214,10 @@ class PeerPaths:
         out: list[SendPing] = []
         if self.active:
             current = self._best_confirmed(now)
+            quiet = current is not None and not self._suspect(now)
             for cand in self._candidates.values():
+                if quiet and cand.last_ping is not None:
+                    continue  # idle on a good direct path: no disco at all
                 interval = self._interval(cand, current, now)
                 if cand.last_ping is None or now >= cand.last_ping + interval:
                     out.append(self._ping(cand, now))
@@ -208,21 +244,30 @@ class PeerPaths:
         )
         return timing.search_interval if searching else timing.probe_interval
 
-    def next_deadline(self) -> float | None:
-        """When `poll` should next run (None when idle)."""
+    def next_deadline(self, now: float | None = None) -> float | None:
+        """When `poll` should next run: `now` (0.0 without it) if a ping is due, else the next
+        moment something changes (None: nothing will until an input)."""
         deadlines: list[float] = []
         if self.active:
-            best = self._best_confirmed(None)
+            best = self._best_confirmed(now)
+            quiet = best is not None and not self._suspect(now)
             for cand in self._candidates.values():
                 if cand.last_ping is None:
-                    return 0.0
-                deadlines.append(cand.last_ping + self._interval(cand, best, None))
+                    return 0.0 if now is None else now
+                if not quiet:
+                    deadlines.append(cand.last_ping + self._interval(cand, best, now))
                 if cand.first_unanswered is not None:
                     deadlines.append(cand.first_unanswered + self.timing.ping_timeout)
+            doubted = self._doubted_since()
+            if quiet and doubted is not None:
+                deadlines.append(doubted)
         for cand in self._candidates.values():
             if cand.last_pong is not None:
-                deadlines.append(cand.last_pong + self.timing.trust_window)
-        return min(deadlines) if deadlines else None
+                deadlines.append(self._trusted_until(cand))
+        # Past moments (a trust window that ran out, a ping that timed out) were handled by
+        # the poll that saw them: only the future counts, or the timer would spin.
+        future = [d for d in deadlines if (now is None or d > now) and d != _NEVER]
+        return min(future) if future else None
 
     @property
     def path(self) -> Path | None:
@@ -259,10 +304,36 @@ class PeerPaths:
             and now >= cand.first_unanswered + self.timing.ping_timeout
         )
 
+    def _doubted_since(self) -> float | None:
+        """Since when the path in use must prove itself again (None: it is held)."""
+        times = [t for t in (self._doubt_since,) if t is not None]
+        if self.unacked_since is not None:
+            times.append(self.unacked_since + self.timing.unacked_grace)
+        return min(times) if times else None
+
+    def _suspect(self, now: float | None) -> bool:
+        """Data has been unacknowledged long enough (or the peer's traffic came over the
+        relay) that the path in use must prove itself."""
+        since = self._doubted_since()
+        return since is not None and (now is None or now >= since)
+
+    def _trusted_until(self, cand: _Candidate) -> float:
+        assert cand.last_pong is not None
+        until = cand.last_pong + self.timing.trust_window
+        current = self._path
+        if current is not None and current.kind == "direct" and current.addr == cand.addr:
+            since = self._doubted_since()
+            if since is None:
+                return _NEVER  # held: nothing unacknowledged, nothing to doubt
+            # Doubted since then: its heartbeat must be answered within a ping timeout
+            # (with a relay, traffic moves there ~2 s after a cut).
+            until = max(until, since + self.timing.ping_timeout)
+        return until
+
     def _confirmed(self, cand: _Candidate, now: float | None) -> bool:
         if cand.last_pong is None:
             return False
-        return now is None or now < cand.last_pong + self.timing.trust_window
+        return now is None or now < self._trusted_until(cand)
 
     def _best_confirmed(self, now: float | None) -> _Candidate | None:
         confirmed = [c for c in self._candidates.values() if self._confirmed(c, now)]

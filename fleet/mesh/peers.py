@@ -34,6 +34,7 @@ class Peer:
         "node",
         "paths",
         "relay",
+        "timer_at",
         "vaddr",
         "wrong_node",
     )
@@ -46,6 +47,7 @@ class Peer:
         self.connections: set[Connection] = set()
         self.wrong_node: dict[Addr, NodeId] = {}  # address -> the node that answered there
         self.last_call_me_maybe: float | None = None
+        self.timer_at: float | None = None  # the path layer's next deadline for this peer
 
 
 class PeerTable:
@@ -106,6 +108,12 @@ class PeerTable:
         """The still-fresh packets held from `addr` (now tied to a node)."""
         held = self._held.pop(addr, None) or []
         return [data for at, data in held if at >= now - HOLD_SECONDS]
+
+    def next_held_expiry(self) -> float | None:
+        """When the oldest held packets go stale (None: nothing is held)."""
+        if not self._held:
+            return None
+        return min(held[-1][0] for held in self._held.values()) + HOLD_SECONDS
 
     def expire_held(self, now: float) -> None:
         horizon = now - HOLD_SECONDS

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import aioquic
@@ -44,6 +45,7 @@ _HOOKED_METHODS: dict[tuple[type, str], tuple[str, ...]] = {
     (tls.Context, "_server_handle_certificate"): ("self", "input_buf"),
     (tls.Context, "_server_handle_finished"): ("self", "input_buf", "output_buf"),
     (QuicConnection, "_initialize"): ("self", "peer_cid"),
+    (QuicConnection, "_replenish_connection_ids"): ("self",),
     (QuicPacketRecovery, "reschedule_data"): ("self", "now", "speed_up_handshake"),
     (QuicPacketPacer, "update_rate"): ("self", "congestion_window", "smoothed_rtt"),
     (QuicPacketRecovery, "on_loss_detection_timeout"): ("self", "now"),
@@ -88,7 +90,15 @@ def check_internals() -> None:
         if attr not in recovery_init:
             problems.append(f"QuicPacketRecovery.__init__ sets no {attr}")
     init_source = inspect.getsource(QuicConnection.__init__)
-    for attr in ("self._streams", "self._close_event", "self._loss", "self._handshake_complete"):
+    for attr in (
+        "self._streams",
+        "self._close_event",
+        "self._loss",
+        "self._handshake_complete",
+        "self._host_cids",
+        "self._peer_cid",
+        "self._peer_cid_available",
+    ):
         if attr not in init_source:
             problems.append(f"QuicConnection.__init__ sets no {attr}")
     if problems:
@@ -198,14 +208,30 @@ class PinnedQuicConnection(QuicConnection):
         configuration: QuicConfiguration,
         expected_peer: NodeId,
         handshake_pto_max: float = DEFAULT_HANDSHAKE_PTO_MAX,
+        reset_token: Callable[[bytes], bytes] | None = None,
         **kwargs: Any,
     ) -> None:
         self._fleet_expected = expected_peer
+        self._fleet_reset_token = reset_token
         super().__init__(configuration=configuration, **kwargs)
         self._loss._pacer.__class__ = TimerAwarePacer
         self._loss.__class__ = HandshakeCappedRecovery
         assert isinstance(self._loss, HandshakeCappedRecovery)
         self._loss.fleet_pto_max = handshake_pto_max
+        if reset_token is not None and not self._is_client:
+            # The token a server advertises for its first connection id (transport
+            # parameter): derived, so a restarted process can still send it (mesh/reset.py).
+            first = self._host_cids[0]
+            first.stateless_reset_token = reset_token(first.cid)
+
+    def _replenish_connection_ids(self) -> None:
+        """aioquic's, with tokens derived from our key instead of random ones."""
+        super()._replenish_connection_ids()
+        derive = self._fleet_reset_token
+        if derive is not None:
+            for host_cid in self._host_cids:
+                if not host_cid.was_sent:
+                    host_cid.stateless_reset_token = derive(host_cid.cid)
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
@@ -264,6 +290,18 @@ def send_backlog(quic: QuicConnection, stream_id: int) -> int:
     if stream is None:
         return 0
     return len(stream.sender._buffer)
+
+
+def bytes_in_flight(quic: QuicConnection) -> int:
+    """Bytes sent in ack-eliciting packets the peer has not acknowledged yet."""
+    return int(quic._loss.bytes_in_flight)
+
+
+def peer_reset_tokens(quic: QuicConnection) -> list[bytes]:
+    """The stateless reset tokens the peer gave for the connection ids we may address."""
+    tokens = [quic._peer_cid.stateless_reset_token]
+    tokens.extend(cid.stateless_reset_token for cid in quic._peer_cid_available)
+    return [t for t in tokens if t]
 
 
 def pending_close(quic: QuicConnection) -> ConnectionTerminated | None:

@@ -35,6 +35,9 @@ MAX_SEND = 65507  # the largest UDP payload one send may carry (IPv4)
 # the segment size) only rules out GSO towards that address.
 MAX_REFUSED = 1024
 _NO_GSO_ERRNOS = frozenset({errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.ENOTSUP})
+# Plain ints: `flags & socket.MSG_TRUNC` on the enum costs an enum Flag operation per
+# datagram (19 % of an idle coordinator's profile at 10,000 agents).
+_MSG_TRUNC = int(socket.MSG_TRUNC)
 
 
 @dataclass
@@ -87,6 +90,7 @@ class UdpSocket:
         recvfrom = sock.recvfrom
         recvmsg = sock.recvmsg
         cmsg_size = socket.CMSG_SPACE(4)
+        msg_trunc = _MSG_TRUNC
 
         def readable() -> None:
             datagrams: list[tuple[bytes, Addr]] = []
@@ -95,7 +99,7 @@ class UdpSocket:
                 try:
                     if gro:
                         data, ancdata, flags, addr = recvmsg(65535, cmsg_size)
-                        if flags & socket.MSG_TRUNC:
+                        if flags & msg_trunc:
                             # Never split a cut-off buffer into datagrams: count it as loss.
                             stats.truncated += 1
                             continue

@@ -88,11 +88,13 @@ async def test_direct_path_dies_and_the_real_relay_takes_over(relay: RelayProces
         server_conn = server.result()
         ea.socket.blackhole.add(eb.bound_address)
         eb.socket.blackhole.add(ea.bound_address)
-        await conn.wait_path("relay", timeout=8)
         forwarded_before = _forwarded(await relay.metrics())
+        # An idle connection learns that its path died when it next sends (data, or its
+        # next keepalive): nothing is lost meanwhile, and no disco runs while idle.
         writer = await conn.open_uni()
         writer.write(b"r" * 300_000)
         writer.write_eof()
+        await conn.wait_path("relay", timeout=8)
         reader = await server_conn.accept_uni(timeout=10)
         assert await asyncio.wait_for(reader.read(), 15) == b"r" * 300_000
         assert _forwarded(await relay.metrics()) - forwarded_before > 200

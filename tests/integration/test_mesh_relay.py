@@ -167,3 +167,41 @@ async def test_blackholed_direct_path_falls_back_to_relay_and_returns() -> None:
         assert conn.closed is None
         kinds = [c.new.kind if c.new else None for c in conn.path_history]
         assert kinds[-2:] == ["relay", "direct"]
+
+
+async def test_an_idle_direct_connection_sends_no_disco_and_still_notices_a_cut() -> None:
+    """Idle: QUIC keepalives only (no signed disco, which was a Ping each way every second);
+    a path that dies while idle is left soon after the next keepalive finds it dead."""
+    hub = FakeRelayHub()
+    ea, eb = _pair(hub, MeshConfig(keepalive_interval=1.0))
+    async with ea, eb:
+        await ea.wait_relays(5)
+        await eb.wait_relays(5)
+        conn = await ea.connect(eb.node_id, ALPN, addrs=[eb.bound_address], timeout=10)
+        server = await eb.accept(ALPN, timeout=10)
+        await conn.wait_path("direct", timeout=5)
+        await server.wait_path("direct", timeout=5)
+        await asyncio.sleep(1.5)  # the handshake's probes settle
+        disco_before = ea.disco_sent, eb.disco_sent
+        quic_before = ea.socket.stats.sent, eb.socket.stats.sent
+        await asyncio.sleep(4.0)
+        assert (ea.disco_sent, eb.disco_sent) == disco_before
+        sent = ea.socket.stats.sent - quic_before[0], eb.socket.stats.sent - quic_before[1]
+        assert all(2 <= n <= 20 for n in sent), sent  # keepalive PINGs and their ACKs only
+        assert conn.path == "direct"
+
+        ea.socket.blackhole.add(eb.bound_address)
+        eb.socket.blackhole.add(ea.bound_address)
+        cut = time.monotonic()
+        await conn.wait_path("relay", timeout=10)
+        await server.wait_path("relay", timeout=10)
+        took = time.monotonic() - cut
+        # the next keepalive (<= 1 s), unacked_grace (0.5 s), a ping timeout (1.5 s)
+        assert took < 5.0, f"fallback from an idle path took {took:.1f}s"
+        _, writer = await conn.open_bi()
+        writer.write(b"still here")
+        writer.write_eof()
+        incoming, answer = await server.accept_bi(timeout=5)
+        assert await asyncio.wait_for(incoming.read(), 5) == b"still here"
+        answer.write_eof()
+        assert conn.closed is None

@@ -103,6 +103,8 @@ class SimNet:
         assert peer is not None
         addrs, relay = src.core.route(peer, self.now)
         self._drain(src)  # due pings first, as the Endpoint does
+        if peer.paths.unacked_since is None:  # in flight until the peer's next packet
+            src.core.set_unacked(peer, self.now, self.now)
         data = b"\x40quic from " + bytes(src.node_id.raw[:4])
         for addr in addrs:
             self._udp(src, addr, data)
@@ -137,8 +139,7 @@ class SimNet:
                     continue
                 peer = target.core.receive_relay(src, data, self.now, relay=target.relay)
                 if peer is not None:
-                    target.quic_from.append((peer.node, data, "relay"))
-                    self._accept(target, peer)
+                    self._quic_arrived(target, peer, data, "relay")
             if not busy:
                 return
         raise AssertionError("the simulated network never settled")
@@ -156,7 +157,7 @@ class SimNet:
             node.events.append(event)
             if isinstance(event, HeldReleased):
                 for data in event.datagrams:
-                    node.quic_from.append((event.peer.node, data, "held"))
+                    self._quic_arrived(node, event.peer, data, "held")
         return bool(out) or len(node.events) > seen
 
     def _udp(self, src: Node, addr: Addr, data: bytes) -> None:
@@ -165,12 +166,25 @@ class SimNet:
             return
         peer = target.core.receive_udp(data, src.addr, self.now)
         if peer is not None:
-            target.quic_from.append((peer.node, data, "direct"))
-            self._accept(target, peer)
+            self._quic_arrived(target, peer, data, "direct")
 
-    def _accept(self, node: Node, peer: Peer) -> None:
-        if not peer.connections:  # the server side's connection appears with the first packet
+    def _quic_arrived(self, node: Node, peer: Peer, data: bytes, via: str) -> None:
+        """What the Endpoint would do: feed it (a server connection appears with the first
+        packet); and QUIC would ACK it, over the path this node chose back."""
+        node.quic_from.append((peer.node, data, via))
+        if not peer.connections:
             node.core.connection_added(peer, _conn(), self.now)
+        sender = self.nodes.get(peer.node)
+        if sender is None:
+            return
+        addrs, relay = node.core.route(peer, self.now)
+        self._drain(node)
+        if relay is not None or any(
+            self.at.get(addr) is sender and self.udp_works(node.addr, addr) for addr in addrs
+        ):
+            back = sender.core.peers.get(node.node_id)
+            if back is not None:
+                sender.core.set_unacked(back, None, self.now)
 
 
 def _conn() -> Connection:
@@ -304,3 +318,37 @@ def test_call_me_maybe_over_the_relay_lets_the_callee_dial_back() -> None:
     net.run(0.2, traffic=(a, b))
     assert _path(b, a) == Path("direct", a.addr)
     assert _path(a, b) == Path("direct", b.addr)
+
+
+def test_an_idle_direct_path_sends_no_disco_and_schedules_no_wake_up() -> None:
+    net = SimNet()
+    a, b = net.add(("192.0.2.1", 4000)), net.add(("198.51.100.2", 5000))
+    net.dial(a, b.node_id, [b.addr])
+    net.run(1.0, traffic=(a, b))
+    net.run(4.0)  # no traffic: every packet was acknowledged
+    sent = a.core.disco_sent, b.core.disco_sent
+    net.run(60.0)
+    assert (a.core.disco_sent, b.core.disco_sent) == sent  # was one Ping per second each
+    assert _path(a, b) == Path("direct", b.addr)
+    assert a.core.get_timer() is None
+    assert b.core.get_timer() is None
+
+
+def test_a_path_that_died_while_idle_is_left_soon_after_the_next_packet() -> None:
+    net = SimNet()
+    a, b = net.add(("192.0.2.1", 4000)), net.add(("198.51.100.2", 5000))
+    net.dial(a, b.node_id, [b.addr])
+    net.run(1.0, traffic=(a, b))
+    net.run(10.0)  # idle
+    net.cut.add(frozenset((a.addr, b.addr)))
+    net.run(5.0)  # nobody sends: nobody can notice, and nothing is lost
+    assert _path(a, b) == Path("direct", b.addr)
+    sent_at = net.now
+    while _path(a, b) != Path("relay"):  # A's keepalive (or data) gets no ACK
+        net.run(STEP, traffic=(a, b))
+        assert net.now - sent_at < 4.0
+    assert net.now - sent_at <= 2.1  # unacked_grace 0.5 s, then a ping timeout 1.5 s
+    # B only receives over the relay: that alone makes it doubt its direct path, too.
+    while _path(b, a) != Path("relay"):
+        net.run(STEP, traffic=(a, b))
+        assert net.now - sent_at < 5.0
