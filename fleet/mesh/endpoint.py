@@ -55,7 +55,7 @@ from fleet.mesh.relay import RelayFactory, RelayRunner, RelayTransport
 from fleet.mesh.reset import StatelessResets, is_stateless_reset, reset_key
 from fleet.mesh.tls_hooks import (
     PinnedQuicConnection,
-    bytes_in_flight,
+    awaiting_ack,
     kick,
     peer_reset_tokens,
     quic_configuration,
@@ -759,7 +759,7 @@ class Endpoint:
     def _track_unacked(self, conn: Connection, peer: Peer, now: float) -> None:
         """Tell the path layer when data to the peer starts or stops waiting for an ACK
         (while it waits too long, the path in use is heartbeated; idle, it is not)."""
-        in_flight = bytes_in_flight(conn.quic) > 0
+        in_flight = awaiting_ack(conn.quic)
         if in_flight == (conn.unacked_since is not None):
             return
         conn.unacked_since = now if in_flight else None

@@ -98,6 +98,7 @@ def check_internals() -> None:
         "self._host_cids",
         "self._peer_cid",
         "self._peer_cid_available",
+        "self._spaces",
     ):
         if attr not in init_source:
             problems.append(f"QuicConnection.__init__ sets no {attr}")
@@ -292,9 +293,11 @@ def send_backlog(quic: QuicConnection, stream_id: int) -> int:
     return len(stream.sender._buffer)
 
 
-def bytes_in_flight(quic: QuicConnection) -> int:
-    """Bytes sent in ack-eliciting packets the peer has not acknowledged yet."""
-    return int(quic._loss.bytes_in_flight)
+def awaiting_ack(quic: QuicConnection) -> bool:
+    """Whether an ack-eliciting packet we sent is still unacknowledged (and not declared
+    lost). Counted per packet number space: aioquic's congestion-control `bytes_in_flight`
+    can keep a few bytes for good after a Retry, which would look like data waiting."""
+    return any(space.ack_eliciting_in_flight for space in quic._spaces.values())
 
 
 def peer_reset_tokens(quic: QuicConnection) -> list[bytes]:

@@ -207,3 +207,27 @@ async def test_two_processes_with_one_key_both_talk_to_the_same_server() -> None
             await exchange(two, b"push")
             await exchange(one, b"still watching")  # the first one was not cut off
             await exchange(two, b"done")
+
+
+async def test_connections_made_through_a_retry_are_idle_too() -> None:
+    """After a QUIC Retry, aioquic's congestion controller keeps a few bytes "in flight" for
+    good; that must not read as data waiting for an ACK (which would heartbeat forever)."""
+    server_config = MeshConfig(retry_threshold=0)  # every connection answers a Retry first
+    async with Endpoint(
+        Identity.generate(), bind=LOOPBACK, alpns=[ALPN], config=server_config
+    ) as eb:
+        clients = [Endpoint(Identity.generate(), bind=LOOPBACK) for _ in range(3)]
+        for client in clients:
+            await client.__aenter__()
+        try:
+            for client in clients:
+                conn = await client.connect(eb.node_id, ALPN, addrs=[eb.bound_address], timeout=10)
+                await conn.wait_path("direct", timeout=5)
+            assert eb.admission_stats()["retries_sent"] >= 3
+            await asyncio.sleep(1.5)  # the handshakes' probes settle
+            before = [ep.disco_sent for ep in (eb, *clients)]
+            await asyncio.sleep(3.0)
+            assert [ep.disco_sent for ep in (eb, *clients)] == before
+        finally:
+            for client in clients:
+                await client.__aexit__(None, None, None)
