@@ -121,6 +121,7 @@ class Connection:
         self.closed: CloseReason | None = None
         self.keepalive_at = 0.0  # the next QUIC PING (MeshConfig.keepalive_interval)
         self.unacked_since: float | None = None  # data in flight without an ACK since
+        self.unacked_reported = False  # ... and the path layer was told (it lasted)
         self.half_open: HalfOpen | None = None  # a server connection's admission slot
         # Where this connection's last direct datagram came from (None: via the relay).
         # Two processes may share a node id (an admin's `status --watch` and `push`): the

@@ -119,6 +119,7 @@ class Endpoint:
         self.relay_packets_sent = 0
         self.relay_packets_received = 0
         self._quic_dropped = 0  # undecodable, unknown or misdirected QUIC datagrams
+        self._unacked_grace = self.config.paths.unacked_grace
         # Stateless resets only from endpoints that serve: one that only dials (fleetctl)
         # may run as several processes of one key at once, and one's reset would end the
         # other's connections; it keeps aioquic's random tokens.
@@ -753,17 +754,38 @@ class Endpoint:
                 self.relay_packets_sent += len(payloads)
         self._track_unacked(conn, peer, now)
         self._process_events(conn)
-        timer, keepalive = quic.get_timer(), conn.keepalive_at
-        conn.timer.set(keepalive if timer is None or keepalive < timer else timer)
+        timer = quic.get_timer()
+        wake = conn.keepalive_at
+        if timer is not None and timer < wake:
+            wake = timer
+        since = conn.unacked_since
+        if since is not None and not conn.unacked_reported:
+            wake = min(wake, since + self._unacked_grace)  # report it if it lasts
+        conn.timer.set(wake)
 
     def _track_unacked(self, conn: Connection, peer: Peer, now: float) -> None:
-        """Tell the path layer when data to the peer starts or stops waiting for an ACK
-        (while it waits too long, the path in use is heartbeated; idle, it is not)."""
-        in_flight = awaiting_ack(conn.quic)
-        if in_flight == (conn.unacked_since is not None):
-            return
-        conn.unacked_since = now if in_flight else None
-        waiting = [c.unacked_since for c in peer.connections if c.unacked_since is not None]
+        """Tell the path layer when data to the peer has waited for an ACK for
+        `unacked_grace` (the path in use is then heartbeated), and when it no longer does.
+        Shorter waits (every request, every burst) stay here: no path layer work per flush."""
+        if awaiting_ack(conn.quic):
+            since = conn.unacked_since
+            if since is None:
+                conn.unacked_since = now
+            elif not conn.unacked_reported and now >= since + self._unacked_grace:
+                conn.unacked_reported = True
+                self._report_unacked(peer, now)
+        elif conn.unacked_since is not None:
+            conn.unacked_since = None
+            if conn.unacked_reported:
+                conn.unacked_reported = False
+                self._report_unacked(peer, now)
+
+    def _report_unacked(self, peer: Peer, now: float) -> None:
+        waiting = [
+            c.unacked_since
+            for c in peer.connections
+            if c.unacked_reported and c.unacked_since is not None
+        ]
         self._paths.set_unacked(peer, min(waiting) if waiting else None, now)
         self._service_paths()
 
