@@ -187,13 +187,16 @@ class PathLayer:
             self._on_disco(data, None, src, relay, now)
             return None
         peer = self.peers.get_or_create(src)
+        changed = False
         if peer.relay is None:
             peer.relay = relay
             peer.paths.set_relay(True, now)
+            changed = True
         path = peer.paths.path
         if path is not None and path.kind == "direct":
-            peer.paths.doubt(now)
-        self._poll_peer(peer, now)
+            changed |= peer.paths.doubt(now)
+        if changed or self._due(peer, now):  # the per-packet path: no work when nothing is
+            self._poll_peer(peer, now)
         return peer
 
     # -- inputs: connections ------------------------------------------------------------------
@@ -208,6 +211,7 @@ class PathLayer:
             peer.paths.add_candidate(addr, now, "connect")
         if relay is not None:
             peer.relay = relay
+        self._reschedule(peer, now)
         return peer
 
     def relay_settled(self, peer: Peer, now: float) -> None:
@@ -249,8 +253,7 @@ class PathLayer:
         """Where the QUIC datagrams to `peer` go now: direct addresses, and the relay to use
         as well (or None). Due pings are queued first (send them before the QUIC ones)."""
         paths = peer.paths
-        deadline = paths.next_deadline(now)
-        if deadline is not None and deadline <= now:
+        if self._due(peer, now):
             self._poll_peer(peer, now)
         addrs, via_relay = paths.send_targets(now)
         return addrs, peer.relay if via_relay else None
@@ -286,6 +289,12 @@ class PathLayer:
                 self._send_call_me_maybe(peer, now)  # keep trying to go direct
                 self._reschedule(peer, now)
         self.peers.expire_held(now)
+
+    @staticmethod
+    def _due(peer: Peer, now: float) -> bool:
+        """Whether the peer's next deadline has come (every change reschedules it)."""
+        at = peer.timer_at
+        return at is not None and at <= now
 
     def _upgrade_due(self, peer: Peer, now: float) -> bool:
         at = self._upgrade_at(peer)

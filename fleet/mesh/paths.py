@@ -191,14 +191,16 @@ class PeerPaths:
         self.active = active
         self._update(now, "activity")
 
-    def doubt(self, now: float) -> None:
+    def doubt(self, now: float) -> bool:
         """The peer's traffic arrived over the relay while we use a direct path: it may have
         given that path up (a one-way cut: a receiver's ACKs never wait for anything), so
-        the path must answer a heartbeat again to stay in use."""
+        the path must answer a heartbeat again to stay in use. True if that is news."""
         current = self._path
         if self._doubt_since is None and current is not None and current.kind == "direct":
             self._doubt_since = now
             self._update(now, "traffic over the relay")
+            return True
+        return False
 
     def set_unacked(self, since: float | None, now: float) -> None:
         """Since when data to the peer has been in flight unacknowledged (None: nothing is).
