@@ -129,6 +129,26 @@ in
       '';
     };
 
+    welcomeTimeout = mkOption {
+      type = fleetTypes.positiveSeconds;
+      default = 30;
+      description = ''
+        Seconds the agent waits for the coordinator's Welcome after its Hello before it gives
+        up on that connection. A coordinator too busy to answer in time says so (Busy, with a
+        retry-after the agent honours), so this rarely needs raising.
+      '';
+    };
+
+    reconnectSpread = mkOption {
+      type = fleetTypes.seconds;
+      default = 10;
+      description = ''
+        After a session with the coordinator ends (for example when it restarts), the first
+        redial waits a random time between 0 and this many seconds, so that a whole fleet does
+        not redial at the same moment.
+      '';
+    };
+
     settings = mkOption {
       type = types.submodule { freeformType = settingsFormat.type; };
       default = { };
@@ -142,7 +162,8 @@ in
         Settings of `fleet agent`, written as TOML and passed with `--config`. Keys are the
         command-line flags without the leading dashes (`log_level` or `log-level`); see
         `fleet agent --help`. The options above set `coordinator`, `relay`, `key`, `trust_root`, `tag`,
-        `substituter`, `trusted_public_key` and `state_dir` here.
+        `substituter`, `trusted_public_key`, `state_dir`, `welcome_timeout` and
+        `reconnect_spread` here.
       '';
     };
   };
@@ -210,6 +231,8 @@ in
         substituter = cfg.substituters;
         trusted_public_key = cfg.trustedPublicKeys;
         state_dir = "/var/lib/${stateDirectory}";
+        welcome_timeout = cfg.welcomeTimeout;
+        reconnect_spread = cfg.reconnectSpread;
       }
       // lib.optionalAttrs (cfg.coordinator.nodeId != null) { coordinator = coordinatorAddr; }
     );

@@ -4,12 +4,12 @@ sibling tasks, and an orderly shutdown that never interrupts an activation."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleet.agent.agent import Agent
 from fleet.agent.dial import MeshDialer
-from fleet.agent.session import CoordinatorSession
+from fleet.agent.session import CoordinatorSession, SessionConfig
 from fleet.agent.state import StateFile
 from fleet.agent.updater import ApplyConfig
 from fleet.daemon import run_until_signal
@@ -34,6 +34,7 @@ class AgentSettings:
     apply: ApplyConfig
     listen: tuple[str, int]
     tags: tuple[str, ...] = ()
+    session: SessionConfig = field(default_factory=SessionConfig)  # timeouts, reconnect spread
 
 
 async def run_agent(settings: AgentSettings) -> None:
@@ -70,7 +71,9 @@ async def _run(settings: AgentSettings, stop: asyncio.Event) -> None:
             trust_roots=[r.short() for r in settings.trust_roots],
             tags=list(settings.tags),
         )
-        session = CoordinatorSession(agent, MeshDialer(endpoint, settings.coordinator))
+        session = CoordinatorSession(
+            agent, MeshDialer(endpoint, settings.coordinator), settings.session
+        )
         async with asyncio.TaskGroup() as tasks:
             work = tasks.create_task(agent.run(), name="agent-work")
             link = tasks.create_task(session.run(), name="agent-session")

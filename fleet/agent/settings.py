@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fleet.agent.session import DEFAULT_RECONNECT_SPREAD, DEFAULT_WELCOME_TIMEOUT
 from fleet.identity import InvalidNodeId, NodeId, normalize_tag, normalize_tags
 from fleet.mesh.peer_addr import InvalidPeerAddr, PeerAddr
 from fleet.netaddr import InvalidAddress, parse_host_port
@@ -31,6 +32,8 @@ KNOWN = (
     "nix_store",
     "profile",
     "listen",
+    "welcome_timeout",
+    "reconnect_spread",
     "log_level",
 )
 DEFAULT_KEY = Path("/etc/ssh/ssh_host_ed25519_key")
@@ -61,6 +64,8 @@ class AgentConfig:
     profile: Path | None
     listen: tuple[str, int]
     log_level: str
+    welcome_timeout: float = DEFAULT_WELCOME_TIMEOUT  # seconds from Hello to Welcome (or Busy)
+    reconnect_spread: float = DEFAULT_RECONNECT_SPREAD  # first redial after a session ended
 
 
 def _flag(name: str) -> str:
@@ -93,6 +98,17 @@ def _each(settings: Mapping[str, Any], name: str, parse: Callable[[str], T]) -> 
         except ValueError as exc:
             raise SettingsError(f"{_flag(name)}: {exc}") from None
     return parsed
+
+
+def _seconds(settings: Mapping[str, Any], name: str, default: float, *, zero: bool) -> float:
+    """A duration in seconds (a TOML integer or float); positive, or also 0 if `zero`."""
+    value = settings.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SettingsError(f"{_flag(name)}: expected seconds, got {value!r}")
+    if not (value >= 0 if zero else value > 0) or value == float("inf"):
+        bound = "at least 0" if zero else "positive"
+        raise SettingsError(f"{_flag(name)}: {value!r} seconds; must be {bound} and finite")
+    return float(value)
 
 
 def _node_id(text: str) -> NodeId:
@@ -148,4 +164,8 @@ def from_mapping(settings: Mapping[str, Any]) -> AgentConfig:
         profile=Path(profile) if profile else None,
         listen=listen,
         log_level=level,
+        welcome_timeout=_seconds(settings, "welcome_timeout", DEFAULT_WELCOME_TIMEOUT, zero=False),
+        reconnect_spread=_seconds(
+            settings, "reconnect_spread", DEFAULT_RECONNECT_SPREAD, zero=True
+        ),
     )

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from fleet.agent.daemon import AgentSettings, run_agent
+from fleet.agent.session import SessionConfig
 from fleet.agent.settings import (
     DEFAULT_KEY,
     DEFAULT_STATE_DIR,
@@ -51,6 +52,17 @@ from fleet.nix import NixStore
 @click.option("--nix-store", help="A chroot store directory (default: the system store).")
 @click.option("--profile", help="System profile (default /nix/var/nix/profiles/system).")
 @click.option("--listen", help="UDP HOST:PORT for the mesh (default 0.0.0.0:0).")
+@click.option(
+    "--welcome-timeout",
+    type=float,
+    help="Seconds to wait for the coordinator's Welcome after the Hello (default 30).",
+)
+@click.option(
+    "--reconnect-spread",
+    type=float,
+    help="After a session ends, the first redial waits a random 0..SECONDS (default 10), so "
+    "a fleet does not redial a restarted coordinator all at once.",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 def agent(config_file: str | None, **flags: Any) -> None:
     """Apply admin-signed system announcements from the coordinator and report status."""
@@ -88,6 +100,10 @@ def agent(config_file: str | None, **flags: Any) -> None:
                     apply=config,
                     listen=checked.listen,
                     tags=checked.tags,
+                    session=SessionConfig(
+                        welcome_timeout=checked.welcome_timeout,
+                        reconnect_spread=checked.reconnect_spread,
+                    ),
                 )
             )
         )

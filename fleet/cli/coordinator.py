@@ -32,6 +32,12 @@ from fleet.log import setup_logging
     type=float,
     help="Seconds between signed checkpoints of the audit head (default 60).",
 )
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    help="Mesh connections from agents before new ones are refused (default 12288; known "
+    "admins have a reserve beyond it).",
+)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML settings.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 def coordinator(config_file: str | None, **flags: Any) -> None:

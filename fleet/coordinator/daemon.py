@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
+from fleet.coordinator.admins import KnownAdmins
 from fleet.coordinator.database import Database
 from fleet.coordinator.server import CoordinatorServer
 from fleet.coordinator.service import CoordinatorService
@@ -12,6 +13,7 @@ from fleet.coordinator.settings import CoordinatorSettings
 from fleet.identity import Identity
 from fleet.log import get_logger
 from fleet.mesh import Endpoint
+from fleet.mesh.config import MeshConfig
 from fleet.mesh.ping import PING_ALPN, serve_ping
 from fleet.netaddr import format_host_port
 from fleet.protocol import alpn
@@ -31,13 +33,17 @@ async def run(settings: CoordinatorSettings, identity: Identity) -> None:
     try:
         os.chmod(settings.database, 0o600)
         service = CoordinatorService(db, identity.node_id, settings.trust_roots, signer=identity)
+        admins = KnownAdmins(settings.trust_roots)
+        await admins.load(db)
         async with Endpoint(
             identity,
             bind=settings.listen,
             alpns=[alpn.AGENT, alpn.ADMIN, PING_ALPN],
             relay_urls=settings.relays,
             relay_factory=relay_client_factory,
+            config=MeshConfig(max_connections=settings.max_connections),
         ) as endpoint:
+            endpoint.set_priority(admins.__contains__)
             host, port = endpoint.bound_address
             log.info(
                 "coordinator_listening",
@@ -47,13 +53,16 @@ async def run(settings: CoordinatorSettings, identity: Identity) -> None:
                 relays=[str(r) for r in settings.relays],
                 trust_roots=[a.short() for a in settings.trust_roots],
                 state=str(settings.database),
+                max_connections=settings.max_connections,
+                known_admins=len(admins),
             )
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(serve_ping(endpoint), name="ping")
                 tasks.create_task(
                     _checkpoints(service, settings.checkpoint_interval), name="checkpoints"
                 )
-                await CoordinatorServer(service).serve(endpoint)  # runs until cancelled
+                server = CoordinatorServer(service, admins=admins)
+                await server.serve(endpoint)  # runs until cancelled
     finally:
         await db.close()
 

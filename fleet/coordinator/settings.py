@@ -8,10 +8,20 @@ from pathlib import Path
 from typing import Any
 
 from fleet.identity import InvalidNodeId, NodeId
+from fleet.mesh.config import DEFAULT_MAX_CONNECTIONS
 from fleet.netaddr import InvalidAddress, parse_host_port
 from fleet.relay.url import InvalidRelayUrl, RelayUrl
 
-KNOWN = ("key", "listen", "relay", "state_dir", "trust_root", "checkpoint_interval", "log_level")
+KNOWN = (
+    "key",
+    "listen",
+    "relay",
+    "state_dir",
+    "trust_root",
+    "checkpoint_interval",
+    "max_connections",
+    "log_level",
+)
 DEFAULT_CHECKPOINT_INTERVAL = 60.0
 DB_NAME = "coordinator.db"
 
@@ -29,6 +39,8 @@ class CoordinatorSettings:
     trust_roots: tuple[NodeId, ...]
     log_level: str = "info"
     checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL  # seconds between audit checkpoints
+    # Mesh connections from agents and unknown nodes; known admins have a reserve beyond it.
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     @property
     def database(self) -> Path:
@@ -77,6 +89,11 @@ def from_mapping(settings: Mapping[str, Any]) -> CoordinatorSettings:
         raise SettingsError(f"checkpoint-interval: {interval!r} is not seconds") from None
     if not interval > 0:
         raise SettingsError("checkpoint-interval must be positive")
+    max_connections = settings.get("max_connections", DEFAULT_MAX_CONNECTIONS)
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+        raise SettingsError(f"max-connections: {max_connections!r} is not a whole number")
+    if max_connections < 1:
+        raise SettingsError("max-connections must be at least 1")
     relays = []
     for text in _as_list(settings.get("relay", []), "relay"):
         try:
@@ -94,4 +111,5 @@ def from_mapping(settings: Mapping[str, Any]) -> CoordinatorSettings:
         trust_roots=tuple(dict.fromkeys(roots)),
         log_level=level,
         checkpoint_interval=interval,
+        max_connections=max_connections,
     )

@@ -4,7 +4,8 @@ Both ends check against it: the coordinator's adapter (fleet.coordinator.server)
 connection whose agent sends anything else, and the agent (fleet.agent.session) ignores,
 with a warning, what a coordinator should not have sent. The session, on the control stream:
 
-    OPENING      agent: a Hello (any version)           coordinator: Welcome
+    OPENING      agent: a Hello (any version)           coordinator: Welcome, or Busy
+                                                         (then it closes; dial again later)
     ESTABLISHED  agent: StatusReport, WitnessReport,    coordinator: Welcome (approval
                  AnnouncementRejected (v1 and v2)        changed), Deliver, Revocations,
                                                          AuditCheckpoint
@@ -23,6 +24,7 @@ from fleet.protocol.messages import (
     AnnouncementRejectedV1,
     AnyHello,
     AuditCheckpoint,
+    Busy,
     Deliver,
     Hello,
     HelloV1,
@@ -47,7 +49,7 @@ class Sender(enum.Enum):
 
 LEGAL: dict[tuple[SessionPhase, Sender], tuple[type[Message], ...]] = {
     (SessionPhase.OPENING, Sender.AGENT): (Hello, HelloV2, HelloV1),
-    (SessionPhase.OPENING, Sender.COORDINATOR): (Welcome,),
+    (SessionPhase.OPENING, Sender.COORDINATOR): (Welcome, Busy),
     (SessionPhase.ESTABLISHED, Sender.AGENT): (
         StatusReport,
         AnnouncementRejected,

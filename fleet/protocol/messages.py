@@ -181,6 +181,16 @@ class Welcome(Message, type="fleet.agent.welcome", version=1):
     name: str | None
 
 
+class Busy(Message, type="fleet.agent.busy", version=1):
+    """The coordinator's answer to a Hello it will not serve now, instead of a Welcome: the
+    agent closes this connection and dials again after `retry_after` seconds (plus jitter).
+    Sent while another connection of the same device is being welcomed, or when the queue of
+    Hellos is longer than an agent should wait. Older agents take it as a failed session."""
+
+    retry_after: float
+    reason: str
+
+
 class Deliver(Message, type="fleet.agent.deliver", version=1):
     announcement: SignedEnvelope  # Tag.ANNOUNCEMENT, exactly as the admin signed it
 

@@ -45,6 +45,7 @@ from fleet.protocol.messages import (
     Action,
     AgentState,
     Announcement,
+    Busy,
     Deliver,
     DeviceAdd,
     Hello,
@@ -117,6 +118,7 @@ def message_samples() -> tuple[bytes, ...]:
         encode(Deliver(announcement=announcement())),
         encode(admin_chain()),
         *(encode(r) for r in requests),
+        encode(Busy(retry_after=12.5, reason="queue full")),
     )
 
 
@@ -333,7 +335,7 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target(
         "protocol.admin-request",
-        lambda: message_samples()[3:],
+        lambda: message_samples()[3:7],
         _admin_request,
         (WireError, AdminRequestError),
     ),
@@ -364,7 +366,7 @@ TARGETS: tuple[Target, ...] = (
     Target("nix.narinfo", narinfo_samples, _narinfo, (NarInfoError, UntrustedNarInfo)),
     Target(
         "signed:admin-request",
-        lambda: _payloads(message_samples()[3:]),
+        lambda: _payloads(message_samples()[3:7]),
         _signed_admin_request,
         (AdminRequestError,),
     ),

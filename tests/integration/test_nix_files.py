@@ -11,6 +11,7 @@ daemon would run).
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -66,6 +67,8 @@ FULL: dict[str, dict[str, Any]] = {
         "trustRoots": [ADMIN_ID],
         "substituters": ["https://cache.example.org"],
         "trustedPublicKeys": [CACHE_KEY],
+        "welcomeTimeout": 45,
+        "reconnectSpread": 2.5,
     },
     "coordinator": {
         "enable": True,
@@ -76,6 +79,7 @@ FULL: dict[str, dict[str, Any]] = {
         "stateDir": "fleet/coordinator",
         "relays": [RELAY_URL],
         "trustRoots": [ADMIN_ID],
+        "maxConnections": 30000,
     },
     "relay": {
         "enable": True,
@@ -156,9 +160,11 @@ def evaluation_error(role: str, options: dict[str, Any], package: str = "overlay
 
 
 def toml_value(value: Any) -> str:
-    """The TOML of the values the modules write: strings, integers, booleans, lists of them."""
+    """The TOML of the values the modules write: strings, numbers, booleans, lists of them."""
     if isinstance(value, bool | int | str):
         return json.dumps(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise AssertionError(f"the stub cannot write {value!r} as TOML")
@@ -282,6 +288,8 @@ def test_agent_settings_start_the_agent(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert agent_settings.apply.substituters == ("https://cache.example.org",)
     assert agent_settings.apply.trusted_public_keys == (CACHE_KEY,)
     assert agent_settings.state_dir == Path("/var/lib/fleet-agent")
+    assert agent_settings.session.welcome_timeout == 45.0
+    assert agent_settings.session.reconnect_spread == 2.5
 
 
 def test_coordinator_settings_start_the_coordinator(
@@ -296,6 +304,7 @@ def test_coordinator_settings_start_the_coordinator(
     assert coordinator_settings.state_dir == Path("/var/lib/fleet/coordinator")
     assert [str(a) for a in coordinator_settings.trust_roots] == [ADMIN_ID]
     assert [str(r) for r in coordinator_settings.relays] == [RELAY_URL]
+    assert coordinator_settings.max_connections == 30000
 
 
 def test_relay_settings_start_the_relay(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -539,6 +548,13 @@ AGENT = MINIMAL["agent"]
             "services.fleet.coordinator.relays",
         ),
         ("relay", {"enable": True, "stunPort": 70000}, "services.fleet.relay.stunPort"),
+        (
+            "coordinator",
+            {**MINIMAL["coordinator"], "maxConnections": 0},
+            "services.fleet.coordinator.maxConnections",
+        ),
+        ("agent", {**AGENT, "welcomeTimeout": 0}, "services.fleet.agent.welcomeTimeout"),
+        ("agent", {**AGENT, "reconnectSpread": -1}, "services.fleet.agent.reconnectSpread"),
     ],
 )
 def test_a_wrong_value_fails_evaluation_naming_the_option(
