@@ -1,4 +1,5 @@
-"""The admission core: half-open caps per node, per IP and in total; Retry tokens."""
+"""The admission core: half-open caps per node, per IP and in total; Retry tokens; the
+connection limit; the reserves that only priority nodes (admins) may use."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from fleet.mesh.disco import Addr
 V1 = QuicProtocolVersion.VERSION_1
 ALICE, MALLORY = Identity.generate().node_id, Identity.generate().node_id
 HOME: Addr = ("192.0.2.7", 41641)
+
+
+ADMIN = Identity.generate().node_id
 
 
 def limits(**overrides: int | None) -> AdmissionLimits:
@@ -35,6 +39,7 @@ def initial(
     dcid: bytes | None = None,
     token: bytes = b"",
     now: float = 100.0,
+    connections: int = 0,
 ) -> Decision:
     return admission.decide(
         node,
@@ -44,6 +49,7 @@ def initial(
         source_cid=b"client-c",
         token=token,
         now=now,
+        connections=connections,
     )
 
 
@@ -122,3 +128,55 @@ def test_retry_when_the_node_already_has_half_open_connections() -> None:
     admission.open(ALICE, HOME, 100.0)
     assert initial(admission).verdict is Verdict.RETRY
     assert initial(admission, MALLORY, ("192.0.2.8", 1)).verdict is Verdict.ACCEPT
+
+
+def test_the_connection_limit_refuses_ordinary_nodes_counted_and_reported() -> None:
+    admission = Admission(limits(max_connections=100))
+    assert initial(admission, connections=99).verdict is Verdict.ACCEPT
+    refused = initial(admission, connections=100)
+    assert (refused.verdict, refused.reason) == (Verdict.DROP, "connection limit reached")
+    assert admission.stats()["refused_connections"] == 1
+    assert admission.report_due(100.0)  # the first refusal is logged at once
+    initial(admission, connections=100)
+    assert not admission.report_due(101.0)  # then at most every 10 s
+    assert admission.report_due(110.0)
+    assert admission.stats()["refused_connections"] == 2
+
+
+def test_priority_nodes_use_the_reserve_beyond_the_connection_limit() -> None:
+    admission = Admission(
+        limits(max_connections=100, reserved_connections=2), priority={ADMIN}.__contains__
+    )
+    assert initial(admission, ADMIN, connections=100).verdict is Verdict.ACCEPT
+    assert initial(admission, ADMIN, connections=101).verdict is Verdict.ACCEPT
+    assert initial(admission, ADMIN, connections=102).verdict is Verdict.DROP  # reserve used up
+    assert initial(admission, MALLORY, connections=100).verdict is Verdict.DROP
+    assert admission.stats()["priority_admitted"] == 2
+
+
+def test_priority_nodes_use_the_reserve_beyond_the_half_open_caps() -> None:
+    admission = Admission(
+        limits(max_half_open_per_ip=100, reserved_half_open=1), priority={ADMIN}.__contains__
+    )
+    for i in range(10):
+        admission.open(Identity.generate().node_id, (f"198.51.100.{i}", 1), 100.0)
+    assert initial(admission, MALLORY).verdict is Verdict.DROP  # total cap: 10
+    assert initial(admission, ADMIN).verdict is Verdict.ACCEPT
+    admission.open(ADMIN, HOME, 100.0)
+    assert initial(admission, ADMIN).verdict is Verdict.DROP  # its one reserved slot is taken
+
+
+def test_an_admin_behind_the_same_address_as_a_herd_still_gets_in() -> None:
+    admission = Admission(limits(reserved_half_open=2), priority={ADMIN}.__contains__)
+    for _ in range(6):  # the per-IP cap, filled by devices behind one NAT
+        admission.open(Identity.generate().node_id, HOME, 100.0)
+    assert initial(admission, MALLORY, (HOME[0], 2)).verdict is Verdict.DROP
+    assert initial(admission, ADMIN, (HOME[0], 3)).verdict is Verdict.ACCEPT
+    assert admission.refused["ip"] == 1
+
+
+def test_priority_can_be_set_after_construction() -> None:
+    admission = Admission(limits(max_connections=1, reserved_connections=1))
+    assert initial(admission, ADMIN, connections=1).verdict is Verdict.DROP
+    admission.priority = {ADMIN}.__contains__
+    assert initial(admission, ADMIN, connections=1).verdict is Verdict.ACCEPT

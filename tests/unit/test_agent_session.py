@@ -4,8 +4,10 @@ status up, rejections, reconnects. No Nix: the announced path is the one already
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import os
+import random
 import time
 from pathlib import Path
 from typing import TypeVar
@@ -14,7 +16,7 @@ import pytest
 
 from fleet.agent.agent import Agent
 from fleet.agent.backoff import Backoff
-from fleet.agent.session import CoordinatorSession, SessionConfig
+from fleet.agent.session import MAX_RETRY_AFTER, CoordinatorSession, SessionConfig
 from fleet.agent.state import StateFile
 from fleet.agent.updater import ApplyConfig
 from fleet.identity import Identity
@@ -23,6 +25,7 @@ from fleet.protocol.messages import (
     AgentState,
     Announcement,
     AnnouncementRejected,
+    Busy,
     Deliver,
     Hello,
     StatusReport,
@@ -34,6 +37,7 @@ from fleet.wire import Message, Tag, sign_envelope
 
 ADMIN = Identity.generate()
 DEVICE = Identity.generate()
+FAST = SessionConfig(backoff=Backoff(initial=0.01, maximum=0.05), reconnect_spread=0.05)
 PATH = "/nix/store/" + "c" * 32 + "-nixos-system-fleet-test-1"
 T = 10.0
 M = TypeVar("M", bound=Message)  # generous bound on every wait
@@ -136,9 +140,7 @@ def agent(tmp_path: Path) -> Agent:
 
 async def test_session_end_to_end_with_reconnect(agent: Agent) -> None:
     dialer = FakeDialer(failures=2)
-    session = CoordinatorSession(
-        agent, dialer, SessionConfig(backoff=Backoff(initial=0.01, maximum=0.05))
-    )
+    session = CoordinatorSession(agent, dialer, FAST)
     async with asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(agent.run()), tg.create_task(session.run())]
 
@@ -190,9 +192,7 @@ async def test_pending_device_stays_connected_and_garbage_ends_only_the_session(
     agent: Agent,
 ) -> None:
     dialer = FakeDialer()
-    session = CoordinatorSession(
-        agent, dialer, SessionConfig(backoff=Backoff(initial=0.01, maximum=0.05))
-    )
+    session = CoordinatorSession(agent, dialer, FAST)
     async with asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(agent.run()), tg.create_task(session.run())]
         channel = await dialer.next()
@@ -296,3 +296,68 @@ def test_the_agent_answers_each_coordinator_message_through_receive(agent: Agent
     assert agent.floor() == 2
     assert agent.receive(Welcome(approved=True, name="dev-1")) == []  # not the agent's business
     assert agent.outbox.latest.state is AgentState.IDLE  # the status it started with
+
+
+async def test_a_busy_coordinator_is_redialled_after_its_retry_after_not_before(
+    agent: Agent,
+) -> None:
+    dialer = FakeDialer()
+    session = CoordinatorSession(agent, dialer, FAST)
+    loop = asyncio.get_running_loop()
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(agent.run()), tg.create_task(session.run())]
+        channel = await dialer.next()
+        await channel.recv(Hello)
+        await channel.send(Busy(retry_after=0.4, reason="too many agents connecting"))
+        busy_at = loop.time()
+        await asyncio.wait_for(channel.closed.wait(), T)  # the agent hangs up by itself
+        again = await dialer.next()
+        waited = loop.time() - busy_at
+        assert 0.4 <= waited <= 0.4 * 1.5 + 0.2, waited  # retry-after plus at most half jitter
+        assert isinstance(await again.recv_any(), Hello)
+        await again.send(Welcome(approved=True, name="dev-1"))
+        await again.recv(StatusReport)
+        assert session.busy_answers == 1
+        assert session.dials == 2
+        for task in tasks:
+            task.cancel()
+
+
+async def test_the_welcome_timeout_is_the_setting(agent: Agent) -> None:
+    dialer = FakeDialer()
+    config = dataclasses.replace(FAST, welcome_timeout=0.3)
+    session = CoordinatorSession(agent, dialer, config)
+    loop = asyncio.get_running_loop()
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(agent.run()), tg.create_task(session.run())]
+        channel = await dialer.next()
+        await channel.recv(Hello)
+        said_hello = loop.time()
+        await asyncio.wait_for(channel.closed.wait(), T)  # no Welcome: it gives up
+        assert 0.3 <= loop.time() - said_hello < 2.0
+        for task in tasks:
+            task.cancel()
+
+
+def test_after_a_welcomed_session_redials_are_spread_over_the_window(agent: Agent) -> None:
+    """A coordinator restart ends every session at once: 1,000 agents' first redials must
+    spread over reconnect_spread, not land in the same 100 ms."""
+    session = CoordinatorSession(agent, FakeDialer(), SessionConfig(reconnect_spread=10.0))
+    session._rng = random.Random(12)
+    delays = [session._reconnect_delay(True, None, 0) for _ in range(1000)]
+    assert all(0.0 <= d <= 10.0 for d in delays)
+    per_100ms = collections.Counter(int(d * 10) for d in delays)
+    assert max(per_100ms.values()) <= 30  # ~10 expected per 100 ms bucket
+    assert min(delays) < 0.5
+    assert max(delays) > 9.5
+
+
+def test_retry_after_is_honoured_with_jitter_and_capped(agent: Agent) -> None:
+    session = CoordinatorSession(agent, FakeDialer(), FAST)
+    session._rng = random.Random(7)
+    waits = [session._reconnect_delay(False, 20.0, 0) for _ in range(200)]
+    assert all(20.0 <= w <= 30.0 for w in waits)
+    assert max(waits) - min(waits) > 5.0  # jittered: a queue of agents does not come back at once
+    assert session._reconnect_delay(False, 1e12, 0) <= MAX_RETRY_AFTER * 1.5
+    assert session._reconnect_delay(False, -5.0, 0) == 0.0
+    assert session._reconnect_delay(False, float("nan"), 3) <= FAST.backoff.maximum

@@ -39,6 +39,10 @@ def test_valid_settings_and_defaults() -> None:
     assert s.key == Path("/etc/ssh/ssh_host_ed25519_key")
     assert s.state_dir == Path("/var/lib/fleet-agent")
     assert s.log_level == "info"
+    assert s.welcome_timeout == 30.0
+    assert s.reconnect_spread == 10.0
+    timed = from_mapping(base(welcome_timeout=45, reconnect_spread=0))
+    assert (timed.welcome_timeout, timed.reconnect_spread) == (45.0, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -59,6 +63,10 @@ def test_valid_settings_and_defaults() -> None:
         ({"listen": "0.0.0.0"}, "--listen: .*HOST:PORT"),
         ({"log_level": "loud"}, "--log-level: 'loud'"),
         ({"key": 5}, "--key: expected a string"),
+        ({"welcome_timeout": 0}, "--welcome-timeout: 0 seconds; must be positive"),
+        ({"welcome_timeout": "10s"}, "--welcome-timeout: expected seconds"),
+        ({"reconnect_spread": -1}, "--reconnect-spread: -1 seconds; must be at least 0"),
+        ({"reconnect_spread": float("inf")}, "--reconnect-spread: inf"),
     ],
 )
 def test_bad_settings_are_named(over: dict[str, object], message: str) -> None:

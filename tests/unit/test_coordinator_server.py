@@ -10,6 +10,7 @@ import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,7 @@ from fleet.protocol.messages import (
     Action,
     AgentState,
     Announcement,
+    Busy,
     Deliver,
     DeviceAdd,
     DeviceList,
@@ -125,6 +127,7 @@ class Running:
     listener: FakeListener
     coordinator: Identity
     admin: Identity
+    server: CoordinatorServer
 
     async def request(self, body: Message) -> tuple[Message, asyncio.StreamReader, PipeWriter]:
         conn = self.listener.dial(alpn.ADMIN, self.admin.node_id)
@@ -174,7 +177,7 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
     server = CoordinatorServer(service, ServerLimits(hello_timeout=0.5, agent_queue=8))
     task = asyncio.create_task(server.serve(listener))
     try:
-        yield Running(service, listener, coordinator, admin)
+        yield Running(service, listener, coordinator, admin, server)
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -283,3 +286,54 @@ async def test_a_request_over_the_cap_is_read_away_hashed_and_refused(running: R
     env = make_admin_request(running.admin, running.coordinator.node_id, DeviceList())
     await send_message(writer, env, timeout=5)
     assert isinstance(await recv_message(reader, timeout=5), DeviceListReply)
+
+
+async def test_a_redial_while_the_hello_is_being_welcomed_is_answered_busy_not_swapped(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = Identity.generate()
+    reply, _, _ = await running.request(DeviceAdd(node_id=agent.node_id, name="a1", tags=()))
+    assert reply == OkReply()
+    release = asyncio.Event()
+    welcome = running.service.agent_hello
+
+    async def slow_hello(link: Any, hello: Any) -> Any:
+        await release.wait()  # the Welcome is held back, as behind a herd
+        return await welcome(link, hello)
+
+    monkeypatch.setattr(running.service, "agent_hello", slow_hello)
+    first, first_reader, _ = await running.agent(agent)
+    await asyncio.sleep(0.05)
+    second, second_reader, _ = await running.agent(agent)
+    busy = await recv_message(second_reader, Busy, timeout=5)
+    assert busy.retry_after >= 1.0
+    assert "being welcomed" in busy.reason
+    await second.close()  # the agent closes after reading Busy
+    release.set()
+    assert await recv_message(first_reader, Welcome, timeout=5) == Welcome(approved=True, name="a1")
+    assert running.service.sessions[agent.node_id].link._conn is first  # type: ignore[attr-defined]
+    assert not first.closed.is_set()  # the first connection was kept, not replaced
+
+
+async def test_admins_are_answered_while_agents_hellos_wait(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = asyncio.Event()
+    welcome = running.service.agent_hello
+
+    async def stuck_hello(link: Any, hello: Any) -> Any:
+        await release.wait()
+        return await welcome(link, hello)
+
+    monkeypatch.setattr(running.service, "agent_hello", stuck_hello)
+    herd = [await running.agent(Identity.generate()) for _ in range(40)]
+    await asyncio.sleep(0.1)
+    server_gate = running.server.gate
+    assert server_gate.running == server_gate.limits.concurrency  # every slot held
+    assert server_gate.waiting == 40 - server_gate.limits.concurrency
+    reply, _, _ = await running.request(DeviceList())  # not queued behind them
+    assert isinstance(reply, DeviceListReply)
+    release.set()
+    for _, reader, _ in herd:
+        assert isinstance(await recv_message(reader, Welcome, timeout=10), Welcome)
+    assert (server_gate.running, server_gate.waiting) == (0, 0)

@@ -30,6 +30,8 @@ def test_valid_settings() -> None:
     assert [str(r) for r in s.relays] == [RELAY]
     assert [str(a) for a in s.trust_roots] == [ADMIN]  # duplicates collapse
     assert s.database == Path("/s/coordinator.db")
+    assert s.max_connections == 12_288  # 10,000 agents with headroom
+    assert from_mapping(base(max_connections=30_000)).max_connections == 30_000
 
 
 @pytest.mark.parametrize(
@@ -44,6 +46,9 @@ def test_valid_settings() -> None:
         ({"trust_root": 7}, "list of strings"),
         ({"checkpoint_interval": 0}, "checkpoint-interval"),
         ({"log_level": "loud"}, "log-level"),
+        ({"max_connections": 0}, "max-connections must be at least 1"),
+        ({"max_connections": "many"}, "max-connections: 'many' is not a whole number"),
+        ({"max_connections": 1.5}, "max-connections"),
     ],
 )
 def test_bad_settings_are_named(over: dict[str, object], message: str) -> None:
