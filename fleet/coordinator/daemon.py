@@ -7,6 +7,7 @@ import os
 
 from fleet.coordinator.admins import KnownAdmins
 from fleet.coordinator.database import Database
+from fleet.coordinator.hello_gate import HelloGate
 from fleet.coordinator.server import CoordinatorServer
 from fleet.coordinator.service import CoordinatorService
 from fleet.coordinator.settings import CoordinatorSettings
@@ -43,7 +44,8 @@ async def run(settings: CoordinatorSettings, identity: Identity) -> None:
             relay_factory=relay_client_factory,
             config=MeshConfig(max_connections=settings.max_connections),
         ) as endpoint:
-            endpoint.set_priority(admins.__contains__)
+            gate = HelloGate()
+            endpoint.set_admission(priority=admins.__contains__, busy=lambda: gate.saturated)
             host, port = endpoint.bound_address
             log.info(
                 "coordinator_listening",
@@ -61,7 +63,7 @@ async def run(settings: CoordinatorSettings, identity: Identity) -> None:
                 tasks.create_task(
                     _checkpoints(service, settings.checkpoint_interval), name="checkpoints"
                 )
-                server = CoordinatorServer(service, admins=admins)
+                server = CoordinatorServer(service, gate=gate, admins=admins)
                 await server.serve(endpoint)  # runs until cancelled
     finally:
         await db.close()

@@ -5,14 +5,20 @@ Why: when thousands of agents dial at once, each Hello costs a transaction; answ
 arrival order with no bound, admins' requests wait behind them and late Welcomes make agents
 time out and redial, and each redial used to replace (and restart) the session in progress.
 So:
-- at most `concurrency` Hellos are worked on at once; the others wait in FIFO order (admin
-  requests never pass through here: they keep the database to themselves in between);
+- at most `concurrency` Hellos are worked on at once; the others wait in FIFO order. Admin
+  requests never wait here, and while one is being handled no more than `while_admins`
+  Hellos run: every Hello holds the one database lock for a few steps, and an admin request
+  needs it several times, so this is what puts admins ahead of a herd of agents;
 - while a device's Hello waits or is being welcomed, another connection of the same device
   is answered Busy (retry after about the time the first one needs) and the first is kept:
   a redial never tears down the session that is about to be welcomed;
 - a newcomer whose estimated wait (queue length times the measured cost of one Hello,
   divided by `concurrency`) exceeds `max_wait` is answered Busy at once, with that estimate
-  as its retry-after, so no agent sits in a queue past its Welcome timeout.
+  as its retry-after, so no agent sits in a queue past its Welcome timeout;
+- and before that: while the estimated wait exceeds half of `max_wait` the gate is
+  `saturated`, and the coordinator's mesh endpoint starts no new connection from agents
+  (back-pressure, fleet.mesh.admission): a handshake is not spent on a connection that would
+  be answered Busy, so connections accepted per agent stay near one.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from fleet.log import GrowthReport
 
 @dataclass(frozen=True, slots=True)
 class HelloLimits:
-    concurrency: int = 8  # Hellos worked on at once
+    concurrency: int = 4  # Hellos worked on at once
+    while_admins: int = 1  # ... while an admin request is being handled
     max_wait: float = 15.0  # longest estimated queue wait before newcomers are turned away
     min_retry_after: float = 1.0
     max_retry_after: float = 120.0
@@ -59,6 +66,7 @@ class HelloGate:
         self._active: dict[NodeId, Ticket] = {}  # waiting or running, by device
         self._waiting: deque[Ticket] = deque()
         self._running = 0
+        self._admins = 0  # admin requests being handled now
         self._cost = self.limits.first_cost  # moving average of one Hello's duration
         self.counts = {"admitted": 0, "queued": 0, "busy_same_device": 0, "busy_queue": 0}
         self.longest_queue = 0
@@ -76,7 +84,7 @@ class HelloGate:
                 self._retry_after(self._wait_of(current)),
                 "another connection of this device is being welcomed",
             )
-        if self._running >= self.limits.concurrency:
+        if self._running >= self._concurrency:
             wait = self._wait_at(len(self._waiting) + 1)
             if wait > self.limits.max_wait:
                 self.counts["busy_queue"] += 1
@@ -84,7 +92,7 @@ class HelloGate:
         ticket = Ticket(node, now)
         self._active[node] = ticket
         self.counts["admitted"] += 1
-        if self._running < self.limits.concurrency:
+        if self._running < self._concurrency:
             self._start(ticket, now)
         else:
             self.counts["queued"] += 1
@@ -103,8 +111,24 @@ class HelloGate:
             return []
         self._running -= 1
         self._cost = 0.8 * self._cost + 0.2 * max(0.0, now - ticket.started)
+        return self._start_waiting(now)
+
+    def admin_started(self) -> None:
+        """An admin request is being handled: fewer Hellos start until it is done."""
+        self._admins += 1
+
+    def admin_finished(self, now: float) -> list[Ticket]:
+        """Its answer is ready; returns the Hellos that start now (call once per request)."""
+        self._admins -= 1
+        return self._start_waiting(now)
+
+    @property
+    def _concurrency(self) -> int:
+        return self.limits.while_admins if self._admins else self.limits.concurrency
+
+    def _start_waiting(self, now: float) -> list[Ticket]:
         started = []
-        while self._waiting and self._running < self.limits.concurrency:
+        while self._waiting and self._running < self._concurrency:
             nxt = self._waiting.popleft()
             self._start(nxt, now)
             started.append(nxt)
@@ -133,6 +157,14 @@ class HelloGate:
         return round(min(limits.max_retry_after, max(limits.min_retry_after, wait)), 3)
 
     # -- reporting --------------------------------------------------------------------------
+
+    @property
+    def saturated(self) -> bool:
+        """Whether a newcomer would wait more than half of max_wait (then refuse new work)."""
+        return (
+            self._running >= self.limits.concurrency
+            and self._wait_at(len(self._waiting) + 1) > self.limits.max_wait / 2
+        )
 
     @property
     def waiting(self) -> int:

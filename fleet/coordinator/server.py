@@ -231,10 +231,22 @@ class CoordinatorServer:
             return await self.service.agent_hello(link, hello)
         finally:
             self._turns.pop(ticket, None)
-            for started in self.gate.finish(ticket, loop.time()):
-                waiter = self._turns.get(started)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
+            self._wake(self.gate.finish(ticket, loop.time()))
+
+    def _wake(self, started: list[Ticket]) -> None:
+        """Let the Hellos the gate just started go on."""
+        for ticket in started:
+            waiter = self._turns.get(ticket)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    async def _admin_request(self, work: Awaitable[AdminResult]) -> AdminResult:
+        """Handle an admin request ahead of agents: the gate lets fewer Hellos run meanwhile."""
+        self.gate.admin_started()
+        try:
+            return await work
+        finally:
+            self._wake(self.gate.admin_finished(asyncio.get_running_loop().time()))
 
     async def _busy(
         self,
@@ -306,7 +318,7 @@ class CoordinatorServer:
             else:
                 if raw is None:
                     return
-                result = await self.service.handle_admin(raw, conn.remote_id)
+                result = await self._admin_request(self.service.handle_admin(raw, conn.remote_id))
                 if not isinstance(result.reply, ErrorReply):
                     self.admins.add(conn.remote_id)  # authenticated: may use reserved slots
             try:

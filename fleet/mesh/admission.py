@@ -11,8 +11,12 @@ packets; the relay already authenticates the sender's node id) and in total. Und
 The same decision enforces the connection limit (established and half-open together), and
 both the limit and the total half-open cap keep a reserve that only *priority* nodes may use
 (the coordinator marks its admins: fleetctl still gets in while ten thousand agents
-connect). Every refusal is counted by kind; `report_due` says when a (rate-limited) log line
-with the totals is due, so reaching a limit is never silent.
+connect). And it applies back-pressure: while the owner says it is `busy` (the coordinator:
+its queue of Hellos is long), new connections from other nodes are not started at all, so
+no handshake is spent on a connection that would only be told to come back later; the
+client's Initials are retransmitted, then it backs off and dials again. Every refusal is
+counted by kind; `report_due` says when a (rate-limited) log line with the totals is due, so
+reaching a limit is never silent.
 
 The token is ours alone (HMAC-SHA256 with a per-endpoint random key) and binds the source (IP
 and port, or "relay"), the claimed node, the client's original destination connection id, the
@@ -93,17 +97,27 @@ class Admission:
         *,
         key: bytes | None = None,
         priority: Callable[[NodeId], bool] | None = None,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
         self.limits = limits
         self._key = key or os.urandom(32)
         self._per_node: dict[NodeId, int] = {}
         self._per_ip: dict[str, int] = {}
         self.half_open = 0
-        self.refused = {"node": 0, "ip": 0, "total": 0, "token": 0, "connections": 0}
+        self.refused = {
+            "node": 0,
+            "ip": 0,
+            "total": 0,
+            "token": 0,
+            "connections": 0,
+            "busy": 0,
+        }
         self.retries_sent = 0
         self.priority_admitted = 0  # accepted only thanks to a reserve
         # Which nodes may use the reserves (set by the owner, e.g. the coordinator's admins).
         self.priority: Callable[[NodeId], bool] = priority or _nobody
+        # Whether the owner is too busy for new ordinary connections (back-pressure).
+        self.busy: Callable[[], bool] = busy or _never
         self._report = GrowthReport()  # at most one log line of refusal totals per 10 s
 
     # -- decisions --------------------------------------------------------------------------
@@ -139,6 +153,8 @@ class Admission:
                 not priority or self.half_open >= limits.max_half_open + limits.reserved_half_open
             ):
                 return self._refuse("total", "too many half-open connections")
+        if self.busy() and not self.priority(node):
+            return self._refuse("busy", "too busy for new connections")
         if self._per_node.get(node, 0) >= limits.max_half_open_per_node:
             return self._refuse("node", f"too many half-open connections from {node.short()}")
         ip = source[0] if source is not None else None
@@ -249,6 +265,10 @@ class Admission:
 
 
 def _nobody(node: NodeId) -> bool:
+    return False
+
+
+def _never() -> bool:
     return False
 
 

@@ -255,9 +255,13 @@ class Endpoint:
             **self._admission.stats(),
         }
 
-    def set_priority(self, priority: Callable[[NodeId], bool]) -> None:
-        """Which nodes may use the reserved connection and half-open slots (admins)."""
+    def set_admission(
+        self, *, priority: Callable[[NodeId], bool], busy: Callable[[], bool]
+    ) -> None:
+        """Which nodes may use the reserved slots and pass while the owner is `busy` (admins),
+        and when it is too busy to start connections from others (fleet.mesh.admission)."""
         self._admission.priority = priority
+        self._admission.busy = busy
 
     def add_path_listener(self, listener: Callable[[PathChanged], None]) -> None:
         """Call `listener` on every path change to any peer (for status and `fleet ping`)."""

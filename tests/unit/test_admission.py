@@ -180,3 +180,14 @@ def test_priority_can_be_set_after_construction() -> None:
     assert initial(admission, ADMIN, connections=1).verdict is Verdict.DROP
     admission.priority = {ADMIN}.__contains__
     assert initial(admission, ADMIN, connections=1).verdict is Verdict.ACCEPT
+
+
+def test_while_the_owner_is_busy_only_priority_nodes_start_connections() -> None:
+    busy = True
+    admission = Admission(limits(), priority={ADMIN}.__contains__, busy=lambda: busy)
+    refused = initial(admission, MALLORY, ("192.0.2.8", 1))
+    assert (refused.verdict, refused.reason) == (Verdict.DROP, "too busy for new connections")
+    assert initial(admission, ADMIN).verdict is Verdict.ACCEPT
+    assert admission.stats()["refused_busy"] == 1
+    busy = False
+    assert initial(admission, MALLORY, ("192.0.2.8", 1)).verdict is Verdict.ACCEPT

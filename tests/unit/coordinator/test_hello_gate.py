@@ -101,3 +101,29 @@ def test_turned_away_answers_are_reported_rate_limited() -> None:
     assert not gate.report_due(5.0)
     assert gate.report_due(10.2)
     assert not gate.report_due(30.0)  # nothing new
+
+
+def test_saturated_before_newcomers_are_turned_away() -> None:
+    """Back-pressure starts at half of max_wait, so the mesh stops starting handshakes before
+    the gate has to answer Busy to connections it already paid for."""
+    gate = HelloGate(HelloLimits(concurrency=1, max_wait=4.0, first_cost=1.0))
+    seen = []
+    held = ticket(gate.arrive(nodes(1)[0], 0.0))
+    seen.append(gate.saturated)  # a newcomer would wait 2 s: half of max_wait, not more
+    ticket(gate.arrive(nodes(1)[0], 0.0))
+    seen.append(gate.saturated)  # 3 s
+    assert isinstance(gate.arrive(nodes(1)[0], 0.0), Ticket)  # but still admitted (<= 4 s)
+    gate.finish(held, 1.0)
+    seen.append(gate.saturated)  # one running, one waiting: 3 s again
+    assert seen == [False, True, True]
+
+
+def test_while_an_admin_request_is_handled_fewer_hellos_start() -> None:
+    gate = HelloGate(HelloLimits(concurrency=3, while_admins=1, max_wait=1e9))
+    first = ticket(gate.arrive(nodes(1)[0], 0.0))
+    gate.admin_started()
+    later = [ticket(gate.arrive(n, 0.0)) for n in nodes(3)]
+    assert [t.started for t in later] == [None, None, None]  # one runs already: enough
+    assert gate.finish(first, 0.1) == [later[0]]  # still one at a time
+    assert gate.admin_finished(0.2) == later[1:]  # the admin is answered: full speed again
+    assert gate.running == 3
