@@ -147,6 +147,9 @@ def bad_values(files: Files) -> dict[str, list[str]]:
         "ping_interval": ["-1"],
         "ping_timeout": ["-1"],
         "checkpoint_interval": ["0"],
+        "max_connections": ["0", "many"],
+        "welcome_timeout": ["0", "soon"],
+        "reconnect_spread": ["-1"],
         "state_dir": [str(files.not_a_key)],  # a file, not a directory
         "trust_root": ["not-a-node-id"],
         "trust_roots": ["not-a-node-id"],
