@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ import pytest
 from fleet.identity import Identity
 from fleet.protocol import alpn
 from tests.cli import cli_env
-from tests.fleetlab import FleetLab, LabError
+from tests.fleetlab import FleetLab, LabError, read_log_events
 
 REPO = Path(__file__).resolve().parent.parent.parent
 HERD = 120  # agents in the herd (see the module docstring for why not more)
@@ -42,19 +43,22 @@ MAX_ACCEPTED_PER_AGENT = 1.2  # the issue's target for a herd
 pytestmark = pytest.mark.timeout(WELCOME_WAIT + 120)
 
 
+COUNTS = ("agents", "welcomed", "dials", "busy_answers", "sessions")  # summed over processes
+
+
 @dataclass
 class Herd:
     procs: list[subprocess.Popen[bytes]]
     outs: list[Path]
 
     def summary(self) -> dict[str, Any]:
-        totals: dict[str, Any] = {"agents": 0, "welcomed": 0, "dials": 0, "busy_answers": 0}
+        totals: dict[str, Any] = dict.fromkeys(COUNTS, 0)
         finished: list[float | None] = []
         for out in self.outs:
             try:
                 part = json.loads(out.read_text())
             except (OSError, ValueError):
-                part = {"agents": 0, "welcomed": 0, "dials": 0, "busy_answers": 0}
+                part = {}
             for key in totals:
                 totals[key] += part.get(key, 0)
             finished.append(part.get("all_welcomed_after"))
@@ -105,12 +109,17 @@ def start_herd(lab: FleetLab, count: int, processes: int) -> Herd:
     return Herd(procs, outs)
 
 
-def accepted_agent_connections(lab: FleetLab) -> int:
-    return sum(
-        1
-        for event in lab.coordinator.events()
+def agent_acceptances(events: list[dict[str, Any]]) -> list[float]:
+    """When each agent connection was accepted (unix seconds), from coordinator log events."""
+    return [
+        datetime.fromisoformat(event["timestamp"]).timestamp()
+        for event in events
         if event.get("event") == "mesh_accepted" and event.get("alpn") == alpn.AGENT
-    )
+    ]
+
+
+def accepted_agent_connections(lab: FleetLab) -> int:
+    return len(agent_acceptances(lab.coordinator.events()))
 
 
 @pytest.fixture
@@ -197,5 +206,36 @@ async def test_the_connection_limit_is_logged_and_counted_and_admins_still_get_i
         summary = herd.summary()
         assert 0 < summary["welcomed"] <= limit, summary  # the rest are kept out, not crashed
         assert lab.coordinator.alive
+    finally:
+        herd.stop()
+
+
+async def test_after_a_coordinator_restart_the_herd_comes_back_spread_over_the_window(
+    fleet_lab: FleetLab,
+) -> None:
+    """Agents learn at once that the connection is gone (the coordinator closes it on
+    SIGTERM) and must not all redial in the same instant: each first redial waits a random
+    0..reconnect_spread (10 s)."""
+    lab, size = fleet_lab, 60
+    herd = start_herd(lab, size, 1)
+    try:
+        await herd.wait_all_welcomed(size, WELCOME_WAIT)
+        await lab.coordinator.stop()
+        lab.coordinator.start()
+        await lab.coordinator.wait_ready()
+        assert lab.coordinator.log_path is not None
+        deadline = time.monotonic() + WELCOME_WAIT
+        while herd.summary()["sessions"] < 2 * size:  # every agent welcomed a second time
+            if time.monotonic() > deadline:
+                raise LabError(f"the herd did not come back: {herd.summary()}")
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)
+        back = sorted(agent_acceptances(read_log_events(lab.coordinator.log_path)))
+        span = back[-1] - back[0]
+        print(f"after the restart: {len(back)} connections for {size} agents over {span:.1f} s")
+        assert len(back) <= MAX_ACCEPTED_PER_AGENT * size  # no storm after the restart either
+        # Uniform over 10 s, minus those whose wait ended while the coordinator was still down
+        # (they come in together when it is up again); without the spread: one burst.
+        assert span >= 5.0, back
     finally:
         herd.stop()
