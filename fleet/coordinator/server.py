@@ -221,17 +221,25 @@ class CoordinatorServer:
         if isinstance(ticket, TurnedAway):
             await self._busy(conn, reader, writer, ticket, loop.time())
             return None
+        timed_out = False
         try:
             if ticket.started is None:
                 turn = self._turns[ticket] = loop.create_future()
                 # Bounded: the gate turns newcomers away beyond max_wait, so this is slack.
                 slack = self.gate.limits.max_wait * 2 + self.limits.hello_timeout
-                async with asyncio.timeout(slack):
-                    await turn
-            return await self.service.agent_hello(link, hello)
+                try:
+                    async with asyncio.timeout(slack):
+                        await turn
+                except TimeoutError:
+                    timed_out = True
+            if not timed_out:
+                return await self.service.agent_hello(link, hello)
         finally:
             self._turns.pop(ticket, None)
             self._wake(self.gate.finish(ticket, loop.time()))
+        late = TurnedAway(self.gate.limits.max_wait, "waited too long for its turn")
+        await self._busy(conn, reader, writer, late, loop.time())  # its place is freed first
+        return None
 
     def _wake(self, started: list[Ticket]) -> None:
         """Let the Hellos the gate just started go on."""

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from fleet.coordinator.database import Database
+from fleet.coordinator.hello_gate import HelloGate, HelloLimits
 from fleet.coordinator.server import CoordinatorServer, ServerLimits
 from fleet.coordinator.service import MAX_ADMIN_REQUEST, CoordinatorService
 from fleet.identity import Identity, NodeId
@@ -337,3 +338,25 @@ async def test_admins_are_answered_while_agents_hellos_wait(
     for _, reader, _ in herd:
         assert isinstance(await recv_message(reader, Welcome, timeout=10), Welcome)
     assert (server_gate.running, server_gate.waiting) == (0, 0)
+
+
+async def test_a_hello_that_waits_past_its_turn_is_answered_busy_not_dropped(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running.server.gate = HelloGate(HelloLimits(concurrency=1, max_wait=0.2, first_cost=0.001))
+    release = asyncio.Event()
+    welcome = running.service.agent_hello
+
+    async def stuck_hello(link: Any, hello: Any) -> Any:
+        await release.wait()
+        return await welcome(link, hello)
+
+    monkeypatch.setattr(running.service, "agent_hello", stuck_hello)
+    _, first_reader, _ = await running.agent(Identity.generate())  # holds the only slot
+    await asyncio.sleep(0.05)
+    _, queued_reader, _ = await running.agent(Identity.generate())  # waits: 2 x 0.2 + 0.5 s
+    busy = await recv_message(queued_reader, Busy, timeout=5)
+    assert busy.reason == "waited too long for its turn"
+    assert running.server.gate.waiting == 0  # its place was given up
+    release.set()
+    assert isinstance(await recv_message(first_reader, Welcome, timeout=5), Welcome)
