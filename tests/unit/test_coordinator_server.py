@@ -289,20 +289,26 @@ async def test_a_request_over_the_cap_is_read_away_hashed_and_refused(running: R
     assert isinstance(await recv_message(reader, timeout=5), DeviceListReply)
 
 
+def hold_hellos(running: Running, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Hold every Hello back (as behind a herd) until the returned event is set."""
+    release = asyncio.Event()
+    welcome = running.service.agent_hello
+
+    async def held_hello(link: Any, hello: Any) -> Any:
+        await release.wait()
+        return await welcome(link, hello)
+
+    monkeypatch.setattr(running.service, "agent_hello", held_hello)
+    return release
+
+
 async def test_a_redial_while_the_hello_is_being_welcomed_is_answered_busy_not_swapped(
     running: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     agent = Identity.generate()
     reply, _, _ = await running.request(DeviceAdd(node_id=agent.node_id, name="a1", tags=()))
     assert reply == OkReply()
-    release = asyncio.Event()
-    welcome = running.service.agent_hello
-
-    async def slow_hello(link: Any, hello: Any) -> Any:
-        await release.wait()  # the Welcome is held back, as behind a herd
-        return await welcome(link, hello)
-
-    monkeypatch.setattr(running.service, "agent_hello", slow_hello)
+    release = hold_hellos(running, monkeypatch)
     first, first_reader, _ = await running.agent(agent)
     await asyncio.sleep(0.05)
     second, second_reader, _ = await running.agent(agent)
@@ -319,14 +325,7 @@ async def test_a_redial_while_the_hello_is_being_welcomed_is_answered_busy_not_s
 async def test_admins_are_answered_while_agents_hellos_wait(
     running: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    release = asyncio.Event()
-    welcome = running.service.agent_hello
-
-    async def stuck_hello(link: Any, hello: Any) -> Any:
-        await release.wait()
-        return await welcome(link, hello)
-
-    monkeypatch.setattr(running.service, "agent_hello", stuck_hello)
+    release = hold_hellos(running, monkeypatch)
     herd = [await running.agent(Identity.generate()) for _ in range(40)]
     await asyncio.sleep(0.1)
     server_gate = running.server.gate
@@ -344,14 +343,7 @@ async def test_a_hello_that_waits_past_its_turn_is_answered_busy_not_dropped(
     running: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     running.server.gate = HelloGate(HelloLimits(concurrency=1, max_wait=0.2, first_cost=0.001))
-    release = asyncio.Event()
-    welcome = running.service.agent_hello
-
-    async def stuck_hello(link: Any, hello: Any) -> Any:
-        await release.wait()
-        return await welcome(link, hello)
-
-    monkeypatch.setattr(running.service, "agent_hello", stuck_hello)
+    release = hold_hellos(running, monkeypatch)
     _, first_reader, _ = await running.agent(Identity.generate())  # holds the only slot
     await asyncio.sleep(0.05)
     _, queued_reader, _ = await running.agent(Identity.generate())  # waits: 2 x 0.2 + 0.5 s
