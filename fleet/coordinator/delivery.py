@@ -26,10 +26,9 @@ from fleet.protocol.messages import (
     AnnouncementRejectedV1,
     AnyHello,
     AuditCheckpoint,
-    Deliver,
-    Hello,
     Revocations,
     StatusReport,
+    WitnessingHello,
     WitnessReport,
 )
 from fleet.wire import Message, SignedEnvelope, encode
@@ -60,12 +59,22 @@ class Delivery:
         self.sessions = sessions  # shared with the StatusBoard, which only reads it
 
     async def deliver(self, stored: StoredAnnouncement) -> None:
-        """Send a just-accepted announcement to every targeted device that is connected."""
-        payload = encode(Deliver(announcement=stored.envelope))
+        """Send a just-accepted announcement to every targeted device that is connected, each
+        with its own target proof (one encoding shared by all devices without one)."""
+        shared: dict[bool, bytes | None] = {}  # by reads_targets, for devices without a proof
         sent = 0
         for node in stored.devices:
             session = self.sessions.get(node)
-            if session is not None and session.offer(stored, payload):
+            if session is None:
+                continue
+            reads = session.reads_targets
+            if reads and node in stored.proofs and not stored.lists_devices:
+                payload: bytes | None = _encoded(stored.deliver_to(node, reads))
+            else:
+                if reads not in shared:
+                    shared[reads] = _encoded(stored.deliver_to(node, reads))
+                payload = shared[reads]
+            if session.offer(stored, payload):
                 sent += 1
         log.info("push_delivered", sequence=stored.sequence, live=sent, targets=len(stored.devices))
         await self.status.publish(stored.devices)
@@ -107,7 +116,7 @@ class Delivery:
                     )
                     if device.approved:
                         await registry.save_hello(tx, node, hello, now)
-                        if isinstance(hello, Hello) and hello.checkpoint is not None:
+                        if isinstance(hello, WitnessingHello) and hello.checkpoint is not None:
                             await witnesses.record(tx, node, hello.checkpoint, self.node_id, now)
         except BaseException:
             self.drop(session, "coordinator error")
@@ -149,7 +158,9 @@ class Delivery:
         latest = await announcements.latest_for(self.db, session.node_id)
         revoked: RevocationList = await self.revocations.get()
         checkpoint = (
-            await witnesses.latest_checkpoint(self.db) if isinstance(session.hello, Hello) else None
+            await witnesses.latest_checkpoint(self.db)
+            if isinstance(session.hello, WitnessingHello)
+            else None
         )
         session.go_live(device.name, latest, revoked.signed(), checkpoint, self.clock())
 
@@ -213,6 +224,10 @@ class Delivery:
         session = self.sessions.get(node)
         if session is not None:
             self.drop(session, reason)
+
+
+def _encoded(message: Message | None) -> bytes | None:
+    return encode(message) if message is not None else None
 
 
 def _report_changed(last: StatusReport | None, report: StatusReport) -> bool:

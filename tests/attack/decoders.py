@@ -44,12 +44,12 @@ from fleet.protocol.admin import AdminRequestError, make_admin_request, open_adm
 from fleet.protocol.messages import (
     Action,
     AgentState,
-    Announcement,
-    Deliver,
+    AnnouncementV2,
+    DeliverV1,
     DeviceAdd,
     Hello,
     NextSequence,
-    PushRequest,
+    PushRequestV1,
     StatusRequest,
     SystemState,
 )
@@ -92,7 +92,7 @@ def admin_chain() -> Chain:
 
 
 def announcement(signer: Identity = ROOT, chain: Chain | None = None) -> SignedEnvelope:
-    body = Announcement(
+    body = AnnouncementV2(
         sequence=7, devices=(DEVICE.node_id,), targets=("tag:lab",), store_path=SYSTEM,
         substituters=("https://cache.example",), action=Action.SWITCH, issued_at=NOW - 60,
         valid_until=NOW + 600, chain=chain if chain is not None else Chain(certificates=()),
@@ -110,11 +110,11 @@ def message_samples() -> tuple[bytes, ...]:
         make_admin_request(ADMIN, COORDINATOR.node_id, body, chain=admin_chain(), now=NOW)
         for body in (NextSequence(), StatusRequest(watch=True),
                      DeviceAdd(node_id=DEVICE.node_id, name="kiosk", tags=("lab",)),
-                     PushRequest(announcement=announcement(ADMIN, admin_chain())))
+                     PushRequestV1(announcement=announcement(ADMIN, admin_chain())))
     ]  # fmt: skip
     return (
         encode(hello),
-        encode(Deliver(announcement=announcement())),
+        encode(DeliverV1(announcement=announcement())),
         encode(admin_chain()),
         *(encode(r) for r in requests),
     )
@@ -145,7 +145,7 @@ def _admin_request(data: bytes) -> None:
 
 
 def _deliver(data: bytes) -> None:
-    deliver = decode(data, Deliver)
+    deliver = decode(data, DeliverV1)
     verify_announcement(
         deliver.announcement, trust_roots={ROOT.node_id}, device=DEVICE.node_id, floor=0,
         current=None, now=NOW, tags=("lab",),

@@ -19,9 +19,9 @@ from fleet.nix import NixEnv, NixStore, current_system
 from fleet.protocol import alpn
 from fleet.protocol.messages import (
     AgentState,
-    Announcement,
     AnnouncementRejected,
-    Deliver,
+    AnnouncementV2,
+    DeliverV1,
     Hello,
     StatusReport,
     Welcome,
@@ -88,14 +88,14 @@ class AgentRig:
             assert any(e.get("event") == "agent_started" for e in events)
             assert any(e.get("event") == "agent_stopped" for e in events)
 
-    def deliver(self, seq: int, path: str) -> Deliver:
+    def deliver(self, seq: int, path: str) -> DeliverV1:
         now = time.time()
-        ann = Announcement(
+        ann = AnnouncementV2(
             sequence=seq, devices=(NodeId.parse(self.node_id),), targets=("tag:lab",),
             store_path=path, substituters=(), action=Action.SWITCH,
             issued_at=now - 1, valid_until=now + 600,
         )  # fmt: skip
-        return Deliver(announcement=sign_envelope(self.admin, Tag.ANNOUNCEMENT, ann))
+        return DeliverV1(announcement=sign_envelope(self.admin, Tag.ANNOUNCEMENT, ann))
 
 
 async def accept_agent(ep: Endpoint) -> tuple[Connection, asyncio.StreamReader, StreamWriter]:

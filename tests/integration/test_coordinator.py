@@ -25,15 +25,15 @@ from fleet.protocol.admin import make_admin_request
 from fleet.protocol.messages import (
     Action,
     AgentState,
-    Announcement,
-    Deliver,
+    AnnouncementV2,
+    DeliverV1,
     DeviceAdd,
     Hello,
     NextSequence,
     NextSequenceReply,
     OkReply,
     PushAccepted,
-    PushRequest,
+    PushRequestV1,
     StatusRequest,
     StatusSnapshot,
     SystemState,
@@ -146,11 +146,11 @@ async def admin_request(
 
 async def push(
     ep: Endpoint, admin: Identity, coord: CoordinatorProcess, devices: list[NodeId]
-) -> PushRequest:
+) -> PushRequestV1:
     seq = await admin_request(ep, admin, coord, NextSequence())
     assert isinstance(seq, NextSequenceReply)
     now = time.time()
-    ann = Announcement(
+    ann = AnnouncementV2(
         sequence=seq.sequence,
         devices=tuple(devices),
         targets=tuple(str(d) for d in devices),
@@ -160,7 +160,7 @@ async def push(
         issued_at=now,
         valid_until=now + 600,
     )
-    request = PushRequest(announcement=sign_envelope(admin, Tag.ANNOUNCEMENT, ann))
+    request = PushRequestV1(announcement=sign_envelope(admin, Tag.ANNOUNCEMENT, ann))
     reply = await admin_request(ep, admin, coord, request)
     assert reply == PushAccepted(sequence=seq.sequence, devices=tuple(devices)), reply
     return request
@@ -213,10 +213,10 @@ async def test_push_is_delivered_live_and_shown_in_status(lab: Lab) -> None:
         assert await agent.recv(Welcome) == Welcome(approved=True, name="dev1")
 
         request = await push(admin_ep, lab.admin, coord, [agent_id.node_id])
-        deliver = await agent.recv(Deliver)
-        assert isinstance(deliver, Deliver)
+        deliver = await agent.recv(DeliverV1)
+        assert isinstance(deliver, DeliverV1)
         assert deliver.announcement == request.announcement  # verbatim
-        signer, ann = verify_envelope(deliver.announcement, Tag.ANNOUNCEMENT, Announcement)
+        signer, ann = verify_envelope(deliver.announcement, Tag.ANNOUNCEMENT, AnnouncementV2)
         assert (signer, ann.store_path) == (lab.admin.node_id, V2)
 
         status = await admin_request(admin_ep, lab.admin, coord, StatusRequest(watch=False))
@@ -240,14 +240,14 @@ async def test_offline_agent_gets_push_on_connect_and_pending_gets_nothing(lab: 
     async with endpoint(known) as ep:
         agent = await FakeAgent.connect(ep, coord)
         assert await agent.recv(Welcome) == Welcome(approved=True, name="later")
-        deliver = await agent.recv(Deliver)
-        assert isinstance(deliver, Deliver)
+        deliver = await agent.recv(DeliverV1)
+        assert isinstance(deliver, DeliverV1)
         assert deliver.announcement == request.announcement
     async with endpoint(stranger) as ep:
         agent = await FakeAgent.connect(ep, coord)
         assert await agent.recv(Welcome) == Welcome(approved=False, name=None)
         with pytest.raises(TimeoutError):
-            await agent.recv(Deliver, timeout=1.0)
+            await agent.recv(DeliverV1, timeout=1.0)
 
 
 async def test_kill_9_after_ack_then_restart_delivers(lab: Lab) -> None:
@@ -262,8 +262,8 @@ async def test_kill_9_after_ack_then_restart_delivers(lab: Lab) -> None:
     async with endpoint(agent_id) as ep:
         agent = await FakeAgent.connect(ep, again)
         assert await agent.recv(Welcome) == Welcome(approved=True, name="survivor")
-        deliver = await agent.recv(Deliver)
-        assert isinstance(deliver, Deliver)
+        deliver = await agent.recv(DeliverV1)
+        assert isinstance(deliver, DeliverV1)
         assert deliver.announcement == request.announcement
     assert again.stop() == 0
 

@@ -147,10 +147,11 @@ async def test_push_prints_the_sequence_and_sends_a_signed_announcement(fleet: F
     [(signer, announcement)] = fleet.standin.pushes
     assert signer == fleet.admin.node_id
     assert announcement.sequence == 5
-    assert list(announcement.devices) == kiosks
+    assert announcement.selector == ("kiosk",)  # signed as a tag, checked by each agent
+    assert announcement.devices_count == 0
     assert announcement.store_path == STORE
     assert announcement.action is Action.TEST
-    assert announcement.targets == ("tag:kiosk",)
+    assert fleet.standin.push_requests[-1].targets == ("tag:kiosk",)
 
 
 async def test_error_reply_is_shown_on_stderr(fleet: Fleet) -> None:

@@ -21,7 +21,7 @@ from fleet.capability import (
 )
 from fleet.identity import Identity
 from fleet.nix import NixStore
-from fleet.protocol.messages import Announcement
+from fleet.protocol.messages import AnnouncementV2
 from fleet.vocabulary import Action
 from fleet.wire import SignedEnvelope, Tag, sign_envelope
 from tests.capability_kit import DAY, NOW, Org, make_org
@@ -31,7 +31,7 @@ DEVICE = Identity.generate()
 
 
 def announce(who: Identity, chain: Chain, sequence: int = 5) -> SignedEnvelope:
-    ann = Announcement(
+    ann = AnnouncementV2(
         sequence=sequence,
         devices=(DEVICE.node_id,),
         targets=("tag:prod",),

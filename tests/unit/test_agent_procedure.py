@@ -30,7 +30,7 @@ from fleet.agent.procedure import (
 )
 from fleet.agent.switch_run import Purpose
 from fleet.identity import Identity
-from fleet.protocol.messages import AgentState, Announcement, Progress, SystemState
+from fleet.protocol.messages import AgentState, AnnouncementV2, Progress, SystemState
 from fleet.vocabulary import Action
 from fleet.wire import Tag, sign_envelope
 
@@ -203,7 +203,7 @@ OLD = "/nix/store/" + "b" * 32 + "-nixos-system-old"
 ENVELOPE = sign_envelope(
     ADMIN,
     Tag.ANNOUNCEMENT,
-    Announcement(
+    AnnouncementV2(
         sequence=3, devices=(ADMIN.node_id,), targets=(), store_path=PATH, substituters=(),
         action=Action.SWITCH, issued_at=1.0, valid_until=2.0,
     ),

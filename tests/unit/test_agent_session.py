@@ -21,9 +21,9 @@ from fleet.identity import Identity
 from fleet.nix import NixStore
 from fleet.protocol.messages import (
     AgentState,
-    Announcement,
     AnnouncementRejected,
-    Deliver,
+    AnnouncementV2,
+    DeliverV1,
     Hello,
     StatusReport,
     Welcome,
@@ -113,13 +113,13 @@ def running_system(root: Path, path: str) -> Path:
     return profiles / "system"
 
 
-def deliver(seq: int, path: str = PATH) -> Deliver:
+def deliver(seq: int, path: str = PATH) -> DeliverV1:
     now = time.time()
-    ann = Announcement(
+    ann = AnnouncementV2(
         sequence=seq, devices=(DEVICE.node_id,), targets=("x",), store_path=path,
         substituters=(), action=Action.SWITCH, issued_at=now - 1, valid_until=now + 60,
     )  # fmt: skip
-    return Deliver(announcement=sign_envelope(ADMIN, Tag.ANNOUNCEMENT, ann))
+    return DeliverV1(announcement=sign_envelope(ADMIN, Tag.ANNOUNCEMENT, ann))
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from fleet.agent.procedure import AgentRecord, Status
 from fleet.agent.state import StateError, StateFile
 from fleet.agent.switch_run import Purpose, SwitchRun
 from fleet.identity import Identity
-from fleet.protocol.messages import AgentState, Announcement, Progress
+from fleet.protocol.messages import AgentState, AnnouncementV2, Progress
 from fleet.vocabulary import Action
 from fleet.wire import Tag, sign_envelope
 
@@ -25,7 +25,7 @@ def test_round_trip_keeps_everything(tmp_path: Path) -> None:
     env = sign_envelope(
         admin,
         Tag.ANNOUNCEMENT,
-        Announcement(
+        AnnouncementV2(
             sequence=3, devices=(admin.node_id,), targets=(), store_path=PATH, substituters=(),
             action=Action.BOOT, issued_at=1.0, valid_until=2.0,
         ),

@@ -22,8 +22,8 @@ from fleet.nix import NixStore, current_system, is_valid, set_profile
 from fleet.nix.profile import list_generations_sync
 from fleet.protocol.messages import (
     AgentState,
-    Announcement,
     AnnouncementRejected,
+    AnnouncementV2,
     StatusReport,
 )
 from fleet.vocabulary import Action
@@ -41,7 +41,7 @@ MISSING = "/nix/store/" + "0" * 32 + "-nixos-system-fleet-test-missing"
 
 def envelope(seq: int, path: str, action: Action = Action.SWITCH, **kw: float) -> SignedEnvelope:
     now = time.time()
-    ann = Announcement(
+    ann = AnnouncementV2(
         sequence=seq,
         devices=(DEVICE.node_id,),
         targets=("tag:lab",),
@@ -56,7 +56,7 @@ def envelope(seq: int, path: str, action: Action = Action.SWITCH, **kw: float) -
 
 def accepted(seq: int, path: str, action: Action = Action.SWITCH) -> Accepted:
     env = envelope(seq, path, action)
-    return Accepted(decode(env.payload, Announcement), env, duplicate=False)
+    return Accepted(decode(env.payload, AnnouncementV2), env, duplicate=False)
 
 
 class Rig:

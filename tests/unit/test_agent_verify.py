@@ -9,7 +9,7 @@ import pytest
 
 from fleet.agent.verify import AnnouncementRefused, verify_announcement
 from fleet.identity import Identity, NodeId
-from fleet.protocol.messages import Announcement, DeviceList
+from fleet.protocol.messages import AnnouncementV2, DeviceList
 from fleet.vocabulary import Action
 from fleet.wire import SignedEnvelope, Tag, sign_envelope
 
@@ -19,7 +19,7 @@ DEVICE = Identity.generate().node_id
 NOW = 1_700_000_000.0
 
 
-def announcement(**changes: object) -> Announcement:
+def announcement(**changes: object) -> AnnouncementV2:
     fields: dict[str, object] = {
         "sequence": 5,
         "devices": (Identity.generate().node_id, DEVICE),
@@ -31,10 +31,10 @@ def announcement(**changes: object) -> Announcement:
         "valid_until": NOW + 3600,
     }
     fields.update(changes)
-    return Announcement(**fields)  # type: ignore[arg-type]
+    return AnnouncementV2(**fields)  # type: ignore[arg-type]
 
 
-def signed(ann: Announcement | None = None, by: Identity = ADMIN) -> SignedEnvelope:
+def signed(ann: AnnouncementV2 | None = None, by: Identity = ADMIN) -> SignedEnvelope:
     return sign_envelope(by, Tag.ANNOUNCEMENT, ann or announcement())
 
 

@@ -23,7 +23,8 @@ def test_every_admin_request_has_one_route_with_the_shared_action() -> None:
     assert ROUTES.keys() == ADMIN_ACTIONS.keys()
     for kind, route in ROUTES.items():
         assert route.action is ADMIN_ACTIONS[kind]
-    names = [action.name for action in ADMIN_ACTIONS.values()]
+    distinct = {id(action): action for action in ADMIN_ACTIONS.values()}.values()
+    names = [action.name for action in distinct]  # versions of a request share one action
     assert len(names) == len(set(names))
     assert ADMIN_ACTIONS[PushRequest].name in AUDITED_ACTIONS
     assert ADMIN_ACTIONS[StatusRequest].name not in AUDITED_ACTIONS  # reads are not audited

@@ -25,12 +25,12 @@ from fleet.identity import Identity, NodeId
 from fleet.protocol.admin import make_admin_request
 from fleet.protocol.messages import (
     Action,
-    Announcement,
+    AnnouncementV2,
     AuditPage,
     AuditQuery,
     CertificateChain,
     CertificateLookup,
-    Deliver,
+    DeliverV1,
     DeviceAdd,
     DeviceList,
     DeviceListReply,
@@ -40,7 +40,7 @@ from fleet.protocol.messages import (
     NextSequenceReply,
     OkReply,
     PushAccepted,
-    PushRequest,
+    PushRequestV1,
     Revocations,
     RevokeRequest,
     StatusRequest,
@@ -90,7 +90,7 @@ class Rig:
     async def push(self, who: Identity, chain: Chain, devices: list[NodeId]) -> AdminResult:
         seq = await self.request(NextSequence(), who, chain)
         number = seq.reply.sequence if isinstance(seq.reply, NextSequenceReply) else 1
-        ann = Announcement(
+        ann = AnnouncementV2(
             sequence=number,
             devices=tuple(devices),
             targets=("tag:x",),
@@ -101,7 +101,7 @@ class Rig:
             valid_until=self.clock.now + 3600,
             chain=chain,
         )
-        body = PushRequest(announcement=sign_envelope(who, Tag.ANNOUNCEMENT, ann))
+        body = PushRequestV1(announcement=sign_envelope(who, Tag.ANNOUNCEMENT, ann))
         return await self.request(body, who, chain)
 
     async def rows(self) -> list[audit.AuditEntry]:
@@ -182,7 +182,7 @@ async def test_announcement_signed_by_another_key_needs_its_own_authority(rig: R
     """The lead sends a push whose announcement a key without authority signed."""
     prod = await rig.add("prod-1", ("prod",))
     rogue = Identity.generate()
-    ann = Announcement(
+    ann = AnnouncementV2(
         sequence=1,
         devices=(prod,),
         targets=("prod-1",),
@@ -192,7 +192,7 @@ async def test_announcement_signed_by_another_key_needs_its_own_authority(rig: R
         issued_at=NOW,
         valid_until=NOW + 60,
     )
-    body = PushRequest(announcement=sign_envelope(rogue, Tag.ANNOUNCEMENT, ann))
+    body = PushRequestV1(announcement=sign_envelope(rogue, Tag.ANNOUNCEMENT, ann))
     refused = refusal(await rig.as_lead(body))
     assert "unknown-root" in refused.message
 
@@ -234,7 +234,7 @@ async def test_revocation_stops_the_key_and_reaches_agents(rig: Rig) -> None:
     again = FakeLink(prod)
     assert await fresh.agent_hello(again, hello()) is not None
     kinds = [type(m) for m in again.sent]
-    assert kinds == [Welcome, Revocations, Deliver]
+    assert kinds == [Welcome, Revocations, DeliverV1]
 
 
 async def test_a_ci_key_cannot_revoke(rig: Rig) -> None:

@@ -22,8 +22,8 @@ from fleet.protocol.admin import make_admin_request
 from fleet.protocol.messages import (
     Action,
     AgentState,
-    Announcement,
-    Deliver,
+    AnnouncementV2,
+    DeliverV1,
     DeviceAdd,
     DeviceList,
     DeviceListReply,
@@ -31,7 +31,7 @@ from fleet.protocol.messages import (
     Hello,
     OkReply,
     PushAccepted,
-    PushRequest,
+    PushRequestV1,
     StatusReport,
     StatusRequest,
     StatusSnapshot,
@@ -149,10 +149,10 @@ class Running:
         await send_message(writer, hello, timeout=5)
         return conn, reader, writer
 
-    def push_request(self, devices: list[NodeId], sequence: int) -> PushRequest:
+    def push_request(self, devices: list[NodeId], sequence: int) -> PushRequestV1:
         import time
 
-        ann = Announcement(
+        ann = AnnouncementV2(
             sequence=sequence,
             devices=tuple(devices),
             targets=("tag:all",),
@@ -162,7 +162,7 @@ class Running:
             issued_at=time.time(),
             valid_until=time.time() + 600,
         )
-        return PushRequest(announcement=sign_envelope(self.admin, Tag.ANNOUNCEMENT, ann))
+        return PushRequestV1(announcement=sign_envelope(self.admin, Tag.ANNOUNCEMENT, ann))
 
 
 @pytest.fixture
@@ -192,7 +192,7 @@ async def test_push_reaches_connected_agent_after_the_ack(running: Running) -> N
     push = running.push_request([agent.node_id], 1)
     reply, _, _ = await running.request(push)
     assert reply == PushAccepted(sequence=1, devices=(agent.node_id,))
-    deliver = await recv_message(reader, Deliver, timeout=5)
+    deliver = await recv_message(reader, DeliverV1, timeout=5)
     assert deliver.announcement == push.announcement  # forwarded verbatim
 
 
@@ -230,7 +230,7 @@ async def test_misbehaving_agents_are_dropped_without_harming_others(running: Ru
     await send_message(writer, report, timeout=5)
     reply, _, _ = await running.request(running.push_request([good.node_id], 1))
     assert isinstance(reply, PushAccepted)
-    await recv_message(reader, Deliver, timeout=5)
+    await recv_message(reader, DeliverV1, timeout=5)
     status = running.service.sessions[good.node_id].last_report
     assert status == report
 

@@ -19,10 +19,10 @@ from fleet.protocol.admin import make_admin_request
 from fleet.protocol.messages import (
     Action,
     AgentState,
-    Announcement,
     AnnouncementRejected,
     AnnouncementRejectedV1,
-    Deliver,
+    AnnouncementV2,
+    DeliverV1,
     DeviceAdd,
     DeviceApprove,
     DeviceList,
@@ -37,7 +37,7 @@ from fleet.protocol.messages import (
     OkReply,
     Progress,
     PushAccepted,
-    PushRequest,
+    PushRequestV1,
     StatusReport,
     StatusRequest,
     StatusSnapshot,
@@ -69,8 +69,8 @@ class FakeLink:
     def delivered(self) -> list[int]:
         out = []
         for m in self.sent:
-            if isinstance(m, Deliver):
-                _, ann = verify_envelope(m.announcement, Tag.ANNOUNCEMENT, Announcement)
+            if isinstance(m, DeliverV1):
+                _, ann = verify_envelope(m.announcement, Tag.ANNOUNCEMENT, AnnouncementV2)
                 out.append(ann.sequence)
         return out
 
@@ -127,8 +127,8 @@ class Harness:
         signer: Identity | None = None,
         store_path: str = V2,
         valid_for: float = 3600,
-    ) -> PushRequest:
-        ann = Announcement(
+    ) -> PushRequestV1:
+        ann = AnnouncementV2(
             sequence=sequence,
             devices=tuple(devices),
             targets=tuple(str(d) for d in devices),
@@ -138,7 +138,9 @@ class Harness:
             issued_at=self.clock.now,
             valid_until=self.clock.now + valid_for,
         )
-        return PushRequest(announcement=sign_envelope(signer or self.admin, Tag.ANNOUNCEMENT, ann))
+        return PushRequestV1(
+            announcement=sign_envelope(signer or self.admin, Tag.ANNOUNCEMENT, ann)
+        )
 
     async def push(self, devices: list[NodeId], **kw: object) -> AdminResult:
         seq = await self.request(NextSequence())

@@ -12,7 +12,7 @@ from fleet.protocol.messages import (
     Action,
     AgentState,
     AuditCheckpoint,
-    Deliver,
+    DeliverV1,
     Hello,
     HelloV1,
     Revocations,
@@ -54,6 +54,9 @@ def stored(sequence: int, valid_until: float = NOW + 3600) -> StoredAnnouncement
         issued_at=NOW,
         valid_until=valid_until,
         devices=(),
+        proofs={},
+        legacy=None,
+        lists_devices=True,
     )
 
 
@@ -82,10 +85,10 @@ def session(last_sequence: int = 0, *, v3: bool = True) -> tuple[FakeLink, Agent
 
 
 def sequences(link: FakeLink) -> list[str | None]:
-    """The Deliver messages sent, by the name inside the stand-in announcement envelope."""
+    """The DeliverV1 messages sent, by the name inside the stand-in announcement envelope."""
     out = []
     for m in link.sent:
-        if isinstance(m, Deliver):
+        if isinstance(m, DeliverV1):
             out.append(decode(m.announcement.payload, Welcome).name)
     return out
 
@@ -117,7 +120,7 @@ def test_going_live_sends_welcome_revocations_newest_delivery_then_checkpoint() 
     assert link.sent == []
     checkpoint = sign_envelope(SIGNER, Tag.ANNOUNCEMENT, Welcome(approved=True, name="cp"))
     assert s.go_live("kiosk", stored(3), [], checkpoint, NOW)
-    assert [type(m) for m in link.sent] == [Welcome, Deliver, AuditCheckpoint]
+    assert [type(m) for m in link.sent] == [Welcome, DeliverV1, AuditCheckpoint]
     assert link.sent[0] == Welcome(approved=True, name="kiosk")
     assert sequences(link) == ["5"]  # the parked push is newer than the looked-up one
     assert s.delivered == 5
@@ -132,7 +135,7 @@ def test_live_session_gets_only_newer_pushes() -> None:
     assert s.go_live("kiosk", stored(4), [], None, NOW)  # it already has 4
     assert [type(m) for m in link.sent] == [Welcome]
     assert not s.can_witness  # an old agent is not sent checkpoints
-    payload = encode(Deliver(announcement=envelope(6)))
+    payload = encode(DeliverV1(announcement=envelope(6)))
     assert s.offer(stored(6), payload)
     assert not s.offer(stored(6), payload)
     assert not s.offer(stored(5), payload)

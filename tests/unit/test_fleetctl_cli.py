@@ -37,6 +37,7 @@ from fleet.protocol.messages import (
     ErrorReply,
     PushRequest,
 )
+from fleet.protocol.targeting import target_tree
 from fleet.wire import Message, Tag, verify_envelope
 from tests.admin_standin import StandIn, desired, device_status, memory_client
 
@@ -205,7 +206,8 @@ def test_push_to_a_short_id_signs_the_full_id(h: Harness) -> None:
     result = h.run("push", STORE, "--to", h.devices[1].node_id.short(), "--json")
     assert result.exit_code == 0, result.stderr
     [(_, announcement)] = h.standin.pushes
-    assert announcement.devices == (h.devices[1].node_id,)
+    assert h.standin.push_requests[-1].devices == (h.devices[1].node_id,)
+    assert announcement.devices_root == target_tree([h.devices[1].node_id]).root
 
 
 def test_remove_of_an_unknown_device_names_it(h: Harness) -> None:
@@ -270,7 +272,11 @@ def test_push_json_prints_sequence_and_devices_and_signs_the_announcement(h: Har
     signer, announcement = verify_envelope(push.announcement, Tag.ANNOUNCEMENT, Announcement)
     assert signer == h.admin.node_id
     assert announcement.sequence == 12
-    assert [str(d) for d in announcement.devices] == ids
+    # tag:kiosk is signed as a selector, router as the one explicit id under the root
+    assert [str(d) for d in push.devices] == [h.id_of("router")]
+    assert announcement.devices_root == target_tree(push.devices).root
+    assert announcement.selector == ("kiosk",)
+    assert push.targets == ("tag:kiosk", "router")
     assert announcement.action is Action.BOOT
     assert announcement.valid_until - announcement.issued_at == 7200
     assert announcement.substituters == ("http://cache",)

@@ -9,12 +9,14 @@ import pytest
 
 from fleet.admin.errors import CoordinatorRefused, CoordinatorUnreachable, ProtocolViolation
 from fleet.admin.push import PushPlan, push, wait_for_devices
+from fleet.admin.targets import PushTargets
 from fleet.admin.tracking import Outcome, PushTracker
 from fleet.identity import Identity
 from fleet.protocol.admin import open_admin_request
 from fleet.protocol.messages import (
     Action,
     AgentState,
+    AnnouncementV2,
     DeviceAdd,
     DeviceInfo,
     ErrorReply,
@@ -22,7 +24,7 @@ from fleet.protocol.messages import (
     StatusSnapshot,
     StatusUpdate,
 )
-from fleet.wire import Tag
+from fleet.wire import Tag, verify_envelope
 from tests.admin_standin import StandIn, device_status, memory_client
 
 STORE = "/nix/store/" + "c" * 32 + "-nixos-system"
@@ -53,8 +55,12 @@ def standin(admin: Identity) -> StandIn:
 def _plan(standin: StandIn) -> PushPlan:
     return PushPlan(
         store_path=STORE,
-        devices=tuple(d.node_id for d in standin.devices),
-        targets=("tag:all",),
+        to=PushTargets(
+            typed=("tag:all",),
+            devices=tuple(d.node_id for d in standin.devices),
+            explicit=(),
+            selector=("all",),
+        ),
         substituters=("http://cache.example",),
         action=Action.TEST,
         valid_for=3600.0,
@@ -114,8 +120,17 @@ async def test_push_signs_the_announcement_with_the_sequence(
     [(signer, announcement)] = standin.pushes
     assert signer == admin.node_id
     assert announcement.sequence == 41
-    assert announcement.devices == tuple(d.node_id for d in standin.devices)
-    assert announcement.targets == ("tag:all",)
+    # `tag:all` is signed as a selector (each agent checks its own tags), not as a list.
+    assert announcement.selector == ("all",)
+    assert (announcement.devices_root, announcement.devices_count) == (b"", 0)
+    [request] = standin.push_requests
+    assert request.targets == ("tag:all",)
+    assert request.devices == ()
+    # Agents before Hello v4 get the same push as an Announcement v2 that lists them.
+    assert request.legacy is not None
+    _, legacy = verify_envelope(request.legacy, Tag.ANNOUNCEMENT, AnnouncementV2)
+    assert legacy.devices == tuple(d.node_id for d in standin.devices)
+    assert (legacy.sequence, legacy.store_path) == (41, STORE)
     assert announcement.store_path == STORE
     assert announcement.substituters == ("http://cache.example",)
     assert announcement.action is Action.TEST

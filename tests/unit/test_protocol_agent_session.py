@@ -6,7 +6,7 @@ from fleet.identity import Identity
 from fleet.protocol.agent_session import LEGAL, Sender, SessionPhase, is_legal, opens_session
 from fleet.protocol.messages import (
     AgentState,
-    Deliver,
+    DeliverV1,
     HelloV1,
     StatusReport,
     SystemState,
@@ -53,6 +53,6 @@ def test_each_end_may_send_only_its_own_messages_once_established() -> None:
     assert not is_legal(established, Sender.COORDINATOR, report)
     assert not is_legal(established, Sender.AGENT, HELLO)  # a second Hello is not a session
     welcome = Welcome(approved=True, name=None)
-    deliver = Deliver(announcement=sign_envelope(Identity.generate(), Tag.ANNOUNCEMENT, welcome))
+    deliver = DeliverV1(announcement=sign_envelope(Identity.generate(), Tag.ANNOUNCEMENT, welcome))
     assert is_legal(established, Sender.COORDINATOR, deliver)
     assert not is_legal(established, Sender.AGENT, deliver)
