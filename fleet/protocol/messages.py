@@ -244,7 +244,7 @@ class Welcome(Message, type="fleet.agent.welcome", version=1):
     name: str | None
 
 
-class TargetProof(Message):
+class TargetProof(Message, type="fleet.target-proof", version=1):
     """That a device's id is leaf `index` under an announcement's signed devices_root."""
 
     index: int

@@ -31,6 +31,7 @@ from fleet.capability.certificate import certificate_id
 from fleet.capability.chainfile import ChainFileError, format_chain, parse_chain
 from fleet.capability.errors import BadRevocation
 from fleet.capability.revocation import SignedRevocation, revoke, verify_revocation
+from fleet.coordinator.pushes import BadPush, open_push
 from fleet.identity import Identity
 from fleet.mesh import disco
 from fleet.nix.narinfo import (
@@ -44,15 +45,19 @@ from fleet.protocol.admin import AdminRequestError, make_admin_request, open_adm
 from fleet.protocol.messages import (
     Action,
     AgentState,
+    Announcement,
     AnnouncementV2,
+    Deliver,
     DeliverV1,
     DeviceAdd,
     Hello,
     NextSequence,
+    PushRequest,
     PushRequestV1,
     StatusRequest,
     SystemState,
 )
+from fleet.protocol.targeting import TargetTree, target_tree
 from fleet.relay import protocol as relay
 from fleet.stun import StunAnswerer
 from fleet.wire import (
@@ -98,6 +103,59 @@ def announcement(signer: Identity = ROOT, chain: Chain | None = None) -> SignedE
         valid_until=NOW + 600, chain=chain if chain is not None else Chain(certificates=()),
     )  # fmt: skip
     return sign_envelope(signer, Tag.ANNOUNCEMENT, body)
+
+
+OTHERS = tuple(Identity.generate().node_id for _ in range(4))
+
+
+@cache
+def targeted() -> tuple[Announcement, TargetTree]:
+    """An Announcement v3 naming DEVICE among explicit ids, and `tag:lab` as its selector."""
+    tree = target_tree((*OTHERS, DEVICE.node_id))
+    body = Announcement(
+        sequence=7, selector=("lab",), devices_root=tree.root, devices_count=tree.count,
+        store_path=SYSTEM, substituters=("https://cache.example",), action=Action.SWITCH,
+        issued_at=NOW - 60, valid_until=NOW + 600, chain=Chain(certificates=()),
+    )  # fmt: skip
+    return body, tree
+
+
+@cache
+def deliver_v2_samples() -> tuple[bytes, ...]:
+    body, tree = targeted()
+    envelope = sign_envelope(ROOT, Tag.ANNOUNCEMENT, body)
+    return (encode(Deliver(announcement=envelope, proof=tree.proofs[DEVICE.node_id])),)
+
+
+def _deliver_v2(data: bytes) -> None:
+    deliver = decode(data, Deliver)
+    verify_announcement(
+        deliver.announcement, trust_roots={ROOT.node_id}, device=DEVICE.node_id, floor=0,
+        current=None, now=NOW, tags=(), proof=deliver.proof,
+    )  # fmt: skip
+
+
+def _signed_announcement_v3(data: bytes) -> None:
+    _, tree = targeted()
+    verify_announcement(
+        resign(ROOT, Tag.ANNOUNCEMENT, data), trust_roots={ROOT.node_id}, device=DEVICE.node_id,
+        floor=0, current=None, now=NOW, tags=(), proof=tree.proofs[DEVICE.node_id],
+    )  # fmt: skip
+
+
+@cache
+def push_request_samples() -> tuple[bytes, ...]:
+    body, tree = targeted()
+    request = PushRequest(
+        announcement=sign_envelope(ADMIN, Tag.ANNOUNCEMENT, body), devices=tree.devices,
+        targets=("tag:lab", "kiosk"), legacy=announcement(ADMIN),
+    )  # fmt: skip
+    return (encode(request),)
+
+
+def _push_request(data: bytes) -> None:
+    push = open_push(decode(data, PushRequest))
+    assert push.signer == ADMIN.node_id, "a forged announcement verified"
 
 
 @cache
@@ -340,6 +398,8 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "agent.deliver", lambda: (message_samples()[1],), _deliver, (WireError, AnnouncementRefused)
     ),
+    Target("agent.deliver-v2", deliver_v2_samples, _deliver_v2, (WireError, AnnouncementRefused)),
+    Target("coordinator.push-request", push_request_samples, _push_request, (WireError, BadPush)),
     Target(
         "capability.chain", lambda: (encode(admin_chain()),), _chain, (WireError, CapabilityError)
     ),
@@ -372,6 +432,12 @@ TARGETS: tuple[Target, ...] = (
         "signed:announcement",
         lambda: _payloads([encode(announcement())]),
         _signed_announcement,
+        (AnnouncementRefused,),
+    ),
+    Target(
+        "signed:announcement-v3",
+        lambda: _payloads([encode(sign_envelope(ROOT, Tag.ANNOUNCEMENT, targeted()[0]))]),
+        _signed_announcement_v3,
         (AnnouncementRefused,),
     ),
     Target(

@@ -8,8 +8,10 @@ import time
 import pytest
 
 from fleet.agent.verify import AnnouncementRefused, verify_announcement
+from fleet.capability import Chain, Permission, Scope, sign_certificate
 from fleet.identity import Identity, NodeId
-from fleet.protocol.messages import AnnouncementV2, DeviceList
+from fleet.protocol.messages import Announcement, AnnouncementV2, DeviceList, TargetProof
+from fleet.protocol.targeting import TargetTree, target_tree
 from fleet.vocabulary import Action
 from fleet.wire import SignedEnvelope, Tag, sign_envelope
 
@@ -17,6 +19,16 @@ PATH = "/nix/store/" + "b" * 32 + "-nixos-system-fleet-test-1"
 ADMIN = Identity.generate()
 DEVICE = Identity.generate().node_id
 NOW = 1_700_000_000.0
+DELEGATE = Identity.generate()
+
+
+def lab_chain() -> Chain:
+    """DELEGATE may push to devices tagged `lab`, by ADMIN (a trust root)."""
+    cert = sign_certificate(
+        ADMIN, DELEGATE.node_id, [Permission.PUSH], Scope.of(tags=["lab"]),
+        not_before=NOW - 3600, not_after=NOW + 3600, may_delegate=False,
+    )  # fmt: skip
+    return Chain(certificates=(cert,))
 
 
 def announcement(**changes: object) -> AnnouncementV2:
@@ -140,3 +152,110 @@ def test_real_clock_default_usable() -> None:
     verify_announcement(
         env, trust_roots=[ADMIN.node_id], device=DEVICE, floor=0, current=None, now=time.time()
     )
+
+
+# ---------------------------------------------------------------- announcement v3: targets
+
+
+OTHERS = tuple(Identity.generate().node_id for _ in range(6))
+
+
+def targeted(
+    devices: tuple[NodeId, ...] = (), selector: tuple[str, ...] = (), **changes: object
+) -> tuple[Announcement, TargetTree]:
+    tree = target_tree(devices)
+    fields: dict[str, object] = {
+        "sequence": 5,
+        "selector": selector,
+        "devices_root": tree.root,
+        "devices_count": tree.count,
+        "store_path": PATH,
+        "substituters": ("http://cache.invalid",),
+        "action": Action.SWITCH,
+        "issued_at": NOW - 10,
+        "valid_until": NOW + 3600,
+    }
+    fields.update(changes)
+    return Announcement(**fields), tree  # type: ignore[arg-type]
+
+
+def check_v3(
+    ann: Announcement,
+    proof: TargetProof | None,
+    tags: tuple[str, ...] = (),
+    chain: Chain | None = None,
+) -> object:
+    if chain is not None:
+        ann = dataclasses.replace(ann, chain=chain)
+    return verify_announcement(
+        sign_envelope(ADMIN if chain is None else DELEGATE, Tag.ANNOUNCEMENT, ann),
+        trust_roots=[ADMIN.node_id],
+        device=DEVICE,
+        floor=4,
+        current=None,
+        now=NOW,
+        tags=tags,
+        proof=proof,
+    )
+
+
+def refused_v3(ann: Announcement, proof: TargetProof | None, **kw: object) -> str:
+    with pytest.raises(AnnouncementRefused) as info:
+        check_v3(ann, proof, **kw)  # type: ignore[arg-type]
+    return info.value.code
+
+
+def test_v3_explicit_id_with_its_proof_is_accepted() -> None:
+    ann, tree = targeted(devices=(*OTHERS, DEVICE))
+    assert check_v3(ann, tree.proofs[DEVICE])
+
+
+def test_v3_refused_without_a_proof_or_with_another_devices_proof() -> None:
+    ann, tree = targeted(devices=(*OTHERS, DEVICE))
+    assert refused_v3(ann, None) == "not-for-us"
+    for other in OTHERS:  # what a rogue coordinator could forward: a member's real proof
+        assert refused_v3(ann, tree.proofs[other]) == "not-for-us"
+
+
+def test_v3_refused_when_the_proof_is_for_another_root() -> None:
+    # A proof that does include this device, but under a root the admin did not sign.
+    ann, _ = targeted(devices=OTHERS)
+    _, other_tree = targeted(devices=(*OTHERS, DEVICE))
+    assert refused_v3(ann, other_tree.proofs[DEVICE]) == "not-for-us"
+
+
+def test_v3_refused_when_the_proof_is_truncated() -> None:
+    ann, tree = targeted(devices=(*OTHERS, DEVICE))
+    proof = tree.proofs[DEVICE]
+    cut = TargetProof(index=proof.index, hashes=proof.hashes[:-1])
+    assert refused_v3(ann, cut) == "not-for-us"
+
+
+def test_v3_selector_matches_the_agents_own_tags() -> None:
+    ann, _ = targeted(selector=("kiosk", "lab"))
+    assert check_v3(ann, None, tags=("lab",))
+    assert refused_v3(ann, None, tags=("printer",)) == "not-for-us"
+    assert refused_v3(ann, None, tags=()) == "not-for-us"
+
+
+def test_v3_selector_or_explicit_id() -> None:
+    ann, tree = targeted(devices=OTHERS, selector=("kiosk",))
+    assert check_v3(ann, None, tags=("kiosk",))
+    assert refused_v3(ann, tree.proofs[OTHERS[0]], tags=("printer",)) == "not-for-us"
+
+
+def test_v3_selector_inside_the_signers_scope_only() -> None:
+    # The delegate may push to `lab` only: naming `kiosk` in the selector does not widen it.
+    ann, _ = targeted(selector=("kiosk",))
+    assert refused_v3(ann, None, tags=("kiosk",), chain=lab_chain()) == "scope"
+    ann, _ = targeted(selector=("lab",))
+    assert check_v3(ann, None, tags=("lab",), chain=lab_chain())
+
+
+def test_v3_inconsistent_targets_cannot_be_built() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        targeted()
+    with pytest.raises(ValueError, match="both set"):
+        targeted(devices=OTHERS, selector=("lab",), devices_count=0)
+    with pytest.raises(ValueError, match="sorted"):
+        targeted(selector=("b", "a"))

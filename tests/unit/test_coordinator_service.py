@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from fleet.agent.verify import verify_announcement
 from fleet.coordinator import audit
 from fleet.coordinator.database import Database
 from fleet.coordinator.service import AdminResult, CoordinatorService
@@ -19,9 +20,11 @@ from fleet.protocol.admin import make_admin_request
 from fleet.protocol.messages import (
     Action,
     AgentState,
+    Announcement,
     AnnouncementRejected,
     AnnouncementRejectedV1,
     AnnouncementV2,
+    Deliver,
     DeliverV1,
     DeviceAdd,
     DeviceApprove,
@@ -32,11 +35,13 @@ from fleet.protocol.messages import (
     ErrorReply,
     Hello,
     HelloV1,
+    HelloV3,
     NextSequence,
     NextSequenceReply,
     OkReply,
     Progress,
     PushAccepted,
+    PushRequest,
     PushRequestV1,
     StatusReport,
     StatusRequest,
@@ -44,6 +49,7 @@ from fleet.protocol.messages import (
     SystemState,
     Welcome,
 )
+from fleet.protocol.targeting import target_tree
 from fleet.wire import Message, Tag, decode, encode, sign_envelope, verify_envelope
 
 V1 = "/nix/store/" + "a" * 32 + "-nixos-system-v1"
@@ -651,3 +657,124 @@ async def test_a_fresh_device_has_no_state_since_and_last_seen_is_its_last_messa
     h.clock.now += 10
     await h.service.agent_gone(session)
     assert (await _row(h)).last_seen == NOW + 110
+
+
+# ---------------------------------------------------------------- announcement v3: targets
+
+
+def targeted_push(
+    h: Harness,
+    sequence: int,
+    explicit: list[NodeId],
+    selector: tuple[str, ...] = (),
+    *,
+    legacy: list[NodeId] | None = None,
+    claimed: list[NodeId] | None = None,
+) -> PushRequest:
+    """A v3 push as fleetctl makes it; `claimed`: other ids than the root's, in the request."""
+    tree = target_tree(explicit)
+    ann = Announcement(
+        sequence=sequence, selector=selector, devices_root=tree.root, devices_count=tree.count,
+        store_path=V2, substituters=(), action=Action.SWITCH, issued_at=h.clock.now,
+        valid_until=h.clock.now + 3600,
+    )  # fmt: skip
+    old = None
+    if legacy is not None:
+        old = AnnouncementV2(
+            sequence=sequence, devices=tuple(legacy), targets=(), store_path=V2,
+            substituters=(), action=Action.SWITCH, issued_at=ann.issued_at,
+            valid_until=ann.valid_until,
+        )  # fmt: skip
+    return PushRequest(
+        announcement=sign_envelope(h.admin, Tag.ANNOUNCEMENT, ann),
+        devices=tuple(claimed if claimed is not None else explicit),
+        targets=("as typed",),
+        legacy=sign_envelope(h.admin, Tag.ANNOUNCEMENT, old) if old is not None else None,
+    )
+
+
+async def push_v3(h: Harness, request: PushRequest) -> AdminResult:
+    result = await h.request(request)
+    if result.delivery is not None:
+        await h.service.deliver(result.delivery)
+    return result
+
+
+def accepts(link: FakeLink, tags: tuple[str, ...] = ()) -> list[int]:
+    """Sequences of the Deliver v2 messages that the agent's own check accepts."""
+    out = []
+    for m in link.sent:
+        if isinstance(m, Deliver):
+            accepted = verify_announcement(
+                m.announcement, trust_roots=[m.announcement.signer], device=link.remote_id,
+                floor=0, current=None, now=NOW, tags=tags, proof=m.proof,
+            )  # fmt: skip
+            out.append(accepted.announcement.sequence)
+    return out
+
+
+async def test_v3_explicit_push_reaches_only_its_ids_each_with_a_proof_that_verifies(
+    h: Harness,
+) -> None:
+    nodes = [await h.add_device(f"d{i}") for i in range(5)]
+    links = [(await h.connect(n))[0] for n in nodes]
+    result = await push_v3(h, targeted_push(h, 1, nodes[:3]))
+    assert isinstance(result.reply, PushAccepted)
+    assert set(result.reply.devices) == set(nodes[:3])
+    assert [accepts(link) for link in links] == [[1], [1], [1], [], []]
+    sizes = {len(encode(m)) for link in links[:3] for m in link.sent if isinstance(m, Deliver)}
+    assert max(sizes) < 1024  # the envelope and two proof hashes, not a list of ids
+    [row] = [r for r in await h.audit_rows() if r.action == "push"]
+    detail = row.details()
+    assert sorted(detail["devices"]) == sorted(str(n) for n in nodes[:3])
+    assert detail["devices_count"] == 3
+    assert detail["targets"] == ["as typed"]
+
+
+async def test_v3_selector_push_reaches_the_devices_with_the_tag(h: Harness) -> None:
+    kiosks = [await h.add_device(f"k{i}", ("kiosk",)) for i in range(2)]
+    other = await h.add_device("printer", ("office",))
+    links = {n: (await h.connect(n))[0] for n in [*kiosks, other]}
+    result = await push_v3(h, targeted_push(h, 1, [], ("kiosk",)))
+    assert isinstance(result.reply, PushAccepted)
+    assert set(result.reply.devices) == set(kiosks)
+    for kiosk in kiosks:
+        assert accepts(links[kiosk], tags=("kiosk",)) == [1]
+        assert [m.proof for m in links[kiosk].sent if isinstance(m, Deliver)] == [None]
+    assert accepts(links[other], tags=("office",)) == []
+
+
+async def test_v3_push_whose_ids_are_not_under_the_root_is_refused(h: Harness) -> None:
+    nodes = [await h.add_device(f"d{i}") for i in range(3)]
+    result = await push_v3(h, targeted_push(h, 1, nodes[:2], claimed=nodes))
+    assert error_code(result) == "invalid"
+    assert [(r.action, r.outcome) for r in await h.audit_rows()][-1] == ("push", "refused")
+
+
+async def test_v3_push_to_a_tag_nobody_has_is_refused(h: Harness) -> None:
+    await h.add_device("d0", ("office",))
+    assert error_code(await push_v3(h, targeted_push(h, 1, [], ("kiosk",)))) == "not-found"
+
+
+async def test_v3_old_agents_get_the_legacy_announcement_or_nothing(h: Harness) -> None:
+    nodes = [await h.add_device(f"d{i}") for i in range(2)]
+    links = []
+    for node in nodes:
+        link = FakeLink(node)
+        old_hello = HelloV3(**{f.name: getattr(hello(), f.name) for f in dataclasses.fields(Hello)})
+        assert await h.service.agent_hello(link, old_hello) is not None
+        links.append(link)
+    await push_v3(h, targeted_push(h, 1, nodes, legacy=nodes))
+    assert [link.delivered() for link in links] == [[1], [1]]  # Deliver v1, Announcement v2
+    await push_v3(h, targeted_push(h, 2, nodes))  # no legacy announcement: nothing to send
+    assert [link.delivered() for link in links] == [[1], [1]]
+    assert not any(isinstance(m, Deliver) for link in links for m in link.sent)
+
+
+async def test_v3_reconnecting_device_gets_its_own_proof_after_a_restart(h: Harness) -> None:
+    nodes = [await h.add_device(f"d{i}") for i in range(3)]
+    await push_v3(h, targeted_push(h, 1, nodes))
+    await h.restart()
+    for node in nodes:
+        link, _ = await h.connect(node)
+        assert accepts(link) == [1]
