@@ -54,10 +54,14 @@ class HashTag(Enum):
     TARGET_NODE = b"fleet/target-node/v1"  # an inner node of that tree
 
 
+_HASHERS = {
+    tag: hashlib.sha256(_HASH_PREFIX + bytes([len(tag.value)]) + tag.value) for tag in HashTag
+}  # the tag's prefix hashed once; each tagged_hash continues a copy
+
+
 def tagged_hash(tag: HashTag, *parts: bytes) -> bytes:
     """SHA-256 of `parts` for the purpose `tag` (a leaf can never pass for a node)."""
-    value = tag.value
-    digest = hashlib.sha256(_HASH_PREFIX + bytes([len(value)]) + value)
+    digest = _HASHERS[tag].copy()
     for part in parts:
         digest.update(part)
     return digest.digest()
