@@ -62,7 +62,7 @@ class Delivery:
         """Send a just-accepted announcement to every targeted device that is connected, each
         with its own target proof (one encoding shared by all devices without one)."""
         shared: dict[bool, bytes | None] = {}  # by reads_targets, for devices without a proof
-        sent = 0
+        sent = unreadable = 0
         for node in stored.devices:
             session = self.sessions.get(node)
             if session is None:
@@ -74,9 +74,18 @@ class Delivery:
                 if reads not in shared:
                     shared[reads] = _encoded(stored.deliver_to(node, reads))
                 payload = shared[reads]
+            if payload is None and session.live:
+                unreadable += 1
             if session.offer(stored, payload):
                 sent += 1
         log.info("push_delivered", sequence=stored.sequence, live=sent, targets=len(stored.devices))
+        if unreadable:
+            log.warning(
+                "push_not_for_old_agents",
+                sequence=stored.sequence,
+                devices=unreadable,
+                detail="no Announcement v2 for agents before Hello v4; upgrade those agents",
+            )
         await self.status.publish(stored.devices)
 
     def hand_out_checkpoint(self, envelope: SignedEnvelope) -> None:

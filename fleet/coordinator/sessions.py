@@ -149,7 +149,12 @@ class AgentSession:
             if best.expired(now):
                 log.info("announcement_expired", device=self.node_id.short(), seq=best.sequence)
             elif message is None:
-                _unreadable(self.node_id, best.sequence)
+                log.warning(
+                    "announcement_not_for_old_agent",
+                    device=self.node_id.short(),
+                    sequence=best.sequence,
+                    detail="no Announcement v2 for agents before Hello v4; upgrade the agent",
+                )
             else:
                 self.delivered = best.sequence
                 self.link.send(encode(message))
@@ -162,9 +167,7 @@ class AgentSession:
         """A just-accepted push for this device, encoded for it (None: nothing this agent can
         read): sent if LIVE and newer, parked if WELCOMING; whether it was sent."""
         if self.phase is Phase.LIVE:
-            if payload is None:
-                _unreadable(self.node_id, announcement.sequence)
-            elif announcement.sequence > self.delivered:
+            if payload is not None and announcement.sequence > self.delivered:
                 self.delivered = announcement.sequence
                 self.link.send(payload)
                 return True
@@ -195,12 +198,3 @@ class AgentSession:
             return False
         self.witness_budget -= 1
         return True
-
-
-def _unreadable(node: NodeId, sequence: int) -> None:
-    log.warning(
-        "announcement_not_for_old_agent",
-        device=node.short(),
-        sequence=sequence,
-        detail="the push has no Announcement v2 for agents before Hello v4; upgrade the agent",
-    )
