@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from fleet.capability import CapabilityError, NotSubject, Permission, UnknownRoot, authority_of
 from fleet.identity import NodeId
 from fleet.protocol.messages import AnyAnnouncement, TargetProof
-from fleet.protocol.targeting import as_announcement, targets_device
+from fleet.protocol.targeting import as_announcement, targets_device, why_not_targeted
 from fleet.vocabulary import InvalidStorePath, check_store_path
 from fleet.wire import SignedEnvelope, Tag, WireError, verify_envelope
 
@@ -94,7 +94,10 @@ def verify_announcement(
         ) from None
     if not targets_device(announcement, device, tags, proof):
         raise AnnouncementRefused(
-            seq, "not-for-us", f"announcement {seq} does not target this device ({device.short()})"
+            seq,
+            "not-for-us",
+            f"announcement {seq} does not target this device ({device.short()}): "
+            + why_not_targeted(announcement, tags),
         )
     try:
         authority.require(Permission.PUSH, device, tags)

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from fleet.identity import NodeId
+from fleet.identity.labels import TAG_PREFIX
 from fleet.protocol.messages import Announcement, AnnouncementV2, AnyAnnouncement, TargetProof
 from fleet.wire import Message, UnexpectedMessageType, decode
 from fleet.wire.merkle import build, sorted_leaves, verify_inclusion
@@ -77,6 +78,20 @@ def targets_device(
         proof.hashes,
         announcement.devices_root,
     )
+
+
+def why_not_targeted(announcement: AnyAnnouncement, tags: Iterable[str]) -> str:
+    """What a device that `targets_device` turned down can be told (no secrets: all signed)."""
+    if isinstance(announcement, AnnouncementV2):
+        return f"it is not among the {len(announcement.devices)} devices listed"
+    reasons = []
+    if announcement.selector:
+        mine = ", ".join(sorted(tags)) or "none"
+        wanted = ", ".join(TAG_PREFIX + t for t in announcement.selector)
+        reasons.append(f"its own tags ({mine}) meet none of {wanted}")
+    if announcement.devices_count:
+        reasons.append(f"no valid proof came that it is one of {announcement.devices_count} ids")
+    return " and ".join(reasons)
 
 
 def as_announcement(message: Message) -> AnyAnnouncement:

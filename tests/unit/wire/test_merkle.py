@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleet.wire import merkle
 
@@ -77,3 +80,19 @@ def test_canonical_order_and_bounds() -> None:
     assert merkle.sorted_leaves([b"b", b"a", b"b"]) == (b"a", b"b")
     with pytest.raises(ValueError, match="at least one"):
         merkle.build(())
+
+
+@settings(max_examples=300, deadline=timedelta(seconds=2))
+@given(
+    leaf=st.binary(max_size=40),
+    index=st.integers(-2, 70),
+    count=st.integers(-2, 70),
+    proof=st.lists(st.binary(min_size=30, max_size=33), max_size=24),
+    root=st.binary(min_size=31, max_size=33),
+)
+def test_hostile_proofs_are_refused_never_raise(
+    leaf: bytes, index: int, count: int, proof: list[bytes], root: bytes
+) -> None:
+    # What a rogue coordinator controls in a Deliver: index, hashes (and, through a forged
+    # signature it cannot make, root and count). Random ones fail, quietly.
+    assert merkle.verify_inclusion(leaf, index, count, proof, root) is False
