@@ -205,14 +205,14 @@ def replay_oldest_announcement(database: Path) -> None:
     """Store announcement 1's signed envelope, verbatim, as a new highest sequence."""
     with contextlib.closing(sqlite3.connect(database)) as db, db:
         top = db.execute("SELECT max(sequence) FROM announcements").fetchone()[0]
-        columns = "signer, envelope, store_path, action, issued_at, valid_until, targets"
+        columns = "signer, envelope, store_path, action, issued_at, valid_until, targets, legacy"
         db.execute(
             f"INSERT INTO announcements (sequence, {columns}, received_at) "  # noqa: S608
             f"SELECT ?, {columns}, received_at FROM announcements WHERE sequence = 1",
             (top + 1,),
         )
         db.execute(
-            "INSERT INTO announcement_devices (node_id, sequence) "
-            "SELECT node_id, ? FROM announcement_devices WHERE sequence = 1",
+            "INSERT INTO announcement_devices (node_id, sequence, proof) "
+            "SELECT node_id, ?, proof FROM announcement_devices WHERE sequence = 1",
             (top + 1,),
         )
