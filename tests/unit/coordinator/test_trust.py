@@ -51,7 +51,7 @@ from fleet.protocol.messages import (
 )
 from fleet.wire import Message, Tag, encode, sign_envelope
 from tests.capability_kit import DAY, NOW, Org, make_org
-from tests.unit.test_coordinator_service import Clock, FakeLink, hello
+from tests.unit.coordinator.test_service import Clock, FakeLink, hello
 
 V2 = "/nix/store/" + "b" * 32 + "-nixos-system-v2"
 

@@ -24,7 +24,7 @@ from fleet.wire import (
     open_envelope,
     seal,
 )
-from tests.unit.wire_messages import Forward, Tree, everything
+from tests.unit.wire.wire_messages import Forward, Tree, everything
 
 ADMIN = Identity.generate()
 fuzz = settings(max_examples=400, deadline=timedelta(seconds=2))

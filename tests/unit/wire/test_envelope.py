@@ -23,7 +23,7 @@ from fleet.wire import (
     verify_envelope,
 )
 from fleet.wire.tags import sign
-from tests.unit.wire_messages import Forward, Ping, Pong
+from tests.unit.wire.wire_messages import Forward, Ping, Pong
 
 ADMIN = Identity.generate()
 OTHER = Identity.generate()

@@ -23,7 +23,7 @@ import pytest
 
 from fleet.identity import Identity, InvalidNodeId, KeyFileError, NodeId, decode_key, encode_key
 
-REPO = Path(__file__).resolve().parent.parent.parent
+REPO = Path(__file__).resolve().parents[3]
 KEY_DIR = REPO / "nix" / "tests" / "keys"
 PUBLISHED = ("README.md", "docs", "nixos-modules")
 # Not searched for committed keys: tool state, virtualenvs, build results.

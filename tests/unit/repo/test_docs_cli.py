@@ -19,7 +19,7 @@ import pytest
 from fleet.cli.fleet import main as fleet_main
 from fleet.cli.fleetctl import main as fleetctl_main
 
-REPO = Path(__file__).resolve().parent.parent.parent
+REPO = Path(__file__).resolve().parents[3]
 PROGRAMS: dict[str, click.Command] = {"fleet": fleet_main, "fleetctl": fleetctl_main}
 
 # Documented ahead of the code by another branch. Each entry is "PROGRAM SUBCOMMAND..." or
@@ -191,7 +191,7 @@ def test_pending_commands_are_still_missing() -> None:
         if not check(CommandLine("PENDING", 0, entry), pending={}):
             pytest.fail(
                 f"`{entry}` ({why}) exists now: remove it from PENDING in "
-                "tests/unit/test_docs_cli.py so that the docs are checked against it"
+                "tests/unit/repo/test_docs_cli.py so that the docs are checked against it"
             )
 
 

@@ -20,8 +20,8 @@ from fleet.cli import fleetctl
 from fleet.identity import Identity
 from tests.admin_standin import memory_client
 from tests.nixlab import unreachable_url
+from tests.unit.cli.test_fleetctl import Harness
 from tests.unit.narinfos import CacheKey, narinfo, store_path, write_narinfo
-from tests.unit.test_fleetctl_cli import Harness
 
 SYSTEM, DEP = store_path("nixos-system-kiosk"), store_path("glibc")
 KEY = CacheKey.generate("cache.example.org-1")

@@ -27,7 +27,7 @@ from fleet.wire import (
     encode,
     registered_types,
 )
-from tests.unit.wire_messages import (
+from tests.unit.wire.wire_messages import (
     NODE,
     Blob,
     Color,

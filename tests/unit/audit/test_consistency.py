@@ -53,9 +53,9 @@ from fleet.protocol.messages import (
     WitnessReport,
 )
 from fleet.wire import Message, SignedEnvelope, encode
-from tests.unit.test_agent_session import ADMIN, DEVICE, PATH, FakeDialer, running_system
-from tests.unit.test_audit_verify import COORD, NOW, build_log, checkpoint, rehash
-from tests.unit.test_coordinator_service import Clock, FakeLink, hello
+from tests.unit.agent.test_session import ADMIN, DEVICE, PATH, FakeDialer, running_system
+from tests.unit.audit.test_verifier import COORD, NOW, build_log, checkpoint, rehash
+from tests.unit.coordinator.test_service import Clock, FakeLink, hello
 
 
 def forge(entries: list[AuditEntry], at: int) -> list[AuditEntry]:
