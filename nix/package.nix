@@ -80,6 +80,9 @@ python.pkgs.buildPythonApplication {
       ../pyproject.toml
       ../README.md
       ../fleet
+      # What the tests share with bench/ (harness/narinfos.py, ...); pyproject's package
+      # discovery keeps it out of the installed package.
+      ../harness
       ../tests
       ../docs
     ];

@@ -16,8 +16,8 @@ from fleet.admin.cache_check import CacheCheckFailed, CacheUnavailable, check_cl
 from fleet.admin.cache_reader import CacheReader
 from fleet.nix.keys import NixPublicKey
 from fleet.nix.narinfo import parse_public_key
-from tests.nixlab import serve_directory, unreachable_url
-from tests.unit.narinfos import CacheKey, narinfo, store_path, write_narinfo
+from harness.narinfos import CacheKey, narinfo, store_path, write_narinfo
+from harness.nixlab import serve_directory, unreachable_url
 
 KEY = CacheKey.generate("cache.example.org-1")
 OTHER = CacheKey.generate("other-1")

@@ -28,8 +28,8 @@ from fleet.protocol.messages import (
 )
 from fleet.vocabulary import Action
 from fleet.wire import SignedEnvelope, Tag, decode, sign_envelope
+from harness.nixlab import BROKEN_EXIT_CODE, SWITCH_LOG_VAR, Builder, switch_log_lines
 from tests.conftest import NixCache, Systems
-from tests.nixlab import BROKEN_EXIT_CODE, SWITCH_LOG_VAR, Builder, switch_log_lines
 
 pytestmark = pytest.mark.nix
 
@@ -205,7 +205,7 @@ async def test_download_failures_activate_nothing(
     elif which == "missing":
         path = MISSING
     else:
-        from tests.nixlab import unreachable_url
+        from harness.nixlab import unreachable_url
 
         url = unreachable_url()
     rig = Rig(tmp_path, nix_agent, url, key)

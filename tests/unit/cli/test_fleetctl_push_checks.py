@@ -1,6 +1,6 @@
 """`fleetctl push` input checks and the binary-cache check, over the in-memory stand-in.
 
-The caches here are file:// directories of narinfos signed in Python (tests/unit/narinfos.py);
+The caches here are file:// directories of narinfos signed in Python (harness/narinfos.py);
 tests/integration/test_push_cache_check.py does the same with real Nix, HTTP and processes.
 """
 
@@ -18,10 +18,10 @@ from fleet.admin.client import AdminClient
 from fleet.admin.settings import Settings
 from fleet.cli import fleetctl
 from fleet.identity import Identity
+from harness.narinfos import CacheKey, narinfo, store_path, write_narinfo
+from harness.nixlab import unreachable_url
 from tests.admin_standin import memory_client
-from tests.nixlab import unreachable_url
 from tests.unit.cli.test_fleetctl import Harness
-from tests.unit.narinfos import CacheKey, narinfo, store_path, write_narinfo
 
 SYSTEM, DEP = store_path("nixos-system-kiosk"), store_path("glibc")
 KEY = CacheKey.generate("cache.example.org-1")

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fleet.identity import KeyFileError, NodeId, decode_key, load_identity, write_new_key
-from tests.cli import run_fleet
+from harness.cli import run_fleet
 
 
 def test_keygen_writes_0600_and_refuses_overwrite(tmp_path: Path) -> None:

@@ -20,9 +20,9 @@ from fleet.nix.narinfo import (
     parse_public_key,
     verify_narinfo,
 )
-from tests.unit.narinfos import CacheKey, narinfo, store_path
+from harness.narinfos import CacheKey, narinfo, store_path
 
-# Written by Nix 2.8 (`nix copy --to file://...` of a tests/nixlab.py system signed with
+# Written by Nix 2.8 (`nix copy --to file://...` of a harness/nixlab.py system signed with
 # `nix store sign`), with its public key: checks our fingerprint against Nix's own.
 REAL_KEY = "fleet-test-1:Y3uWsOWnWiIqF+EkgIDz8bogkets/ud6jFY14GDpBjg="
 REAL_NARINFO = """\

@@ -19,6 +19,7 @@ REPO_WIDE = "repo"
 # tests/unit/repo/: checks of the repository as a whole, which no fleet module holds.
 REPO_WIDE_TESTS = frozenset(
     {
+        "test_bench_imports.py",
         "test_docs_cli.py",
         "test_docs_secrets.py",
         "test_layering.py",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.relay.url import RelayUrl
-from tests.cli import cli_env, fleet_argv, run_fleet
+from harness.cli import cli_env, fleet_argv, run_fleet
 
 
 def read_log_events(path: Path) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Every decoder of bytes from outside, as a fuzz target (tests/attack/fuzzing.py).
+"""Every decoder of bytes from outside, as a fuzz target (harness/attack/fuzzing.py).
 
 Each target starts from valid samples made here with real keys, and names the refusals its
 module documents. Mutated signed data almost never survives the signature check, so the
@@ -67,8 +67,8 @@ from fleet.wire import (
     sign_envelope,
 )
 from fleet.wire.tags import sign
-from tests.attack.fuzzing import Target
-from tests.unit.narinfos import CacheKey, narinfo, store_path
+from harness.attack.fuzzing import Target
+from harness.narinfos import CacheKey, narinfo, store_path
 
 NOW = 1_800_000_000.0  # a fixed clock: the same seed gives the same outcome on every day
 ROOT = Identity.generate()

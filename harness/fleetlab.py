@@ -9,7 +9,7 @@ directory. Each agent has its own chroot Nix store, profile, hermetic nix.conf a
 the test fixture prints so a failing test shows what the daemons said.
 
 Where each process runs is a `Host`: by default the machine itself on 127.0.0.1; in the NAT
-lab a namespace of tests/natlab.py (its `argv()` prefixes `ip netns exec NS`, its `ip` is
+lab a namespace of harness/natlab.py (its `argv()` prefixes `ip netns exec NS`, its `ip` is
 where the daemon listens), so the same fleet runs with every part behind its own NAT.
 """
 
@@ -29,9 +29,9 @@ from typing import Any, Protocol
 
 from fleet.identity import NodeId, write_new_key
 from fleet.nix import NixEnv, NixStore, current_system
-from tests.cli import cli_env, fleet_argv, fleetctl_argv
-from tests.integration.relay_process import without_stun
-from tests.nixlab import SWITCH_LOG_VAR, switch_log_lines
+from harness.cli import cli_env, fleet_argv, fleetctl_argv
+from harness.nixlab import SWITCH_LOG_VAR, switch_log_lines
+from harness.relay_process import without_stun
 
 START_TIMEOUT = 30.0  # generous: two cores shared with other test runs
 STOP_TIMEOUT = 15.0

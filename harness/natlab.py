@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.identity import write_new_key
-from tests.cli import cli_env
+from harness.cli import cli_env
 
 WAN_PREFIX = "10.99.0"
 WAN_IP = f"{WAN_PREFIX}.1"  # the wan namespace itself: relay (and coordinator) live here
@@ -357,7 +357,7 @@ async def relay_metrics(wan: Namespace) -> dict[str, float]:
     """The relay's metrics, scraped from inside the wan namespace (the root namespace has no
     route to it)."""
     out = await asyncio.to_thread(
-        wan.run, *wan.python("-m", "tests.natlab_node", "metrics", METRICS)
+        wan.run, *wan.python("-m", "harness.natlab_node", "metrics", METRICS)
     )
     values: dict[str, float] = json.loads(out)
     return values
@@ -420,6 +420,6 @@ async def start_node(
 ) -> LabProcess:
     log_path = tmp / f"{ns.name}-{command}.log"
     proc = await ns.spawn(
-        ns.python("-m", "tests.natlab_node", command, *args), stdin=stdin, stderr_path=log_path
+        ns.python("-m", "harness.natlab_node", command, *args), stdin=stdin, stderr_path=log_path
     )
     return LabProcess(ns.name, proc)

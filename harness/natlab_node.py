@@ -1,4 +1,4 @@
-"""A small mesh program for the NAT lab, run inside a namespace: `python -m tests.natlab_node`.
+"""A small mesh program for the NAT lab, run inside a namespace: `python -m harness.natlab_node`.
 
     serve    --relay URL [--key PATH]          sink + ping service; prints {"event": "ready"}
     transfer --relay URL --peer NODEID [...]   connect through the relay, report path changes,

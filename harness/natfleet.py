@@ -1,4 +1,4 @@
-"""A fleet in the NAT lab: tests/fleetlab.py's processes placed in tests/natlab.py's namespaces.
+"""A fleet in the NAT lab: harness/fleetlab.py's processes placed in harness/natlab.py's namespaces.
 
     world = await NatWorld.create(lab, root, builder, systems)  # binary cache served in the wan
     async with world.fleet(coordinator=home_host, coordinator_public=False,
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.fleetlab import Agent, FleetctlResult, FleetLab, Host
-from tests.natlab import RELAY_ARGS, Lab, NatKind, Router, relay_metrics, serve_directory_in
-from tests.nixlab import Builder, FakeSystem, fill_cache
+from harness.fleetlab import Agent, FleetctlResult, FleetLab, Host
+from harness.natlab import RELAY_ARGS, Lab, NatKind, Router, relay_metrics, serve_directory_in
+from harness.nixlab import Builder, FakeSystem, fill_cache
 
 PUSH_TIMEOUT = 30.0
 

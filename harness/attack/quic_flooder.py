@@ -1,6 +1,6 @@
 """A half-open QUIC flood from one key and one address (issue 10, item 2), as a program.
 
-`python -m tests.attack.quic_flooder NODEID@HOST:PORT --count N --rate R [--follow-retry]`
+`python -m harness.attack.quic_flooder NODEID@HOST:PORT --count N --rate R [--follow-retry]`
 
 It signs one disco Ping with a fresh key (so the target ties our address to that key, as
 for any peer), then sends N full-size QUIC v1 Initials, each from a fresh aioquic client

@@ -2,7 +2,7 @@
 may be lost, and no sequence may be acknowledged twice.
 
 Real processes: `fleet relay`, `fleet coordinator` and a stream of `fleetctl push` processes
-(tests/fleetlab.py). Pushers run side by side without pause; the coordinator is killed after a
+(harness/fleetlab.py). Pushers run side by side without pause; the coordinator is killed after a
 random uptime drawn from a seeded RNG (so a failure replays with the same seed), restarted on
 the same port and state directory, and after every restart the announcements table is read
 read-only: every push fleetctl reported accepted must be there, with the store path that push
@@ -23,8 +23,8 @@ from pathlib import Path
 
 from fleet.identity import write_new_key
 from fleet.nix.narinfo import nix32_encode
-from tests.cli import fleetctl_argv
-from tests.fleetlab import FleetLab, LabError
+from harness.cli import fleetctl_argv
+from harness.fleetlab import FleetLab, LabError
 
 DEVICE = "kill-loop-target"
 PUSH_TIMEOUT = 5.0  # fleetctl --timeout: a push to a dead coordinator gives up soon

@@ -31,9 +31,9 @@ from fleet.protocol.stream import recv_message, send_message
 from fleet.relay import RelayClient, RelayUrl
 from fleet.relay.tls import client_context
 from fleet.stun import binding_request, new_transaction_id
-from tests.cli import fleet_argv
-from tests.fleetlab import FleetLab, LabError, Local
-from tests.integration.relay_process import private_loopback, scrape_metrics
+from harness.cli import fleet_argv
+from harness.fleetlab import FleetLab, LabError, Local
+from harness.relay_process import private_loopback, scrape_metrics
 
 PROBES = 3  # quiet probe runs (once per lab and probe); the median counts
 DURING = 2  # probe runs at least during each flood

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.fleetlab import Agent, FleetLab
-from tests.nixlab import Builder, FakeSystem, _run
+from harness.fleetlab import Agent, FleetLab
+from harness.nixlab import Builder, FakeSystem, _run
 
 FINAL = frozenset({"applied", "rolled-back", "failed"})
 
