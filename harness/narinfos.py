@@ -2,7 +2,7 @@
 
 The fingerprint here is written out by hand (not taken from fleet.nix.narinfo), so a test
 that signs with it and verifies with fleet's code checks the two against each other; the
-real-Nix sample in test_nix_narinfo.py checks both against Nix.
+real-Nix sample in tests/unit/nix/test_narinfo.py checks both against Nix.
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ python.pkgs.buildPythonApplication {
     pytest-asyncio
     pytest-timeout
     hypothesis
-    # tests/unit/identity/test_keys.py reads OpenSSH host keys made by ssh-keygen (mark `openssh`).
+    # tests/unit/identity/test_openssh.py reads OpenSSH host keys made by ssh-keygen (mark `openssh`).
     openssh
     pyte # tests/unit/admin/test_live.py replays the live views on a terminal emulator
     pystun3 # tests/unit/stun/test_answerer.py: a third-party STUN client
