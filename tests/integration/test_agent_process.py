@@ -29,10 +29,10 @@ from fleet.protocol.messages import (
 from fleet.protocol.stream import recv_message, send_message
 from fleet.vocabulary import Action
 from fleet.wire import Message, Tag, sign_envelope
-from tests.cli import cli_env, fleet_argv, run_fleet
+from harness.cli import cli_env, fleet_argv, run_fleet
+from harness.nixlab import SWITCH_LOG_VAR, Builder, switch_log_lines
+from harness.relay_process import read_log_events
 from tests.conftest import NixCache, Systems
-from tests.integration.relay_process import read_log_events
-from tests.nixlab import SWITCH_LOG_VAR, Builder, switch_log_lines
 
 pytestmark = pytest.mark.nix
 

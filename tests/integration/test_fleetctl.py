@@ -22,9 +22,9 @@ from fleet.protocol.alpn import ADMIN
 from fleet.protocol.messages import AgentState, DeviceInfo, ErrorReply
 from fleet.relay.client import relay_client_factory
 from fleet.vocabulary import Action
+from harness.cli import cli_env, fleetctl_argv
+from harness.relay_process import start_relay
 from tests.admin_standin import StandIn, desired, device_status
-from tests.cli import cli_env, fleetctl_argv
-from tests.integration.relay_process import start_relay
 from tests.terminal import Terminal
 
 STORE = "/nix/store/" + "f" * 32 + "-nixos-system-v2"

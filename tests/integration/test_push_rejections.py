@@ -1,4 +1,4 @@
-"""What the admin is told when a device refuses a push, with every real part (tests/fleetlab.py):
+"""What the admin is told when a device refuses a push, with every real part (harness/fleetlab.py):
 `fleet relay`, `fleet coordinator`, `fleet agent`s with chroot Nix stores and a binary cache
 over HTTP, and `fleetctl` processes, one of them on a real pseudo-terminal.
 
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from fleet.identity import write_new_key
+from harness.fleetlab import FleetLab
 from tests.conftest import Systems
-from tests.fleetlab import FleetLab
 from tests.integration.test_update_chain import pushed_sequence
 from tests.terminal import Terminal
 

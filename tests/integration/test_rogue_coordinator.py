@@ -25,10 +25,10 @@ from fleet.protocol.messages import (
 from fleet.protocol.stream import recv_message, send_message
 from fleet.vocabulary import Action
 from fleet.wire import ByteReader, Message, Tag, sign_envelope
+from harness.nixlab import switch_log_lines
 from tests.capability_kit import make_org
 from tests.conftest import NixCache
 from tests.integration.test_agent_process import AgentRig, accept_agent
-from tests.nixlab import switch_log_lines
 
 T = 30.0
 PATH = "/nix/store/" + "e" * 32 + "-nixos-system-evil"

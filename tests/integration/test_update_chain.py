@@ -1,6 +1,6 @@
 """The whole update chain with every real part: `fleet relay` (TLS), `fleet coordinator`,
 three `fleet agent`s with their own chroot Nix stores, a signed binary cache over HTTP, and
-`fleetctl` — each a separate process started through the CLI (tests/fleetlab.py).
+`fleetctl` — each a separate process started through the CLI (harness/fleetlab.py).
 
 Each test asserts what an admin sees (fleetctl's output, exit code and `status --json`) and
 what happened on the device (its system profile, and the log its switch script appends to).
@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from fleet.identity import write_new_key
+from harness.fleetlab import FleetLab
+from harness.nixlab import Builder
 from tests.conftest import Systems
-from tests.fleetlab import FleetLab
-from tests.nixlab import Builder
 
 pytestmark = pytest.mark.nix
 
