@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fleet.identity import Identity, NodeId
 from fleet.relay import RelayClient
-from tests.integration.relay_process import RelayProcess, start_relay
+from harness.relay_process import RelayProcess, start_relay
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 

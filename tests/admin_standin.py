@@ -42,6 +42,7 @@ from fleet.protocol.messages import (
     SystemState,
 )
 from fleet.protocol.stream import recv_message, send_message
+from fleet.protocol.targeting import selects, target_tree
 from fleet.wire import ByteReader, Message, SignedEnvelope, Tag, WireError, verify_envelope
 
 TIMEOUT = 5.0
@@ -98,6 +99,7 @@ class StandIn:
     silent: bool = False  # never answer
     received: list[Message] = field(default_factory=list)
     pushes: list[tuple[NodeId, Announcement]] = field(default_factory=list)
+    push_requests: list[PushRequest] = field(default_factory=list)  # their explicit ids, targets
     envelopes: list[SignedEnvelope] = field(default_factory=list)
     watchers: list[asyncio.Queue[DeviceStatus]] = field(default_factory=list)
     watching: asyncio.Event = field(default_factory=asyncio.Event)
@@ -157,11 +159,15 @@ class StandIn:
         if announcement.sequence < self.next_sequence:
             await self._send(writer, ErrorReply(code="conflict", message="sequence is stale"))
             return
+        if target_tree(body.devices).root != announcement.devices_root:
+            await self._send(writer, ErrorReply(code="invalid", message="ids not under the root"))
+            return
         self.pushes.append((signer, announcement))
+        self.push_requests.append(body)
         self.next_sequence = announcement.sequence + 1
-        await self._send(
-            writer, PushAccepted(sequence=announcement.sequence, devices=announcement.devices)
-        )
+        selected = [d.node_id for d in self.devices if selects(announcement.selector, d.tags)]
+        devices = tuple(dict.fromkeys((*body.devices, *selected)))
+        await self._send(writer, PushAccepted(sequence=announcement.sequence, devices=devices))
         for status in self.after_push:
             self.publish(status)
 

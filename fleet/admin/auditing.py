@@ -209,9 +209,13 @@ def summary(entry: AuditEntry) -> str:
             kind += f"/{detail['capability']}"
         return f"{kind}: {detail.get('reason', '')}"
     if entry.action == "push":
+        # `resolved`: every device the push reached (its ids and its selector's devices);
+        # entries from before announcement v3 have only `devices`.
+        count = detail.get("resolved", len(detail.get("devices", [])))
+        selector = "".join(f" tag:{tag}" for tag in detail.get("selector", []))
         return (
             f"sequence {detail.get('sequence')} {detail.get('store_path')} to "
-            f"{len(detail.get('devices', []))} device(s)"
+            f"{count} device(s){selector and ' by' + selector}"
         )
     if entry.action == "grant":
         return (

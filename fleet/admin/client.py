@@ -102,8 +102,19 @@ class AdminClient:
     async def next_sequence(self) -> int:
         return (await self.call(NextSequence(), NextSequenceReply)).sequence
 
-    async def push(self, announcement: SignedEnvelope) -> PushAccepted:
-        return await self.call(PushRequest(announcement=announcement), PushAccepted)
+    async def push(
+        self,
+        announcement: SignedEnvelope,
+        *,
+        devices: tuple[NodeId, ...],
+        targets: tuple[str, ...],
+        legacy: SignedEnvelope | None = None,
+    ) -> PushAccepted:
+        """Push an Announcement v3 with its explicit ids and the targets as typed."""
+        request = PushRequest(
+            announcement=announcement, devices=devices, targets=targets, legacy=legacy
+        )
+        return await self.call(request, PushAccepted)
 
     async def record_grant(self, chain: Chain) -> None:
         await self.call(GrantRecord(chain=chain), OkReply)

@@ -32,8 +32,10 @@ from fleet.protocol.messages import (
     AnnouncementRejected,
     AuditCheckpoint,
     Deliver,
+    DeliverV1,
     Hello,
     Revocations,
+    TargetProof,
     WitnessReport,
 )
 from fleet.wire import Message, SignedEnvelope
@@ -78,8 +80,11 @@ class Agent:
         """A message from the coordinator; returns the replies to send (a rejection, witness
         reports). Status goes to the outbox as it changes."""
         match message:
-            case Deliver(announcement=envelope):
-                rejected = self.on_deliver(envelope)
+            case Deliver(announcement=envelope, proof=proof):
+                rejected = self.on_deliver(envelope, proof)
+                return [rejected] if rejected is not None else []
+            case DeliverV1(announcement=envelope):
+                rejected = self.on_deliver(envelope, None)
                 return [rejected] if rejected is not None else []
             case Revocations(revocations=revocations):
                 self.on_revocations(revocations)
@@ -108,8 +113,11 @@ class Agent:
             seqs.append(self._next.announcement.sequence)
         return max(seqs)
 
-    def on_deliver(self, envelope: SignedEnvelope) -> AnnouncementRejected | None:
-        """Verify a delivered announcement; queue it, or return the rejection to send."""
+    def on_deliver(
+        self, envelope: SignedEnvelope, proof: TargetProof | None = None
+    ) -> AnnouncementRejected | None:
+        """Verify a delivered announcement (with this device's target proof, if it came with
+        one); queue it, or return the rejection to send."""
         current = self._next.envelope if self._next is not None else self.updater.announcement
         try:
             accepted = verify_announcement(
@@ -118,6 +126,7 @@ class Agent:
                 device=self.node_id,
                 tags=self.tags,
                 revoked=self.revocations.ids(),
+                proof=proof,
                 floor=self.floor(),
                 current=current,
                 now=self.clock(),

@@ -74,13 +74,14 @@ from fleet.nix import (
 from fleet.nix.profile import list_generations_sync
 from fleet.protocol.messages import (
     AgentState,
-    Announcement,
+    AnyAnnouncement,
     Progress,
     StatusReport,
     SystemState,
 )
+from fleet.protocol.targeting import read_announcement
 from fleet.vocabulary import Action
-from fleet.wire import SignedEnvelope, WireError, decode
+from fleet.wire import SignedEnvelope, WireError
 
 log = get_logger("fleet.agent.updater")
 
@@ -98,7 +99,7 @@ class DownloadError(Exception):
 class CheckContext:
     store: NixStore
     profile: Path
-    announcement: Announcement
+    announcement: AnyAnnouncement
     activation: ActivationResult | None  # None when resuming after a restart
 
 
@@ -304,7 +305,7 @@ class Updater:
         return result
 
     async def _activate(
-        self, ann: Announcement, *, attempt: int = 1, note: str | None = None
+        self, ann: AnyAnnouncement, *, attempt: int = 1, note: str | None = None
     ) -> Status:
         """Set the profile (switch, boot) and run the switch; `note`: what recovery did."""
         cfg = self.config
@@ -341,7 +342,7 @@ class Updater:
         return await self._check(ann, result, done)
 
     async def _check(
-        self, ann: Announcement, result: ActivationResult | None, note: str | None = None
+        self, ann: AnyAnnouncement, result: ActivationResult | None, note: str | None = None
     ) -> Status:
         ctx = CheckContext(self.config.store, self.config.profile, ann, result)
         for check in self.config.checks:
@@ -357,7 +358,11 @@ class Updater:
         return self._emit(CheckPassed(note))
 
     async def _roll_back(
-        self, ann: Announcement, error: str, exit_code: int | None = None, tail: str | None = None
+        self,
+        ann: AnyAnnouncement,
+        error: str,
+        exit_code: int | None = None,
+        tail: str | None = None,
     ) -> Status:
         cfg = self.config
         current = _current_generation(cfg.profile)
@@ -388,7 +393,7 @@ class Updater:
 
     async def _reactivate(
         self,
-        ann: Announcement,
+        ann: AnyAnnouncement,
         target: str,
         error: str,
         exit_code: int | None = None,
@@ -425,7 +430,7 @@ class Updater:
         if envelope is None:
             return None
         try:
-            ann = decode(envelope.payload, Announcement)
+            ann = read_announcement(envelope.payload)
         except (WireError, ValueError, TypeError):
             return None
         return Accepted(ann, envelope, duplicate=False)
@@ -445,7 +450,7 @@ class Updater:
         ann = None
         if self.announcement is not None:
             try:
-                ann = decode(self.announcement.payload, Announcement)
+                ann = read_announcement(self.announcement.payload)
             except (WireError, ValueError, TypeError):
                 ann = None
         if ann is None:
@@ -499,7 +504,7 @@ class Updater:
             kill(run)
             await wait_until_gone(run, 10.0)
 
-    async def _carry_out(self, ann: Announcement, step: recovery.Plan) -> Status:
+    async def _carry_out(self, ann: AnyAnnouncement, step: recovery.Plan) -> Status:
         match step:
             case recovery.ResumeChecks(note=note):
                 self._emit(Resumed(note))

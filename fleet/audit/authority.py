@@ -20,8 +20,9 @@ from fleet.capability import (
     authority_of,
 )
 from fleet.identity import NodeId
-from fleet.protocol.messages import AdminRequest, Announcement, PushRequest, RevokeRequest
+from fleet.protocol.messages import AdminRequest, PushRequest, PushRequestV1, RevokeRequest
 from fleet.protocol.permissions import AUDITED_ACTIONS
+from fleet.protocol.targeting import as_announcement
 from fleet.wire import Tag, WireError, decode, verify_envelope
 
 
@@ -43,8 +44,9 @@ class AuthorityReplay:
             )
             if action.needs is not None:
                 authority.require(action.needs)
-            if isinstance(body, PushRequest):
-                ann_signer, ann = verify_envelope(body.announcement, Tag.ANNOUNCEMENT, Announcement)
+            if isinstance(body, PushRequest | PushRequestV1):
+                ann_signer, message = verify_envelope(body.announcement, Tag.ANNOUNCEMENT)
+                ann = as_announcement(message)
                 authority_of(
                     ann_signer, ann.chain, self.trust_roots, entry.time, self.revoked.ids()
                 ).require(Permission.PUSH)

@@ -65,7 +65,7 @@ from fleet.admin.settings import (
     resolve_state_dir,
 )
 from fleet.admin.store_path import resolve_system_path
-from fleet.admin.targets import find_device, is_short_id, resolve_push_targets
+from fleet.admin.targets import find_device, is_short_id, push_targets
 from fleet.admin.tracking import PushTracker
 from fleet.admin.views import (
     StatusBoard,
@@ -585,8 +585,7 @@ def push_command(
         known = await client.devices()
         plan = PushPlan(
             store_path=store_path,
-            devices=await resolve_push_targets(targets, known, client.check_targets),
-            targets=targets,
+            to=await push_targets(targets, known, client.check_targets),
             substituters=cache.caches,
             action=Action(action),
             valid_for=valid_for,

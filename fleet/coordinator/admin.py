@@ -38,6 +38,7 @@ from fleet.coordinator.announcements import StoredAnnouncement
 from fleet.coordinator.audit import Outcome
 from fleet.coordinator.database import Database, Transaction
 from fleet.coordinator.delivery import Delivery
+from fleet.coordinator.pushes import BadPush, OpenedPush, open_push
 from fleet.coordinator.refusals import (
     RefusalLimiter,
     RequestFacts,
@@ -54,7 +55,6 @@ from fleet.log import get_logger
 from fleet.protocol.admin import MAX_CLOCK_SKEW, AdminRequestError, OpenedRequest
 from fleet.protocol.admin import open_admin_request as _open_admin_request
 from fleet.protocol.messages import (
-    Announcement,
     AuditPage,
     AuditQuery,
     AuditRow,
@@ -74,6 +74,7 @@ from fleet.protocol.messages import (
     OkReply,
     PushAccepted,
     PushRequest,
+    PushRequestV1,
     RevokeRequest,
     StatusRequest,
     StatusSnapshot,
@@ -86,11 +87,9 @@ from fleet.wire import (
     MAX_FRAME,
     Message,
     SignedEnvelope,
-    Tag,
     WireError,
     decode,
     encode,
-    verify_envelope,
 )
 
 log = get_logger(__name__)
@@ -499,20 +498,15 @@ class AdminDesk:
 
     # ------------------------------------------------------------------ changes
 
-    async def _push(self, request: Request[PushRequest]) -> AdminResult:
+    async def _push(self, request: Request[PushRequest | PushRequestV1]) -> AdminResult:
         body, now = request.body, request.now
         try:
-            signer, ann = verify_envelope(body.announcement, Tag.ANNOUNCEMENT, Announcement)
+            push = open_push(body)
         except WireError as exc:
             raise Refused("invalid", f"announcement refused: {exc}") from None
-        detail: dict[str, Any] = {
-            "sequence": ann.sequence,
-            "store_path": ann.store_path,
-            "action": ann.action.value,
-            "devices": [str(d) for d in ann.devices],
-            "targets": list(ann.targets),
-            "signer": str(signer),
-        }
+        except BadPush as exc:
+            raise Refused("invalid", f"push refused: {exc}") from None
+        signer, ann, detail = push.signer, push.announcement, push.detail()
         signer_authority = await self._authority(signer, ann.chain, now, **detail)
         require(signer_authority, Permission.PUSH, **detail)
         try:
@@ -534,20 +528,29 @@ class AdminDesk:
                     highest=highest,
                     **detail,
                 )
-            known = await registry.approval_of(tx, ann.devices)
-            for device in dict.fromkeys(ann.devices):
+            known = await registry.approval_of(tx, push.explicit)
+            for device in push.explicit:
                 if known.get(device) is not True:
                     state = "pending approval" if device in known else "not registered"
                     raise Refused("not-found", f"target device {device} is {state}", **detail)
-            for device in dict.fromkeys(ann.devices):
-                record = await registry.get(tx, device)
-                tags = record.tags if record is not None else ()
+            targeted = await self._push_targets(tx, push, **detail)
+            for device, tags in targeted.items():
                 # Both the request's signer and the announcement's: usually the same key.
                 require(signer_authority, Permission.PUSH, device, tags, **detail)
                 require(request.authority, Permission.PUSH, device, tags, **detail)
             await trust.remember_chain(tx, ann.chain, now)
-            stored = await announcements.insert(tx, signer, body.announcement, ann, now)
-            await self._accepted(tx, request, detail)
+            stored = await announcements.insert(
+                tx,
+                signer,
+                push.envelope,
+                ann,
+                now,
+                devices=tuple(targeted),
+                targets=push.targets,
+                proofs=push.proofs,
+                legacy=push.legacy,
+            )
+            await self._accepted(tx, request, {**detail, "resolved": len(targeted)})
         log.info(
             "push_accepted",
             sequence=stored.sequence,
@@ -558,6 +561,24 @@ class AdminDesk:
         return AdminResult(
             PushAccepted(sequence=stored.sequence, devices=stored.devices), delivery=stored
         )
+
+    async def _push_targets(
+        self, tx: Transaction, push: OpenedPush, **detail: Any
+    ) -> dict[NodeId, tuple[str, ...]]:
+        """Every device the push targets (its explicit ids, then the approved devices whose
+        registry tags meet its selector) -> its registry tags, for the scope checks."""
+        targeted: dict[NodeId, tuple[str, ...]] = {}
+        for device in push.explicit:
+            record = await registry.get(tx, device)
+            targeted[device] = record.tags if record is not None else ()
+        if push.selector:
+            for record in await registry.all_devices(tx):
+                if record.approved and push.selected(record.node_id, record.tags):
+                    targeted.setdefault(record.node_id, record.tags)
+        if not targeted:
+            tags = ", ".join(push.selector)
+            raise Refused("not-found", f"no approved device has a tag of {tags}", **detail)
+        return targeted
 
     async def _change_device(
         self, request: Request[DeviceAdd | DeviceApprove | DeviceRemove]
@@ -687,6 +708,7 @@ ROUTES: dict[type[Message], AdminRoute] = dict(
     [
         _route(NextSequence, AdminDesk._next_sequence),
         _route(PushRequest, AdminDesk._push),
+        _route(PushRequestV1, AdminDesk._push),
         _route(DeviceAdd, AdminDesk._change_device),
         _route(DeviceApprove, AdminDesk._change_device),
         _route(DeviceRemove, AdminDesk._change_device),

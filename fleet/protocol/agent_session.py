@@ -7,8 +7,9 @@ with a warning, what a coordinator should not have sent. The session, on the con
     OPENING      agent: a Hello (any version)           coordinator: Welcome, or Busy
                                                          (then it closes; dial again later)
     ESTABLISHED  agent: StatusReport, WitnessReport,    coordinator: Welcome (approval
-                 AnnouncementRejected (v1 and v2)        changed), Deliver, Revocations,
-                                                         AuditCheckpoint
+                 AnnouncementRejected (v1 and v2)        changed), Deliver (v2 to Hello v4
+                                                         agents, v1 to older ones),
+                                                         Revocations, AuditCheckpoint
 
 An agent that is not approved yet is ESTABLISHED too: the coordinator sends it nothing but a
 later Welcome, and ignores what it reports (fleet.coordinator.sessions).
@@ -26,9 +27,11 @@ from fleet.protocol.messages import (
     AuditCheckpoint,
     Busy,
     Deliver,
+    DeliverV1,
     Hello,
     HelloV1,
     HelloV2,
+    HelloV3,
     Revocations,
     StatusReport,
     Welcome,
@@ -48,7 +51,7 @@ class Sender(enum.Enum):
 
 
 LEGAL: dict[tuple[SessionPhase, Sender], tuple[type[Message], ...]] = {
-    (SessionPhase.OPENING, Sender.AGENT): (Hello, HelloV2, HelloV1),
+    (SessionPhase.OPENING, Sender.AGENT): (Hello, HelloV3, HelloV2, HelloV1),
     (SessionPhase.OPENING, Sender.COORDINATOR): (Welcome, Busy),
     (SessionPhase.ESTABLISHED, Sender.AGENT): (
         StatusReport,
@@ -59,6 +62,7 @@ LEGAL: dict[tuple[SessionPhase, Sender], tuple[type[Message], ...]] = {
     (SessionPhase.ESTABLISHED, Sender.COORDINATOR): (
         Welcome,
         Deliver,
+        DeliverV1,
         Revocations,
         AuditCheckpoint,
     ),

@@ -4,9 +4,11 @@ Agent connection (ALPN fleet/agent/1): the agent opens one bidirectional "contro
 and sends Hello; the coordinator answers Welcome and then, whenever there is something for
 this device, Deliver (an admin-signed announcement, forwarded verbatim). The agent sends
 StatusReport whenever its state changes and AnnouncementRejected for announcements it refuses.
-The coordinator also accepts the version-1 and -2 Hello and AnnouncementRejected v1 of older
-agents. To agents that said Hello v3 the coordinator also sends AuditCheckpoint (after
-Welcome and after each new checkpoint); they answer with WitnessReport.
+The coordinator also accepts the version-1 to -3 Hello and AnnouncementRejected v1 of older
+agents. To agents that said Hello v3 or v4 the coordinator also sends AuditCheckpoint (after
+Welcome and after each new checkpoint); they answer with WitnessReport. Agents that said
+Hello v4 get Deliver v2 (an Announcement v3 and this device's target proof); older agents
+get Deliver v1 with the push's Announcement v2, when the push has one.
 
 Admin connection (ALPN fleet/admin/1): one bidirectional stream per request. The client sends
 one SignedEnvelope (Tag.ADMIN_REQUEST) around an AdminRequest whose `body` is the encoded
@@ -27,8 +29,10 @@ import enum
 
 from fleet.capability import EMPTY_CHAIN, Chain, SignedRevocation
 from fleet.identity import NodeId
+from fleet.identity.labels import normalize_tags
 from fleet.vocabulary import Action
 from fleet.wire import Message, SignedEnvelope
+from fleet.wire.merkle import DIGEST_LEN, MAX_LEAVES
 
 __all__ = [
     "Action",
@@ -37,6 +41,8 @@ __all__ = [
     "Announcement",
     "AnnouncementRejected",
     "AnnouncementRejectedV1",
+    "AnnouncementV2",
+    "AnyAnnouncement",
     "AnyHello",
     "AuditCheckpoint",
     "AuditPage",
@@ -47,6 +53,7 @@ __all__ = [
     "CertificateChain",
     "CertificateLookup",
     "Deliver",
+    "DeliverV1",
     "DesiredSystem",
     "DeviceAdd",
     "DeviceApprove",
@@ -60,12 +67,14 @@ __all__ = [
     "Hello",
     "HelloV1",
     "HelloV2",
+    "HelloV3",
     "NextSequence",
     "NextSequenceReply",
     "OkReply",
     "Progress",
     "PushAccepted",
     "PushRequest",
+    "PushRequestV1",
     "Rejection",
     "Revocations",
     "RevokeRequest",
@@ -76,9 +85,11 @@ __all__ = [
     "SystemState",
     "TargetCheck",
     "TargetCheckReply",
+    "TargetProof",
     "Welcome",
     "Witness",
     "WitnessReport",
+    "WitnessingHello",
 ]
 
 
@@ -97,11 +108,46 @@ class AgentState(enum.StrEnum):
 # ---------------------------------------------------------------- announcements
 
 
-class Announcement(Message, type="fleet.announcement", version=2):
+class Announcement(Message, type="fleet.announcement", version=3):
     """What an admin signs: these devices should run that system, fetched from there.
 
-    Version 2 added `chain`: the signer's capability chain (empty for a trust root).
+    Version 3 names its targets in a size that does not grow with the fleet: `selector`
+    (tags; a device whose own tags include one is targeted) and/or a Merkle root over the
+    explicit device ids (fleet.wire.merkle, `devices_count` leaves), each device receiving its
+    inclusion proof in Deliver v2. What the admin typed travels in PushRequest (audited).
     """
+
+    sequence: int  # strictly increasing per coordinator; agents refuse anything not higher
+    selector: tuple[str, ...]  # tags, sorted; empty: no device is targeted by its tags
+    devices_root: bytes  # Merkle root over the sorted explicit ids (b"": none)
+    devices_count: int  # leaves under devices_root (0: none)
+    store_path: str
+    substituters: tuple[str, ...]  # hints only: agents fetch from their own configured caches
+    action: Action
+    issued_at: float  # unix seconds
+    valid_until: float  # unix seconds; agents refuse it afterwards
+    chain: Chain = EMPTY_CHAIN  # the signer's authority, root first (empty: a trust root)
+
+    def __post_init__(self) -> None:
+        if self.sequence < 1:
+            raise ValueError("sequence must be positive")
+        if not self.selector and self.devices_count == 0:
+            raise ValueError("an announcement targets at least one device or tag")
+        if (self.devices_count == 0) != (self.devices_root == b""):
+            raise ValueError("devices_root and devices_count must be both set or both empty")
+        if self.devices_root and len(self.devices_root) != DIGEST_LEN:
+            raise ValueError(f"devices_root must be {DIGEST_LEN} bytes")
+        if not 0 <= self.devices_count <= MAX_LEAVES:
+            raise ValueError(f"devices_count must be 0 to {MAX_LEAVES}")
+        if self.selector != normalize_tags(self.selector):
+            raise ValueError("selector must be sorted, unique tags")
+        if self.valid_until <= self.issued_at:
+            raise ValueError("valid_until must be after issued_at")
+
+
+class AnnouncementV2(Message, type="fleet.announcement", version=2):
+    """The announcement of fleetctl before version 3 (still accepted and delivered by
+    Deliver v1): it lists every target. Version 2 added `chain` to version 1."""
 
     sequence: int  # strictly increasing per coordinator; agents refuse anything not higher
     devices: tuple[NodeId, ...]  # the targeted devices, resolved from names/tags at push time
@@ -120,6 +166,9 @@ class Announcement(Message, type="fleet.announcement", version=2):
             raise ValueError("an announcement targets at least one device")
         if self.valid_until <= self.issued_at:
             raise ValueError("valid_until must be after issued_at")
+
+
+AnyAnnouncement = Announcement | AnnouncementV2  # every announcement agents accept
 
 
 # ---------------------------------------------------------------- agent <-> coordinator
@@ -160,7 +209,7 @@ class HelloV2(Message, type="fleet.agent.hello", version=2):
     tags: tuple[str, ...]  # the agent's own --tag values, which its scope checks use
 
 
-class Hello(Message, type="fleet.agent.hello", version=3):
+class HelloV3(Message, type="fleet.agent.hello", version=3):
     """Version 3 added `checkpoint`: the audit checkpoint this agent witnessed last (see
     AuditCheckpoint); an agent saying v3 also understands AuditCheckpoint."""
 
@@ -173,7 +222,21 @@ class Hello(Message, type="fleet.agent.hello", version=3):
     checkpoint: SignedEnvelope | None = None  # Tag.AUDIT_CHECKPOINT, kept by the agent
 
 
-AnyHello = Hello | HelloV2 | HelloV1  # every Hello the coordinator accepts
+class Hello(Message, type="fleet.agent.hello", version=4):
+    """Version 4 has the fields of version 3; an agent saying v4 also understands Deliver v2
+    and Announcement v3 (targets as a selector and a Merkle root, with a proof per device)."""
+
+    agent_version: str
+    current: SystemState
+    last_sequence: int  # highest announcement sequence this device applied (0 = none)
+    state: AgentState
+    state_since: float  # 0: never changed state (a fresh device)
+    tags: tuple[str, ...]  # the agent's own --tag values, which its scope checks use
+    checkpoint: SignedEnvelope | None = None  # Tag.AUDIT_CHECKPOINT, kept by the agent
+
+
+AnyHello = Hello | HelloV3 | HelloV2 | HelloV1  # every Hello the coordinator accepts
+WitnessingHello = Hello | HelloV3  # agents that understand AuditCheckpoint
 
 
 class Welcome(Message, type="fleet.agent.welcome", version=1):
@@ -191,7 +254,24 @@ class Busy(Message, type="fleet.agent.busy", version=1):
     reason: str
 
 
-class Deliver(Message, type="fleet.agent.deliver", version=1):
+class TargetProof(Message, type="fleet.target-proof", version=1):
+    """That a device's id is leaf `index` under an announcement's signed devices_root."""
+
+    index: int
+    hashes: tuple[bytes, ...]  # siblings from the leaf up (fleet.wire.merkle)
+
+
+class Deliver(Message, type="fleet.agent.deliver", version=2):
+    """Version 2 carries an Announcement v3 and, for a device among its explicit ids, the
+    proof of that (None: the device is targeted by the selector). Sent to Hello v4 agents."""
+
+    announcement: SignedEnvelope  # Tag.ANNOUNCEMENT, exactly as the admin signed it
+    proof: TargetProof | None
+
+
+class DeliverV1(Message, type="fleet.agent.deliver", version=1):
+    """An Announcement v2 (it lists its targets itself): for agents older than Hello v4."""
+
     announcement: SignedEnvelope  # Tag.ANNOUNCEMENT, exactly as the admin signed it
 
 
@@ -264,7 +344,22 @@ class NextSequenceReply(Message, type="fleet.admin.next-sequence-reply", version
     sequence: int
 
 
-class PushRequest(Message, type="fleet.admin.push", version=1):
+class PushRequest(Message, type="fleet.admin.push", version=2):
+    """Version 2 carries an Announcement v3 and what its root does not show: the explicit
+    device ids (the leaves: the coordinator checks them against the root and hands each
+    device its proof) and the targets as typed, both signed with the request and audited.
+    `legacy` is the same push as an Announcement v2 (same sequence, system and validity,
+    every resolved device listed), for agents older than Hello v4; None: they get nothing."""
+
+    announcement: SignedEnvelope  # Tag.ANNOUNCEMENT, an Announcement v3
+    devices: tuple[NodeId, ...]  # the leaves under devices_root, in any order
+    targets: tuple[str, ...]  # what the admin typed (names, ids, tag:NAME), for display
+    legacy: SignedEnvelope | None = None  # Tag.ANNOUNCEMENT, an AnnouncementV2
+
+
+class PushRequestV1(Message, type="fleet.admin.push", version=1):
+    """The push of fleetctl before version 3: an Announcement v2 that lists its targets."""
+
     announcement: SignedEnvelope  # Tag.ANNOUNCEMENT
 
 

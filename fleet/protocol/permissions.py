@@ -22,6 +22,7 @@ from fleet.protocol.messages import (
     GrantRecord,
     NextSequence,
     PushRequest,
+    PushRequestV1,
     RevokeRequest,
     StatusRequest,
     TargetCheck,
@@ -40,9 +41,13 @@ class AdminAction:
     read_only: bool  # only its nonce is kept, no audit entry
 
 
+_PUSH = AdminAction("push", Permission.PUSH, read_only=False)
+
+# Versions of one request share their action (PushRequestV1: fleetctl before version 3).
 ADMIN_ACTIONS: dict[type[Message], AdminAction] = {
     NextSequence: AdminAction("next-sequence", Permission.PUSH, read_only=True),
-    PushRequest: AdminAction("push", Permission.PUSH, read_only=False),
+    PushRequest: _PUSH,
+    PushRequestV1: _PUSH,
     DeviceAdd: AdminAction("device-add", Permission.DEVICES, read_only=False),
     DeviceApprove: AdminAction("device-approve", Permission.DEVICES, read_only=False),
     DeviceRemove: AdminAction("device-remove", Permission.DEVICES, read_only=False),

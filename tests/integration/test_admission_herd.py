@@ -31,8 +31,8 @@ import pytest
 
 from fleet.identity import Identity
 from fleet.protocol import alpn
-from tests.cli import cli_env
-from tests.fleetlab import FleetLab, LabError, read_log_events
+from harness.cli import cli_env
+from harness.fleetlab import FleetLab, LabError, read_log_events
 
 REPO = Path(__file__).resolve().parent.parent.parent
 HERD = 120  # agents in the herd (see the module docstring for why not more)

@@ -37,7 +37,7 @@ from fleet.cli.common import EXIT_CONFIG
 from fleet.cli.fleet import main as fleet_group
 from fleet.cli.fleetctl import main as fleetctl_group
 from fleet.identity import Identity
-from tests.cli import cli_env, fleet_argv, fleetctl_argv, run_fleet
+from harness.cli import cli_env, fleet_argv, fleetctl_argv, run_fleet
 
 CONCURRENCY = 4
 TIMEOUT = 0.5  # seconds fleetctl and ping wait for the unreachable peer

@@ -21,8 +21,8 @@ from fleet.relay.protocol import (
     ServerClosed,
 )
 from fleet.relay.tls import client_context
-from tests.cli import run_fleet
-from tests.integration.relay_process import RelayProcess, start_relay
+from harness.cli import run_fleet
+from harness.relay_process import RelayProcess, start_relay
 
 WAIT = 20.0  # generous bound for any single wait: the machine is shared
 
