@@ -36,10 +36,10 @@ from fleet.protocol.stream import recv_message, send_message
 from fleet.protocol.targeting import target_tree
 from fleet.vocabulary import Action
 from fleet.wire import ByteReader, Message, SignedEnvelope, Tag, sign_envelope
+from harness.fleetlab import FleetLab
+from harness.nixlab import switch_log_lines
 from tests.conftest import NixCache, Systems
-from tests.fleetlab import FleetLab
 from tests.integration.test_agent_process import AgentRig, accept_agent
-from tests.nixlab import switch_log_lines
 
 T = 30.0
 PATH = "/nix/store/" + "b" * 32 + "-nixos-system-targets"
