@@ -1175,7 +1175,7 @@ def audit_verify(
             identity = load_key_or_fail(settings.key)
             roots = roots_of(identity.node_id, _load_chain(settings.cert))
 
-        async def fetch(client: AdminClient) -> tuple[auditing.FetchedLog, list[Witness]]:
+        async def fetch(client: AdminClient) -> tuple[AuditExport, list[Witness]]:
             # Witnesses first: every checkpoint they hold was then signed before the log is
             # read, so a checkpoint taken meanwhile cannot look like deleted entries.
             witnesses = await fetch_witnesses(client)

@@ -15,11 +15,9 @@ from typing import Any
 from fleet.audit.record import (
     GENESIS,
     AuditEntry,
-    AuditRecord,
     Outcome,
     encode_detail,
     make_entry,
-    record_hash,
 )
 from fleet.audit.verifier import walk_chain
 from fleet.coordinator.announcements import Reader
@@ -29,7 +27,6 @@ __all__ = [
     "GENESIS",
     "SIZES",
     "AuditEntry",
-    "AuditRecord",
     "Outcome",
     "any_after",
     "append",
@@ -37,7 +34,6 @@ __all__ = [
     "entries_between",
     "entry_of_row",
     "head",
-    "record_hash",
     "sizes",
     "verify_chain",
 ]
