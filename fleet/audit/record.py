@@ -9,6 +9,7 @@ same bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
@@ -41,39 +42,8 @@ class _Hashed(Message, type="fleet.audit.record", version=1):
 
 def entry_hash(entry: AuditEntry) -> bytes:
     """The hash an entry must carry: over its content and the previous entry's hash."""
-    return _hash(
-        entry.id,
-        entry.time,
-        entry.actor,
-        entry.action,
-        entry.outcome,
-        entry.detail,
-        entry.request,
-        entry.prev_hash,
-    )
-
-
-def _hash(
-    id: int,
-    time: float,
-    actor: str,
-    action: str,
-    outcome: str,
-    detail: str,
-    request: bytes,
-    prev_hash: bytes,
-) -> bytes:
-    hashed = _Hashed(
-        id=id,
-        time=time,
-        actor=actor,
-        action=action,
-        outcome=outcome,
-        detail=detail,
-        request=request,
-        prev_hash=prev_hash,
-    )
-    return hashlib.sha256(encode(hashed)).digest()
+    content = {f.name: getattr(entry, f.name) for f in dataclasses.fields(_Hashed)}
+    return hashlib.sha256(encode(_Hashed(**content))).digest()
 
 
 def encode_detail(detail: Mapping[str, Any]) -> str:
@@ -92,15 +62,15 @@ def make_entry(
     prev_hash: bytes,
 ) -> AuditEntry:
     """The next entry of a chain whose last hash is `prev_hash`."""
-    text = encode_detail(detail)
-    return AuditEntry(
+    unhashed = AuditEntry(
         id=id,
         time=time,
         actor=actor,
         action=action,
         outcome=outcome,
-        detail=text,
+        detail=encode_detail(detail),
         request=request,
         prev_hash=prev_hash,
-        hash=_hash(id, time, actor, action, outcome, text, request, prev_hash),
+        hash=b"",
     )
+    return dataclasses.replace(unhashed, hash=entry_hash(unhashed))

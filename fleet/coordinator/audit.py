@@ -9,6 +9,7 @@ appended inside the caller's transaction: the action and its audit row commit to
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -95,17 +96,7 @@ async def append(
     await tx.execute(
         "INSERT INTO audit (id, time, actor, action, outcome, detail, request, prev_hash, hash)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            entry.id,
-            entry.time,
-            entry.actor,
-            entry.action,
-            entry.outcome,
-            entry.detail,
-            entry.request,
-            entry.prev_hash,
-            entry.hash,
-        ),
+        dataclasses.astuple(entry),  # the columns in the entry's field order
     )
     return entry
 
