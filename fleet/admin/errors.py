@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
+from fleet.config import SettingsError as SettingsError  # settings: the one type of all roles
 from fleet.identity import NodeId
 
 
 class AdminError(Exception):
     """Base: something an admin command could not do."""
-
-
-class SettingsError(AdminError):
-    """Missing or malformed settings (coordinator, key, relay, config file)."""
 
 
 class TargetError(AdminError):

@@ -61,9 +61,9 @@ from fleet.admin.settings import (
     Settings,
     resolve_cache_settings,
     resolve_credentials,
-    resolve_settings,
     resolve_state_dir,
 )
+from fleet.admin.settings import load as load_settings
 from fleet.admin.store_path import resolve_system_path
 from fleet.admin.targets import find_device, is_short_id, push_targets
 from fleet.admin.tracking import PushTracker
@@ -106,6 +106,7 @@ from fleet.capability import (
     write_chain,
 )
 from fleet.cli.common import FleetGroup, load_key_or_fail, parse_node_id_or_fail
+from fleet.config import SettingsError
 from fleet.identity import (
     Identity,
     InvalidLabel,
@@ -143,17 +144,15 @@ class GlobalOptions:
 
 def _settings(options: GlobalOptions) -> Settings:
     try:
-        return resolve_settings(
-            coordinator=options.coordinator,
-            key=options.key,
-            cert=options.cert,
-            relays=options.relays,
-            timeout=options.timeout,
-            config_file=options.config_file,
-            env=os.environ,
-            home=Path.home(),
-        )
-    except AdminError as exc:
+        flags = {
+            "coordinator": options.coordinator,
+            "key": options.key,
+            "cert": options.cert,
+            "relay": options.relays,
+            "timeout": options.timeout,
+        }
+        return load_settings(options.config_file, flags, env=os.environ, home=Path.home())
+    except SettingsError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -166,7 +165,7 @@ def _credentials(options: GlobalOptions) -> Credentials:
             env=os.environ,
             home=Path.home(),
         )
-    except AdminError as exc:
+    except SettingsError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -568,7 +567,7 @@ def push_command(
             env=os.environ,
             home=Path.home(),
         )
-    except AdminError as exc:
+    except SettingsError as exc:
         raise click.ClickException(str(exc)) from exc
     for url in cache.caches:
         try:
@@ -1175,7 +1174,7 @@ def audit_verify(
             identity = load_key_or_fail(settings.key)
             roots = roots_of(identity.node_id, _load_chain(settings.cert))
 
-        async def fetch(client: AdminClient) -> tuple[auditing.FetchedLog, list[Witness]]:
+        async def fetch(client: AdminClient) -> tuple[AuditExport, list[Witness]]:
             # Witnesses first: every checkpoint they hold was then signed before the log is
             # read, so a checkpoint taken meanwhile cannot look like deleted entries.
             witnesses = await fetch_witnesses(client)
@@ -1235,7 +1234,7 @@ def _state_dir(options: GlobalOptions, flag: str | None) -> Path:
         return resolve_state_dir(
             state_dir=flag, config_file=options.config_file, env=os.environ, home=Path.home()
         )
-    except AdminError as exc:
+    except SettingsError as exc:
         _fail(str(exc), 1)
 
 

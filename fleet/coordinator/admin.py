@@ -57,7 +57,6 @@ from fleet.protocol.admin import open_admin_request as _open_admin_request
 from fleet.protocol.messages import (
     AuditPage,
     AuditQuery,
-    AuditRow,
     AuditWitnesses,
     AuditWitnessesReply,
     CertificateChain,
@@ -278,20 +277,7 @@ class AdminDesk:
         more = await audit.any_after(self.db, high)
         checkpoints = await trust.checkpoints_between(self.db, low, high if more else 2**62)
         page = AuditPage(
-            entries=tuple(
-                AuditRow(
-                    id=e.id,
-                    time=e.time,
-                    actor=e.actor,
-                    action=e.action,
-                    outcome=e.outcome,
-                    detail=e.detail,
-                    request=e.request,
-                    prev_hash=e.prev_hash,
-                    hash=e.hash,
-                )
-                for e in entries
-            ),
+            entries=tuple(entries),
             checkpoints=tuple(checkpoints),
             more=more,
         )

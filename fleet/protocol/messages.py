@@ -26,6 +26,8 @@ The coordinator sends agents the revocations it knows (Revocations) before any D
 from __future__ import annotations
 
 import enum
+import json
+from typing import Any
 
 from fleet.capability import EMPTY_CHAIN, Chain, SignedRevocation
 from fleet.identity import NodeId
@@ -45,9 +47,9 @@ __all__ = [
     "AnyAnnouncement",
     "AnyHello",
     "AuditCheckpoint",
+    "AuditEntry",
     "AuditPage",
     "AuditQuery",
-    "AuditRow",
     "AuditWitnesses",
     "AuditWitnessesReply",
     "CertificateChain",
@@ -487,20 +489,31 @@ class AuditQuery(Message, type="fleet.admin.audit", version=1):
     limit: int  # at most this many (the coordinator may send fewer)
 
 
-class AuditRow(Message):
+class AuditEntry(Message):
+    """One entry of the hash-chained audit log: the one shape everywhere, stored (the
+    coordinator's audit table), sent (AuditPage), exported and verified (fleet.audit)."""
+
     id: int
     time: float
-    actor: str
+    actor: str  # node id (text) of the authenticated connection
     action: str
-    outcome: str
-    detail: str
-    request: bytes
+    outcome: str  # fleet.audit.Outcome
+    detail: str  # JSON object, exactly as hashed
+    request: bytes  # the actor's signed request, verbatim
     prev_hash: bytes
-    hash: bytes
+    hash: bytes  # fleet.audit.entry_hash: over everything above
+
+    def details(self) -> dict[str, Any]:
+        """`detail` as an object ({} if it is not one)."""
+        try:
+            value = json.loads(self.detail)
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
 
 
 class AuditPage(Message, type="fleet.admin.audit-page", version=1):
-    entries: tuple[AuditRow, ...]
+    entries: tuple[AuditEntry, ...]
     checkpoints: tuple[SignedEnvelope, ...]  # Tag.AUDIT_CHECKPOINT covering these entries
     more: bool  # entries after these exist: ask again with after = the last id
 

@@ -279,7 +279,11 @@ def _relay_server(data: bytes) -> None:
     session = relay.RelayServerSession(RELAY, NOW, challenge=CHALLENGE)
     cut = len(data) // 2
     session.receive_data(data[:cut], NOW)
+    while session.next_event() is not None:
+        pass
     session.receive_data(data[cut:], NOW + 0.1)
+    while session.next_event() is not None:
+        pass
     session.handle_timer(NOW + 0.2)
 
 
@@ -302,7 +306,11 @@ def _relay_client(data: bytes) -> None:
     session = relay.RelayClientSession(DEVICE, RELAY.node_id, NOW)
     cut = len(data) // 2
     session.receive_data(data[:cut], NOW)
+    while session.next_event() is not None:
+        pass
     session.receive_data(data[cut:], NOW + 0.1)
+    while session.next_event() is not None:
+        pass
 
 
 @cache
