@@ -3,6 +3,10 @@
 The coordinator hands out sequence numbers but cannot choose them for us: the admin signs the
 number into the announcement, and the coordinator stores it only if it is higher than every
 stored one. Two admins pushing at once both get n; the loser sees "conflict" and signs n+1.
+
+The number is known before the push is sent, so a push whose answer never comes (the client
+sent the same request several times, fleet.admin.client) is reported with it: "the outcome
+is unknown; `fleetctl push --status N` tells whether it was accepted".
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fleet.admin.client import AdminClient
-from fleet.admin.errors import CoordinatorRefused, ProtocolViolation
+from fleet.admin.errors import CoordinatorRefused, OutcomeUnknown, ProtocolViolation
 from fleet.admin.tracking import PushTracker
 from fleet.capability import EMPTY_CHAIN, Chain
 from fleet.identity import NodeId
@@ -65,6 +69,11 @@ async def push(
         envelope = sign_envelope(client.identity, Tag.ANNOUNCEMENT, announcement)
         try:
             accepted = await client.push(envelope)
+        except OutcomeUnknown as exc:
+            raise OutcomeUnknown(
+                f"{exc}; the outcome of the push of sequence {sequence} is unknown: "
+                f"`fleetctl push --status {sequence}` shows whether it was accepted"
+            ) from exc
         except CoordinatorRefused as exc:
             if exc.code == "conflict" and attempt < attempts:
                 continue

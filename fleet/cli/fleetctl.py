@@ -72,9 +72,12 @@ from fleet.admin.views import (
     device_json,
     device_table,
     iso_utc,
+    push_record_json,
     sort_key,
     status_json,
     status_table,
+    summary_json,
+    summary_text,
 )
 from fleet.admin.witness import CheckpointMemory, WitnessFileError
 from fleet.audit import (
@@ -117,7 +120,7 @@ from fleet.identity import (
 )
 from fleet.log import setup_logging
 from fleet.nix.substituters import InvalidSubstituter, check_substituter
-from fleet.protocol.messages import DeviceInfo, StatusSnapshot, Witness
+from fleet.protocol.messages import AgentState, DeviceInfo, StatusSnapshot, Witness
 from fleet.vocabulary import Action, InvalidStorePath
 from fleet.wire import SignedEnvelope
 
@@ -479,14 +482,13 @@ def _valid_for(_ctx: click.Context, _param: click.Parameter, value: str) -> floa
 
 
 @main.command("push")
-@click.argument("store_path")
+@click.argument("store_path", required=False)
 @click.option(
     "--to",
     "targets",
     multiple=True,
-    required=True,
     metavar="TARGET",
-    help="A device name, node id or tag:NAME; repeatable.",
+    help="A device name, node id or tag:NAME; repeatable (required to push).",
 )
 @click.option(
     "--action",
@@ -532,11 +534,18 @@ def _valid_for(_ctx: click.Context, _param: click.Parameter, value: str) -> floa
     show_default=True,
     help="Seconds --wait waits for the devices.",
 )
+@click.option(
+    "--status",
+    "status_of",
+    type=click.IntRange(min=1),
+    metavar="SEQ",
+    help="Push nothing: show whether the push of sequence SEQ was accepted, and what it was.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 @click.pass_context
 def push_command(
     ctx: click.Context,
-    store_path: str,
+    store_path: str | None,
     targets: tuple[str, ...],
     action: str,
     caches: tuple[str, ...],
@@ -545,13 +554,25 @@ def push_command(
     valid_for: float,
     wait: bool,
     wait_timeout: float,
+    status_of: int | None,
     as_json: bool,
 ) -> None:
     """Announce that the TARGETs should run the system STORE_PATH (or ./result).
 
     Unless --no-cache-check, the whole closure must first be in one of the caches, signed
-    by a trusted key: otherwise nothing is numbered, signed or sent.
+    by a trusted key: otherwise nothing is numbered, signed or sent. When the coordinator
+    does not answer, the same signed push is sent again; if none is answered, the outcome
+    is unknown and `push --status SEQ` tells it.
     """
+    if status_of is not None:
+        if store_path is not None or targets or wait:
+            raise click.UsageError("--status SEQ takes no STORE_PATH, --to or --wait")
+        _push_status(ctx, status_of, as_json)
+        return
+    if store_path is None:
+        raise click.UsageError("Missing argument 'STORE_PATH'.")
+    if not targets:
+        raise click.UsageError("Missing option '--to'.")
     try:
         store_path = resolve_system_path(store_path)
     except InvalidStorePath as exc:
@@ -651,6 +672,27 @@ def push_command(
     )
 
 
+def _push_status(ctx: click.Context, sequence: int, as_json: bool) -> None:
+    """`push --status SEQ`: exit 0 and what was accepted, or exit 1 if nothing was."""
+    reply = _run(ctx, lambda c: c.push_status(sequence))
+    record = reply.accepted
+    if as_json:
+        _print_json(push_record_json(reply))
+    elif record is not None:
+        click.echo(
+            f"sequence {sequence} was accepted {iso_utc(record.accepted_at)}: "
+            f"{record.store_path} ({record.action}) to {record.devices} "
+            f"device{'s' if record.devices != 1 else ''} ({', '.join(record.targets)}), "
+            f"signed by {record.signer.short()}, valid until {iso_utc(record.valid_until)}"
+        )
+    if record is None:
+        _fail(
+            f"no push of sequence {sequence} was accepted (the highest accepted is "
+            f"{reply.highest or 'none'})",
+            1,
+        )
+
+
 def _check_cache(
     store_path: str, cache: CacheSettings, settings: Settings, skip: bool, as_json: bool
 ) -> dict[str, Any]:
@@ -706,18 +748,60 @@ def _check_cache(
 @main.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 @click.option("--watch", is_flag=True, help="Keep showing changes as they happen (Ctrl-C ends).")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([str(s) for s in AgentState]),
+    help="Only devices in this state; repeatable (any of them).",
+)
+@click.option("--tag", "tags", multiple=True, help="Only devices with this tag; repeatable (all).")
+@click.option("--offline", is_flag=True, help="Only devices that are not connected.")
+@click.option("--summary", "summary_only", is_flag=True, help="Only the counts, no table.")
 @click.pass_context
-def status_command(ctx: click.Context, as_json: bool, watch: bool) -> None:
-    """One row per device: link, update state, current and desired system, error."""
+def status_command(
+    ctx: click.Context,
+    as_json: bool,
+    watch: bool,
+    states: tuple[str, ...],
+    tags: tuple[str, ...],
+    offline: bool,
+    summary_only: bool,
+) -> None:
+    """One row per device: link, update state, current and desired system, error.
+
+    A summary line (devices online and offline, and per state) comes first; filters are
+    applied by the coordinator, and a large fleet is read page by page.
+    """
     if not watch:
-        snapshot = _run(ctx, lambda c: c.status())
+        wanted = tuple(AgentState(s) for s in states)
+        try:
+            tags = normalize_tags(tags)  # `kiosk` and `tag:kiosk` alike
+        except InvalidLabel as exc:
+            raise click.BadParameter(str(exc), param_hint="--tag") from exc
+        rows, summary = _run(
+            ctx,
+            lambda c: c.status_query(
+                states=wanted, tags=tags, offline=offline, rows=not summary_only
+            ),
+        )
         if as_json:
+            if summary_only:
+                _print_json(summary_json(summary))
+                return
             board = StatusBoard()
-            board.load(snapshot.devices)
+            board.load(rows)
             _print_json([status_json(s) for s in board.rows()])
         else:
-            click.echo(status_table(snapshot.devices, time.time()))
+            click.echo(summary_text(summary))
+            if not summary_only:
+                click.echo(status_table(rows, time.time()))
         return
+    if states or tags or offline or summary_only:
+        raise click.UsageError(
+            "--watch shows every device: --state, --tag, --offline and "
+            "--summary are for a one-off status"
+        )
     try:
         _run(ctx, lambda c: _watch(c, as_json=as_json, tty=sys.stdout.isatty()))
     except SystemExit as exc:

@@ -78,8 +78,11 @@ from fleet.protocol.messages import (
     NextSequenceReply,
     OkReply,
     PushAccepted,
+    PushLookup,
+    PushLookupReply,
     PushRequest,
     RevokeRequest,
+    StatusQuery,
     StatusRequest,
     StatusSnapshot,
     TargetCheck,
@@ -501,6 +504,32 @@ class AdminDesk:
             watcher = self.status.watch()
         return AdminResult(StatusSnapshot(devices=await self.status.snapshot()), watcher=watcher)
 
+    async def _status_query(self, request: Request[StatusQuery]) -> AdminResult:
+        body = request.body
+        if body.limit < 0:
+            raise Refused("invalid", "a status page limit is not negative")
+        try:  # `kiosk` and `tag:kiosk` alike
+            body = dataclasses.replace(body, tags=normalize_tags(body.tags))
+        except InvalidLabel as exc:
+            raise Refused("invalid", str(exc)) from None
+        return AdminResult(await self.status.page(body))
+
+    async def _push_lookup(self, request: Request[PushLookup]) -> AdminResult:
+        """Whether a push was accepted: for readers, and for the key that signed it."""
+        record = await announcements.accepted(self.db, request.body.sequence)
+        if Permission.READ not in request.authority.actions:
+            require(request.authority, Permission.PUSH, signer=str(request.opened.signer))
+            if record is not None and record.signer != request.opened.signer:
+                raise Refused(
+                    "unauthorized",
+                    f"push {request.body.sequence} was signed by another key; looking it up "
+                    "needs the read permission",
+                )
+        highest = await announcements.max_sequence(self.db)
+        return AdminResult(
+            PushLookupReply(sequence=request.body.sequence, accepted=record, highest=highest)
+        )
+
     async def _certificate_lookup(self, request: Request[CertificateLookup]) -> AdminResult:
         chain = await trust.chain_of(self.db, request.body.certificate)
         if chain is None:
@@ -736,6 +765,8 @@ ROUTES: dict[type[Message], AdminRoute] = dict(
         _route(AuditQuery, AdminDesk._audit_read),
         _route(TargetCheck, AdminDesk._target_check),
         _route(AuditWitnesses, AdminDesk._audit_witnesses),
+        _route(StatusQuery, AdminDesk._status_query),
+        _route(PushLookup, AdminDesk._push_lookup),
     ]
 )
 if ROUTES.keys() != ADMIN_ACTIONS.keys():  # every admin request has its handler, and no more

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from fleet.coordinator.database import Row, Transaction
 from fleet.identity import NodeId
-from fleet.protocol.messages import Announcement, DesiredSystem
+from fleet.protocol.messages import Announcement, DesiredSystem, PushRecord
 from fleet.vocabulary import Action
 from fleet.wire import SignedEnvelope, decode, encode
 
@@ -81,6 +81,27 @@ async def insert(
         issued_at=announcement.issued_at,
         valid_until=announcement.valid_until,
         devices=devices,
+    )
+
+
+async def accepted(db: Reader, sequence: int) -> PushRecord | None:
+    """The push of `sequence` as it was accepted, or None if none was."""
+    row = await db.fetchone(
+        "SELECT a.*, (SELECT count(*) FROM announcement_devices d"
+        " WHERE d.sequence = a.sequence) AS devices FROM announcements a WHERE sequence = ?",
+        (sequence,),
+    )
+    if row is None:
+        return None
+    return PushRecord(
+        signer=NodeId.parse(row["signer"]),
+        store_path=str(row["store_path"]),
+        action=Action(row["action"]),
+        targets=tuple(json.loads(row["targets"])),
+        devices=int(row["devices"]),
+        issued_at=float(row["issued_at"]),
+        valid_until=float(row["valid_until"]),
+        accepted_at=float(row["received_at"]),
     )
 
 

@@ -44,8 +44,7 @@ async def spend(
         reply = row["reply"]
         return Seen(same, bytes(reply) if same and reply is not None else None)
     await tx.execute(
-        "INSERT INTO admin_nonces (nonce, signer, issued_at, request_sha256)"
-        " VALUES (?, ?, ?, ?)",
+        "INSERT INTO admin_nonces (nonce, signer, issued_at, request_sha256) VALUES (?, ?, ?, ?)",
         (nonce, str(signer), issued_at, digest),
     )
     return None

@@ -4,11 +4,17 @@ A row joins the registry (fleet.coordinator.registry), the device's last report,
 latest announcement for it and its latest rejection, with what its live session knows
 (online, path, progress, last message). Watchers (`fleetctl status --watch`) get fresh rows
 for the devices that changed, computed only when someone watches.
+
+A fleet of any size is read in pages (StatusQuery -> StatusPage): the filters are applied
+here, on the registry and the reports, before any row is built; a page holds at most
+STATUS_PAGE rows and about STATUS_PAGE_BYTES of them (at least one row), far below the
+message cap (fleet.protocol.stream.MESSAGE_CAP), and the summary counts every matching row.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from fleet.coordinator import announcements, registry
@@ -18,9 +24,23 @@ from fleet.coordinator.sessions import AgentSession, Phase
 from fleet.coordinator.watchers import StatusWatcher
 from fleet.identity import NodeId
 from fleet.log import get_logger
-from fleet.protocol.messages import DesiredSystem, DeviceInfo, DeviceStatus, Rejection
+from fleet.protocol.messages import (
+    DesiredSystem,
+    DeviceInfo,
+    DeviceStatus,
+    Rejection,
+    StatusPage,
+    StatusQuery,
+    StatusSummary,
+    StatusUpdate,
+)
+from fleet.wire import encode
 
 log = get_logger(__name__)
+
+STATUS_PAGE = 1000  # rows per StatusPage at most ...
+STATUS_PAGE_BYTES = 2 << 20  # ... and about this many bytes of them (at least one row)
+UNKNOWN_STATE = "unknown"  # the summary's key for devices that never reported a state
 
 
 class StatusBoard:
@@ -53,6 +73,51 @@ class StatusBoard:
                 rejections.get(str(d.node_id)),
             )
             for d in devices
+        )
+
+    async def page(self, query: StatusQuery) -> StatusPage:
+        """The rows matching `query` after its cursor, in node id order (tags normalized
+        by the caller), and their summary when asked for."""
+        reports = await registry.last_reports(self.db)
+        matching = []
+        for device in await registry.all_devices(self.db):
+            report = reports.get(str(device.node_id))
+            if query.states and (report is None or report.state not in query.states):
+                continue
+            if query.offline and self._live(device.node_id) is not None:
+                continue
+            if not all(tag in device.tags for tag in query.tags):
+                continue
+            matching.append((device, report))
+        matching.sort(key=lambda pair: pair[0].node_id.raw)
+        summary = self._summary(matching) if query.summary else None
+        after = query.after.raw if query.after is not None else b""
+        rest = [pair for pair in matching if pair[0].node_id.raw > after]
+        limit = min(max(query.limit, 0), STATUS_PAGE)
+        if not rest[:limit]:
+            return StatusPage(devices=(), summary=summary, more=bool(rest))
+        desired = await announcements.latest_desired(self.db)
+        rejections = await registry.latest_rejections(self.db)
+        rows: list[DeviceStatus] = []
+        size = 0
+        for device, report in rest[:limit]:
+            key = str(device.node_id)
+            row = self._row(device, report, desired.get(key), rejections.get(key))
+            size += len(encode(StatusUpdate(device=row)))
+            if rows and size > STATUS_PAGE_BYTES:
+                break
+            rows.append(row)
+        return StatusPage(devices=tuple(rows), summary=summary, more=len(rows) < len(rest))
+
+    def _summary(self, matching: list[tuple[DeviceRecord, LastReport | None]]) -> StatusSummary:
+        states = Counter(
+            str(report.state) if report is not None else UNKNOWN_STATE for _, report in matching
+        )
+        return StatusSummary(
+            devices=len(matching),
+            online=sum(1 for device, _ in matching if self._live(device.node_id) is not None),
+            pending=sum(1 for device, _ in matching if not device.approved),
+            states=dict(sorted(states.items())),
         )
 
     async def status_of(self, node: NodeId) -> DeviceStatus | None:
