@@ -53,7 +53,7 @@ from fleet.admin.errors import (
     TargetError,
     unwrap_group,
 )
-from fleet.admin.live import InPlace, push_lines, status_lines
+from fleet.admin.live import LARGE_PUSH, InPlace, PushDigest, push_lines, status_lines
 from fleet.admin.push import PushPlan, push, wait_for_devices
 from fleet.admin.settings import (
     CacheSettings,
@@ -615,15 +615,28 @@ def push_command(
         accepted = await push(client, plan)
         names = {d.node_id: d.name or d.node_id.short() for d in known}
         labels = tuple(names.get(n, n.short()) for n in plan.devices)
+        large = len(labels) > LARGE_PUSH
         if not as_json:
+            listed = f"{', '.join(labels[:LARGE_PUSH])}, ..." if large else ", ".join(labels)
             click.echo(
                 f"pushed sequence {accepted.sequence}: {store_path} ({action}) "
-                f"to {len(labels)} device{'s' if len(labels) != 1 else ''}: {', '.join(labels)}"
+                f"to {len(labels)} device{'s' if len(labels) != 1 else ''}: {listed}"
             )
         if not wait:
             return accepted.sequence, tuple(str(n) for n in plan.devices), None
         tracker = PushTracker(accepted.sequence, plan.devices, names)
-        if as_json or not sys.stdout.isatty():
+        if large and not as_json and not sys.stdout.isatty():
+            digest = PushDigest()
+
+            def report(*, final: bool = False) -> None:
+                for line in digest.lines(tracker, time.monotonic(), final=final):
+                    click.echo(line)
+
+            await wait_for_devices(
+                client, tracker, timeout=wait_timeout, emit=lambda _line: None, changed=report
+            )
+            report(final=True)
+        elif as_json or not sys.stdout.isatty():
             await wait_for_devices(client, tracker, timeout=wait_timeout, emit=emit)
         else:  # a terminal: one line per device, redrawn in place, and a summary line
             view = InPlace(sys.stdout)
@@ -664,7 +677,14 @@ def push_command(
         if not as_json:
             click.echo(f"all {len(tracker.tracks)} devices applied sequence {sequence}")
         return
-    lines = [f"  {t.label}: {t.outcome}" + (f": {t.reason}" if t.reason else "") for t in failed]
+    lines = [
+        f"  {t.label}: {t.outcome}" + (f": {t.reason}" if t.reason else "")
+        for t in failed[:LARGE_PUSH]
+    ]
+    if len(failed) > LARGE_PUSH:
+        lines.append(
+            f"  ... and {len(failed) - LARGE_PUSH} more (`fleetctl status --json` has them all)"
+        )
     _fail(
         f"{len(failed)} of {len(tracker.tracks)} devices did not apply sequence {sequence}:\n"
         + "\n".join(lines),

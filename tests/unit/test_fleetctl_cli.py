@@ -357,6 +357,34 @@ def test_push_wait_names_the_devices_that_failed(h: Harness) -> None:
     ]
 
 
+def test_a_large_push_wait_prints_counts_and_failures_not_a_line_per_device(
+    h: Harness,
+) -> None:
+    fleet = [_device_with_id(f"k{i:02}", bytes([i + 1]) * 32) for i in range(40)]
+    h.standin.devices = [
+        DeviceInfo(node_id=d.node_id, name=d.name, tags=("big",), approved=True,
+                   first_seen=None, last_seen=None)
+        for d in fleet
+    ]  # fmt: skip
+    h.standin.after_push = [
+        device_status(d.node_id, d.name, state=AgentState.FAILED, sequence=1, error="exit 4")
+        if i < 25
+        else device_status(d.node_id, d.name, state=AgentState.APPLIED, sequence=1)
+        for i, d in enumerate(fleet)
+    ]
+    result = h.run("push", STORE, "--to", "tag:big", "--wait", "--timeout", "5")
+    assert result.exit_code == fleetctl.EXIT_NOT_APPLIED
+    out = result.stdout.splitlines()
+    assert out[0].startswith(f"pushed sequence 1: {STORE} (switch) to 40 devices: k00, k01,")
+    assert out[0].endswith(", k19, ...")
+    assert out[1:26] == [f"k{i:02}: failed: exit 4" for i in range(25)]
+    assert out[26:] == ["15 applied, 25 failed, 0 rejected, 0 pending (40 devices; pending: none)"]
+    err = result.stderr.splitlines()
+    err = err[err.index("Error: 25 of 40 devices did not apply sequence 1:") :]
+    assert err[1:21] == [f"  k{i:02}: failed: exit 4" for i in range(20)]
+    assert err[21:] == ["  ... and 5 more (`fleetctl status --json` has them all)"]
+
+
 def test_push_wait_times_out_naming_the_offline_device(h: Harness) -> None:
     router = h.devices[2].node_id
     h.standin.publish(device_status(router, "router", online=False))
