@@ -135,6 +135,23 @@ async def latest_desired(db: Reader) -> dict[str, DesiredSystem]:
     }
 
 
+async def desired_of(db: Reader, nodes: Sequence[str]) -> dict[str, DesiredSystem]:
+    """latest_desired for `nodes` (node id texts, at most a page) only."""
+    marks = ",".join("?" * len(nodes))  # only "?"s: values stay parameters
+    rows = await db.fetchall(
+        "SELECT d.node_id, a.sequence, a.store_path, a.action FROM"  # noqa: S608
+        " (SELECT node_id, max(sequence) AS sequence FROM announcement_devices"
+        f" WHERE node_id IN ({marks}) GROUP BY node_id) d JOIN announcements a USING (sequence)",
+        list(nodes),
+    )
+    return {
+        str(r["node_id"]): DesiredSystem(
+            store_path=str(r["store_path"]), sequence=int(r["sequence"]), action=Action(r["action"])
+        )
+        for r in rows
+    }
+
+
 def _of_row(row: Row, devices: tuple[NodeId, ...]) -> StoredAnnouncement:
     return StoredAnnouncement(
         sequence=int(row["sequence"]),

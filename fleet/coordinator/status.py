@@ -76,47 +76,46 @@ class StatusBoard:
         )
 
     async def page(self, query: StatusQuery) -> StatusPage:
-        """The rows matching `query` after its cursor, in node id order (tags normalized
-        by the caller), and their summary when asked for."""
-        reports = await registry.last_reports(self.db)
-        matching = []
-        for device in await registry.all_devices(self.db):
-            report = reports.get(str(device.node_id))
-            if query.states and (report is None or report.state not in query.states):
-                continue
-            if query.offline and self._live(device.node_id) is not None:
-                continue
-            if not all(tag in device.tags for tag in query.tags):
-                continue
-            matching.append((device, report))
-        matching.sort(key=lambda pair: pair[0].node_id.raw)
-        summary = self._summary(matching) if query.summary else None
-        after = query.after.raw if query.after is not None else b""
-        rest = [pair for pair in matching if pair[0].node_id.raw > after]
-        limit = min(max(query.limit, 0), STATUS_PAGE)
-        if not rest[:limit]:
+        """The rows matching `query` after its cursor, in node id text order (tags
+        normalized by the caller), and their summary when asked for.
+
+        One cheap pass over the registry filters (states and tags in SQL, `offline` here,
+        nothing parsed); only the page's own rows are then read in full and built.
+        """
+        index = await registry.status_index(
+            self.db, [str(state) for state in query.states], query.tags
+        )
+        live = {str(node) for node in self.sessions if self._live(node) is not None}
+        if query.offline:
+            index = [entry for entry in index if entry[0] not in live]
+        summary = self._summary(index, live) if query.summary else None
+        after = str(query.after) if query.after is not None else ""
+        rest = [entry[0] for entry in index if entry[0] > after]
+        wanted = rest[: min(max(query.limit, 0), STATUS_PAGE)]
+        if not wanted:
             return StatusPage(devices=(), summary=summary, more=bool(rest))
-        desired = await announcements.latest_desired(self.db)
-        rejections = await registry.latest_rejections(self.db)
+        reports = await registry.reports_of(self.db, wanted)
+        desired = await announcements.desired_of(self.db, wanted)
+        rejections = await registry.rejections_of(self.db, wanted)
         rows: list[DeviceStatus] = []
         size = 0
-        for device, report in rest[:limit]:
+        for device in await registry.devices_of(self.db, wanted):
             key = str(device.node_id)
-            row = self._row(device, report, desired.get(key), rejections.get(key))
+            row = self._row(device, reports.get(key), desired.get(key), rejections.get(key))
             size += len(encode(StatusUpdate(device=row)))
             if rows and size > STATUS_PAGE_BYTES:
                 break
             rows.append(row)
-        return StatusPage(devices=tuple(rows), summary=summary, more=len(rows) < len(rest))
+        more = len(rows) < len(rest)  # (a device removed meanwhile is skipped, not repeated)
+        return StatusPage(devices=tuple(rows), summary=summary, more=more)
 
-    def _summary(self, matching: list[tuple[DeviceRecord, LastReport | None]]) -> StatusSummary:
-        states = Counter(
-            str(report.state) if report is not None else UNKNOWN_STATE for _, report in matching
-        )
+    @staticmethod
+    def _summary(index: list[tuple[str, bool, str | None]], live: set[str]) -> StatusSummary:
+        states = Counter(state or UNKNOWN_STATE for _, _, state in index)
         return StatusSummary(
-            devices=len(matching),
-            online=sum(1 for device, _ in matching if self._live(device.node_id) is not None),
-            pending=sum(1 for device, _ in matching if not device.approved),
+            devices=len(index),
+            online=sum(1 for node, _, _ in index if node in live),
+            pending=sum(1 for _, approved, _ in index if not approved),
             states=dict(sorted(states.items())),
         )
 
