@@ -70,7 +70,7 @@ M = TypeVar("M", bound=Message)
 log = get_logger(__name__)
 
 ATTEMPTS = 3  # sends of one changing request whose answer does not come in time
-STATUS_PAGE = 1000  # status rows asked for per request (the coordinator may send fewer)
+STATUS_PAGE = 5000  # status rows asked for per request (the coordinator may send fewer)
 
 
 class StreamWriter(Protocol):

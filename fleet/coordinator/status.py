@@ -32,14 +32,13 @@ from fleet.protocol.messages import (
     StatusPage,
     StatusQuery,
     StatusSummary,
-    StatusUpdate,
 )
-from fleet.wire import encode
 
 log = get_logger(__name__)
 
-STATUS_PAGE = 1000  # rows per StatusPage at most ...
-STATUS_PAGE_BYTES = 2 << 20  # ... and about this many bytes of them (at least one row)
+STATUS_PAGE = 5000  # rows per StatusPage at most ...
+STATUS_PAGE_BYTES = 2 << 20  # ... and at most this many bytes of them (at least one row)
+ROW_OVERHEAD = 256  # a row's encoding beyond its text: ids, numbers, framing (an upper bound)
 UNKNOWN_STATE = "unknown"  # the summary's key for devices that never reported a state
 
 
@@ -102,7 +101,7 @@ class StatusBoard:
         for device in await registry.devices_of(self.db, wanted):
             key = str(device.node_id)
             row = self._row(device, reports.get(key), desired.get(key), rejections.get(key))
-            size += len(encode(StatusUpdate(device=row)))
+            size += row_size(row)
             if rows and size > STATUS_PAGE_BYTES:
                 break
             rows.append(row)
@@ -193,6 +192,23 @@ class StatusBoard:
             error=report.error if report is not None else None,
             rejection=rejection,
         )
+
+
+def row_size(row: DeviceStatus) -> int:
+    """An upper bound of the bytes a row takes in a page: its text, and ROW_OVERHEAD (cheap:
+    encoding every row to measure it cost as much as reading it)."""
+    texts = [row.name, row.path, row.error, *row.tags, *(row.agent_tags or ())]
+    if row.current is not None:
+        texts.append(row.current.store_path)
+    if row.desired is not None:
+        texts.append(row.desired.store_path)
+    if row.rejection is not None:
+        texts += [row.rejection.code, row.rejection.reason]
+    size = ROW_OVERHEAD + 8 * (len(row.tags) + len(row.agent_tags or ()))
+    for text in texts:
+        if text is not None:
+            size += len(text) if text.isascii() else len(text.encode())
+    return size
 
 
 def removed_row(node: NodeId) -> DeviceStatus:
