@@ -49,6 +49,7 @@ from fleet.admin.errors import (
     AdminError,
     AmbiguousTarget,
     CoordinatorRefused,
+    OutcomeUnknown,
     ProtocolViolation,
     TargetError,
     unwrap_group,
@@ -914,17 +915,31 @@ def _grant_json(chain: Chain, out: str) -> dict[str, Any]:
     }
 
 
-def _record(ctx: click.Context, chain: Chain) -> str | None:
-    """Report a grant to the coordinator; None when recorded, else why not (the error line)."""
+@dataclass(frozen=True)
+class NotRecorded:
+    why: str  # the error line
+    maybe: bool  # no send was answered: it may have been recorded after all
+
+
+def _record(ctx: click.Context, chain: Chain) -> NotRecorded | None:
+    """Report a grant to the coordinator; None when recorded, else why not."""
     try:
         _run(ctx, lambda c: c.record_grant(chain))
     except click.ClickException as exc:
-        return exc.format_message()
+        return NotRecorded(exc.format_message(), isinstance(exc.__cause__, OutcomeUnknown))
     return None
 
 
-def _not_recorded(out: str, cert_id: str, why: str) -> NoReturn:
+def _not_recorded(out: str, cert_id: str, failure: NotRecorded) -> NoReturn:
     """One line: what failed, what is still true, and the command that finishes the job."""
+    if failure.maybe:
+        _fail(
+            f"the grant was perhaps not recorded in the coordinator's audit log "
+            f"({failure.why}); `fleetctl audit` shows whether; the chain is valid and was "
+            f"written to {out} (certificate {cert_id}), so the subject can use it now",
+            EXIT_NOT_RECORDED,
+        )
+    why = failure.why
     _fail(
         f"the grant was NOT recorded in the coordinator's audit log ({why}); the chain is "
         f"valid and was written to {out} (certificate {cert_id}), so the subject can use it "
@@ -1039,14 +1054,15 @@ def grant_command(
     except OSError as exc:
         raise click.ClickException(f"cannot write the chain to {out}: {exc.strerror}") from exc
     cert_id = format_id(certificate_id(chain.certificates[-1]))
-    why = _record(ctx, chain) if record else None
+    failure = _record(ctx, chain) if record else None
     if as_json:
-        recorded = record and why is None
+        recorded = record and failure is None
+        why = failure.why if failure is not None else None
         _print_json({**_grant_json(chain, out), "recorded": recorded, "record_error": why})
     else:
         click.echo(cert_id)
-    if why is not None:
-        _not_recorded(out, cert_id, why)
+    if failure is not None:
+        _not_recorded(out, cert_id, failure)
     if not as_json:
         click.echo(
             f"granted {','.join(actions)} on {granted_scope.describe()} to {subject_id} until "

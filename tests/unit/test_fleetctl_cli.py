@@ -495,6 +495,24 @@ def test_push_status_tells_whether_a_sequence_was_accepted(h: Harness) -> None:
     assert json.loads(missing_json.stdout) == {"sequence": 2, "accepted": False, "highest": 1}
 
 
+def test_a_grant_never_answered_is_perhaps_recorded(h: Harness, tmp_path: Path) -> None:
+    h.standin.silent = True
+    out = tmp_path / "ci.chain"
+    subject = str(Identity.generate().node_id)
+    result = h.run(
+        "--timeout", "0.2", "grant", subject, "--allow", "push", "--scope", "*",
+        "--expires", "1h", "--out", str(out),
+    )  # fmt: skip
+    assert result.exit_code == fleetctl.EXIT_NOT_RECORDED
+    [line] = result.stderr.splitlines()
+    assert line.startswith("Error: the grant was perhaps not recorded in the coordinator's")
+    assert "3 sends of the same GrantRecord" in line
+    assert "`fleetctl audit` shows whether" in line
+    assert out.exists()
+    assert len(h.standin.envelopes) == 3
+    assert len({bytes(e.signature) for e in h.standin.envelopes}) == 1  # the same request
+
+
 def test_status_filters_do_not_combine_with_watch(h: Harness) -> None:
     result = h.run("status", "--watch", "--offline")
     assert result.exit_code == 2
