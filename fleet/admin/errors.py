@@ -26,6 +26,11 @@ class CoordinatorUnreachable(AdminError):
     """No connection to the coordinator, or it went silent, within the timeout."""
 
 
+class OutcomeUnknown(CoordinatorUnreachable):
+    """A request that changes something was sent but never answered: it may have been
+    carried out. The message says how to find out."""
+
+
 class ProtocolViolation(AdminError):
     """The coordinator answered something the protocol does not allow here."""
 

@@ -75,14 +75,20 @@ __all__ = [
     "OkReply",
     "Progress",
     "PushAccepted",
+    "PushLookup",
+    "PushLookupReply",
+    "PushRecord",
     "PushRequest",
     "PushRequestV1",
     "Rejection",
     "Revocations",
     "RevokeRequest",
+    "StatusPage",
+    "StatusQuery",
     "StatusReport",
     "StatusRequest",
     "StatusSnapshot",
+    "StatusSummary",
     "StatusUpdate",
     "SystemState",
     "TargetCheck",
@@ -462,6 +468,64 @@ class StatusUpdate(Message, type="fleet.admin.status-update", version=2):
     """Version 2: DeviceStatus gained agent_tags and rejection."""
 
     device: DeviceStatus
+
+
+class StatusQuery(Message, type="fleet.admin.status-query", version=1):
+    """One page of the status rows that match some filters (`fleetctl status` at any size).
+
+    A row matches when its state is one of `states` (empty: any state, also none), it has
+    every tag of `tags` (the registry's) and, with `offline`, it is not connected. Rows come
+    in node id order after `after` (None: from the first); the coordinator sends at most
+    `limit` of them, and fewer when the page would grow too large (`StatusPage.more`). With
+    `summary` the page also counts every matching row (limit 0: the summary alone).
+    """
+
+    states: tuple[AgentState, ...]
+    tags: tuple[str, ...]
+    offline: bool
+    after: NodeId | None
+    limit: int
+    summary: bool
+
+
+class StatusSummary(Message):
+    """The rows matching a StatusQuery, counted: all of them, online, and per state."""
+
+    devices: int
+    online: int
+    pending: int  # not approved
+    states: dict[str, int]  # AgentState value (or "unknown": never reported) -> devices
+
+
+class StatusPage(Message, type="fleet.admin.status-page", version=1):
+    devices: tuple[DeviceStatus, ...]
+    summary: StatusSummary | None  # when asked for
+    more: bool  # rows after these match: ask again with after = the last row's node id
+
+
+class PushLookup(Message, type="fleet.admin.push-lookup", version=1):
+    """Was a push of this sequence accepted, and what was it (`fleetctl push --status`)?"""
+
+    sequence: int
+
+
+class PushRecord(Message):
+    """An accepted push, as the coordinator stored it."""
+
+    signer: NodeId
+    store_path: str
+    action: Action
+    targets: tuple[str, ...]  # as the admin typed them
+    devices: int  # how many devices it targets
+    issued_at: float
+    valid_until: float
+    accepted_at: float
+
+
+class PushLookupReply(Message, type="fleet.admin.push-lookup-reply", version=1):
+    sequence: int
+    accepted: PushRecord | None  # None: no push of this sequence was accepted
+    highest: int  # the highest sequence accepted so far (0: none)
 
 
 class GrantRecord(Message, type="fleet.admin.grant", version=1):
