@@ -8,6 +8,10 @@ The announcement (v3) signs the targets in a size that does not grow with the fl
 tags and a Merkle root over the explicit ids (fleet.protocol.targeting); the ids themselves
 go in the push request. For agents older than Hello v4, a push to at most LEGACY_MAX_DEVICES
 devices also carries the same push as an Announcement v2 listing every device.
+
+The number is known before the push is sent, so a push whose answer never comes (the client
+sent the same request several times, fleet.admin.client) is reported with it: "the outcome
+is unknown; `fleetctl push --status N` tells whether it was accepted".
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fleet.admin.client import AdminClient
-from fleet.admin.errors import CoordinatorRefused, ProtocolViolation
+from fleet.admin.errors import CoordinatorRefused, OutcomeUnknown, ProtocolViolation
 from fleet.admin.targets import PushTargets
 from fleet.admin.tracking import PushTracker
 from fleet.capability import EMPTY_CHAIN, Chain
@@ -106,6 +110,11 @@ async def push(
                     else None
                 ),
             )
+        except OutcomeUnknown as exc:
+            raise OutcomeUnknown(
+                f"{exc}; the outcome of the push of sequence {sequence} is unknown: "
+                f"`fleetctl push --status {sequence}` shows whether it was accepted"
+            ) from exc
         except CoordinatorRefused as exc:
             if exc.code == "conflict" and attempt < attempts:
                 continue

@@ -2,9 +2,10 @@
 
 `Agent` owns the Updater (procedure + state file), the mailbox of the newest accepted
 announcement and the outbox of messages for the coordinator (fleet.agent.outbox, created
-first and handed to the Updater). The connection side (session.py) hands every message from
-the coordinator to `receive()`, sends what it returns, and drains the outbox for what the
-agent says on its own (status); `run()` is the worker loop. The two run as sibling tasks, so
+first and handed to the Updater). The connection side (session.py) talks to it through one
+method and the outbox: it opens each session with the outbox's Hello, hands every message
+from the coordinator to `receive()`, sends what it returns, and drains the outbox for what
+the agent says on its own (status); `run()` is the worker loop. The two run as sibling tasks, so
 the device keeps working while the coordinator is unreachable.
 
 Supersession: a newer announcement cancels a download in progress (or a retry wait), never an
@@ -66,7 +67,7 @@ class Agent:
         self.witness.load()
         self.retry = retry or Backoff(initial=5.0, maximum=300.0)
         record = state.load()
-        self.outbox = Outbox(record.status.report(running_system(config.profile)))
+        self.outbox = Outbox(record.status.report(running_system(config.profile)), self.hello)
         self.updater = Updater(config, state, record, self.outbox.put_status, clock=clock)
         self._next: Accepted | None = None
         self._mail = asyncio.Event()

@@ -3,8 +3,9 @@ status up, reconnecting with jittered backoff for as long as the agent runs.
 
 How the connection is made is behind `Dialer` (the mesh in production, an in-memory pipe in
 unit tests): it returns a `Channel`, the control stream of a fresh connection. The session
-talks to the agent through `AgentSide`: its Hello, `receive()` for every message from the
-coordinator (the Welcome aside, which is the session's own), and its outbox.
+talks to the agent through `AgentSide`: one method, `receive()`, for every message from the
+coordinator (the Welcome aside, which is the session's own), and its outbox, which also
+gives the Hello that opens each session.
 
 No reconnect storms: after a session that was welcomed ends (a coordinator restart ends
 them all at once), the first redial waits a uniform draw in [0, reconnect_spread], so a fleet
@@ -27,7 +28,7 @@ from fleet.agent.backoff import Backoff
 from fleet.agent.outbox import Outbox
 from fleet.log import get_logger
 from fleet.protocol.agent_session import Sender, SessionPhase, is_legal
-from fleet.protocol.messages import Busy, Hello, Welcome
+from fleet.protocol.messages import Busy, Welcome
 from fleet.protocol.stream import recv_message, send_message
 from fleet.wire import ByteReader, ByteWriter, Message, UnexpectedMessageType, WireError
 
@@ -54,8 +55,6 @@ class AgentSide(Protocol):
 
     @property
     def outbox(self) -> Outbox: ...
-
-    def hello(self) -> Hello: ...
 
     def receive(self, message: Message) -> list[Message]: ...
 
@@ -167,7 +166,7 @@ class CoordinatorSession:
         cfg = self.config
         welcomed = False
         try:
-            await send_message(channel.writer, self.agent.hello(), timeout=cfg.send_timeout)
+            await send_message(channel.writer, self.outbox.hello(), timeout=cfg.send_timeout)
             welcome = await recv_message(channel.reader, timeout=cfg.welcome_timeout)
             if isinstance(welcome, Busy):
                 raise CoordinatorBusy(welcome)

@@ -1,4 +1,7 @@
-"""Settings of `fleet agent`, checked once at start-up (flags and TOML merged before).
+"""Settings of `fleet agent`, checked once at start-up: `load(config_file, flags)`.
+
+The shape of every role's settings module (see fleet/config.py): `KNOWN`, `from_mapping`,
+`load`, and fleet.config.SettingsError for a setting that cannot be used.
 
 Everything that can be checked without the network is checked here, so a typo in a key, a
 cache URL, a node id or a relay URL stops the agent at once with a message naming the
@@ -13,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fleet.agent.session import DEFAULT_RECONNECT_SPREAD, DEFAULT_WELCOME_TIMEOUT
+from fleet.config import SettingsError, merge_settings
 from fleet.identity import InvalidNodeId, NodeId, normalize_tag, normalize_tags
 from fleet.mesh.peer_addr import InvalidPeerAddr, PeerAddr
 from fleet.netaddr import InvalidAddress, parse_host_port
@@ -42,10 +46,6 @@ DEFAULT_LISTEN = "0.0.0.0:0"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 T = TypeVar("T")
-
-
-class SettingsError(ValueError):
-    """A setting that cannot be used; the message starts with its name."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,11 @@ def _node_id(text: str) -> NodeId:
         return NodeId.parse(text)
     except InvalidNodeId as exc:
         raise InvalidNodeId(f"{text!r}: {exc}") from None
+
+
+def load(config_file: str | Path | None, flags: Mapping[str, Any]) -> AgentConfig:
+    """TOML overlaid by the flags that were given, checked. Raises SettingsError."""
+    return from_mapping(merge_settings(config_file, flags, KNOWN))
 
 
 def from_mapping(settings: Mapping[str, Any]) -> AgentConfig:

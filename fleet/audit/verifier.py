@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from fleet.audit.checkpoint import BadCheckpoint, Checkpoint, open_checkpoint
-from fleet.audit.record import GENESIS, AuditEntry, Outcome
+from fleet.audit.record import GENESIS, AuditEntry, Outcome, entry_hash
 from fleet.identity import NodeId
 from fleet.protocol.messages import AdminRequest
 from fleet.wire import SignedEnvelope, Tag, WireError, decode, verify_envelope
@@ -79,7 +79,7 @@ def walk_chain(entries: Iterable[AuditEntry]) -> Iterator[AuditEntry]:
             )
         if entry.prev_hash != prev:
             raise AuditVerifyError(entry.id, f"does not link to entry {entry.id - 1}")
-        if entry.computed_hash() != entry.hash:
+        if entry_hash(entry) != entry.hash:
             raise AuditVerifyError(entry.id, "content does not match its hash (edited)")
         yield entry
         prev = entry.hash

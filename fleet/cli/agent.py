@@ -11,19 +11,14 @@ from typing import Any
 
 import click
 
+from fleet.agent import settings as agent_settings
 from fleet.agent.daemon import AgentSettings, run_agent
 from fleet.agent.session import SessionConfig
-from fleet.agent.settings import (
-    DEFAULT_KEY,
-    DEFAULT_STATE_DIR,
-    KNOWN,
-    SettingsError,
-    from_mapping,
-)
+from fleet.agent.settings import DEFAULT_KEY, DEFAULT_STATE_DIR
 from fleet.agent.state import StateError
 from fleet.agent.updater import ApplyConfig
 from fleet.cli.common import ConfigurationError, load_key_or_fail
-from fleet.config import ConfigError, merge_settings, prepare_state_dir
+from fleet.config import SettingsError, prepare_state_dir
 from fleet.log import setup_logging
 from fleet.netaddr import format_host_port
 from fleet.nix import NixStore
@@ -67,12 +62,9 @@ from fleet.nix import NixStore
 def agent(config_file: str | None, **flags: Any) -> None:
     """Apply admin-signed system announcements from the coordinator and report status."""
     try:
-        checked = from_mapping(merge_settings(config_file, flags, KNOWN))
-    except (ConfigError, SettingsError) as exc:
-        raise ConfigurationError(str(exc)) from exc
-    try:
+        checked = agent_settings.load(config_file, flags)
         prepare_state_dir(checked.state_dir)
-    except ConfigError as exc:
+    except SettingsError as exc:
         raise ConfigurationError(str(exc)) from exc
     store = NixStore.chroot(checked.nix_store) if checked.nix_store else NixStore()
     setup_logging(checked.log_level)

@@ -12,6 +12,11 @@ its targets, the request nonce and its audit row in ONE transaction; `handle` re
 after that COMMIT (durable: WAL + synchronous=FULL), the adapter sends PushAccepted, and
 only THEN delivers it. Read-only requests are not administrative actions: only their nonce
 is kept, no audit row.
+
+Idempotence: the reply to a request that changed something (or was refused) is kept with its
+nonce, in the transaction that carried it out (fleet.coordinator.nonces). The very same signed
+request arriving again (fleetctl retries when an answer does not come in time) gets that reply
+again and changes nothing; another request reusing the nonce is refused as a replay.
 """
 
 from __future__ import annotations
@@ -57,7 +62,6 @@ from fleet.protocol.admin import open_admin_request as _open_admin_request
 from fleet.protocol.messages import (
     AuditPage,
     AuditQuery,
-    AuditRow,
     AuditWitnesses,
     AuditWitnessesReply,
     CertificateChain,
@@ -73,9 +77,12 @@ from fleet.protocol.messages import (
     NextSequenceReply,
     OkReply,
     PushAccepted,
+    PushLookup,
+    PushLookupReply,
     PushRequest,
     PushRequestV1,
     RevokeRequest,
+    StatusQuery,
     StatusRequest,
     StatusSnapshot,
     TargetCheck,
@@ -104,6 +111,7 @@ AUDIT_ROW_OVERHEAD = 256  # ids, time, hashes, encoding, and a checkpoint, per e
 # wire limit); anything longer cannot be a valid request and is refused unread.
 MAX_ADMIN_REQUEST = MAX_FRAME + 4096
 MAX_TARGET_CHECK = 64  # targets answered per TargetCheck
+OK = OkReply()
 
 
 class Refused(Exception):
@@ -113,6 +121,14 @@ class Refused(Exception):
         super().__init__(message)
         self.code = code
         self.detail = detail
+
+
+class Repeated(Exception):
+    """The very request was carried out (or refused) before: answer what it got then."""
+
+    def __init__(self, reply: Message) -> None:
+        super().__init__(type(reply).__name__)
+        self.reply = reply
 
 
 @dataclass(frozen=True)
@@ -201,6 +217,14 @@ class AdminDesk:
                 async with self.db.transaction() as tx:
                     await self._use_nonce(tx, opened)
             return await route.handle(self, request)
+        except Repeated as repeated:
+            log.info(
+                "admin_request_repeated",
+                actor=connection_id.short(),
+                action=action,
+                reply=type(repeated.reply).__name__,
+            )
+            return AdminResult(repeated.reply)
         except Refused as refusal:
             return await self._refuse(
                 refusal, RequestFacts.of(raw), connection_id, action, now, opened, certified, raw
@@ -278,20 +302,7 @@ class AdminDesk:
         more = await audit.any_after(self.db, high)
         checkpoints = await trust.checkpoints_between(self.db, low, high if more else 2**62)
         page = AuditPage(
-            entries=tuple(
-                AuditRow(
-                    id=e.id,
-                    time=e.time,
-                    actor=e.actor,
-                    action=e.action,
-                    outcome=e.outcome,
-                    detail=e.detail,
-                    request=e.request,
-                    prev_hash=e.prev_hash,
-                    hash=e.hash,
-                )
-                for e in entries
-            ),
+            entries=tuple(entries),
             checkpoints=tuple(checkpoints),
             more=more,
         )
@@ -347,8 +358,17 @@ class AdminDesk:
         await trust.remember_chain(tx, opened.chain, self.clock())
 
     async def _spend_nonce(self, tx: Transaction, opened: OpenedRequest) -> None:
-        if not await nonces.spend(tx, opened.nonce, opened.signer, opened.issued_at, self.clock()):
-            raise Refused("replay", "this request was already received (replayed nonce)")
+        """Spend the nonce; Repeated if this very request was answered before (the caller's
+        transaction is rolled back: nothing is done twice), Refused if it is a replay."""
+        digest = nonces.request_digest(encode(opened.envelope))
+        seen = await nonces.spend(
+            tx, opened.nonce, opened.signer, opened.issued_at, self.clock(), digest
+        )
+        if seen is None:
+            return
+        if seen.reply is not None:
+            raise Repeated(decode(seen.reply))  # kept by this coordinator: it decodes
+        raise Refused("replay", "this request was already received (replayed nonce)")
 
     # ------------------------------------------------------------------ refusals
 
@@ -410,8 +430,10 @@ class AdminDesk:
             detail["claimed"] = claimed
         async with self.db.transaction() as tx:
             if spend and opened is not None:
-                with contextlib.suppress(Refused):
+                with contextlib.suppress(Refused, Repeated):
                     await self._spend_nonce(tx, opened)
+                    reply = ErrorReply(code=refusal.code, message=str(refusal))
+                    await nonces.keep_reply(tx, opened.nonce, encode(reply))
             if admitted:
                 await audit.append(
                     tx,
@@ -425,9 +447,14 @@ class AdminDesk:
         return admitted
 
     async def _accepted(
-        self, tx: Transaction, request: Request[Any], detail: dict[str, Any]
+        self,
+        tx: Transaction,
+        request: Request[Any],
+        detail: dict[str, Any],
+        reply: Message = OK,
     ) -> None:
-        """The accepted request's audit row, in the transaction that carries it out."""
+        """The accepted request's audit row and its reply (kept with its nonce, for a repeat
+        of the request), in the transaction that carries it out."""
         await audit.append(
             tx,
             time=request.now,
@@ -437,6 +464,7 @@ class AdminDesk:
             detail=detail,
             request=request.raw,
         )
+        await nonces.keep_reply(tx, request.opened.nonce, encode(reply))
 
     # ------------------------------------------------------------------ reads
 
@@ -460,6 +488,32 @@ class AdminDesk:
             # after the snapshot and repeats a full row, which is harmless.
             watcher = self.status.watch()
         return AdminResult(StatusSnapshot(devices=await self.status.snapshot()), watcher=watcher)
+
+    async def _status_query(self, request: Request[StatusQuery]) -> AdminResult:
+        body = request.body
+        if body.limit < 0:
+            raise Refused("invalid", "a status page limit is not negative")
+        try:  # `kiosk` and `tag:kiosk` alike
+            body = dataclasses.replace(body, tags=normalize_tags(body.tags))
+        except InvalidLabel as exc:
+            raise Refused("invalid", str(exc)) from None
+        return AdminResult(await self.status.page(body))
+
+    async def _push_lookup(self, request: Request[PushLookup]) -> AdminResult:
+        """Whether a push was accepted: for readers, and for the key that signed it."""
+        record = await announcements.accepted(self.db, request.body.sequence)
+        if Permission.READ not in request.authority.actions:
+            require(request.authority, Permission.PUSH, signer=str(request.opened.signer))
+            if record is not None and record.signer != request.opened.signer:
+                raise Refused(
+                    "unauthorized",
+                    f"push {request.body.sequence} was signed by another key; looking it up "
+                    "needs the read permission",
+                )
+        highest = await announcements.max_sequence(self.db)
+        return AdminResult(
+            PushLookupReply(sequence=request.body.sequence, accepted=record, highest=highest)
+        )
 
     async def _certificate_lookup(self, request: Request[CertificateLookup]) -> AdminResult:
         chain = await trust.chain_of(self.db, request.body.certificate)
@@ -550,7 +604,8 @@ class AdminDesk:
                 proofs=push.proofs,
                 legacy=push.legacy,
             )
-            await self._accepted(tx, request, {**detail, "resolved": len(targeted)})
+            reply = PushAccepted(sequence=stored.sequence, devices=stored.devices)
+            await self._accepted(tx, request, {**detail, "resolved": len(targeted)}, reply)
         log.info(
             "push_accepted",
             sequence=stored.sequence,
@@ -558,9 +613,7 @@ class AdminDesk:
             store_path=stored.store_path,
             actor=request.actor.short(),
         )
-        return AdminResult(
-            PushAccepted(sequence=stored.sequence, devices=stored.devices), delivery=stored
-        )
+        return AdminResult(reply, delivery=stored)
 
     async def _push_targets(
         self, tx: Transaction, push: OpenedPush, **detail: Any
@@ -617,7 +670,7 @@ class AdminDesk:
         else:
             await self.delivery.approved(record)
         await self.status.publish([record.node_id])
-        return AdminResult(OkReply())
+        return AdminResult(OK)
 
     async def _device_in_scope(
         self, tx: Transaction, authority: Authority, body: DeviceAdd | DeviceApprove | DeviceRemove
@@ -674,7 +727,7 @@ class AdminDesk:
             await trust.remember_chain(tx, chain, now)
             await self._accepted(tx, request, detail)
         log.info("grant_recorded", certificate=format_id(issued), subject=cert.subject.short())
-        return AdminResult(OkReply())
+        return AdminResult(OK)
 
     async def _revoke(self, request: Request[RevokeRequest]) -> AdminResult:
         body, now = request.body, request.now
@@ -694,7 +747,7 @@ class AdminDesk:
         log.info("certificate_revoked", certificate=detail["certificate"], new=new)
         if new:
             self.delivery.hand_out_revocation(body.revocation)
-        return AdminResult(OkReply())
+        return AdminResult(OK)
 
 
 def _route(
@@ -720,6 +773,8 @@ ROUTES: dict[type[Message], AdminRoute] = dict(
         _route(AuditQuery, AdminDesk._audit_read),
         _route(TargetCheck, AdminDesk._target_check),
         _route(AuditWitnesses, AdminDesk._audit_witnesses),
+        _route(StatusQuery, AdminDesk._status_query),
+        _route(PushLookup, AdminDesk._push_lookup),
     ]
 )
 if ROUTES.keys() != ADMIN_ACTIONS.keys():  # every admin request has its handler, and no more

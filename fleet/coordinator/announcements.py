@@ -21,6 +21,7 @@ from fleet.protocol.messages import (
     Deliver,
     DeliverV1,
     DesiredSystem,
+    PushRecord,
     TargetProof,
 )
 from fleet.protocol.targeting import read_announcement
@@ -126,6 +127,27 @@ def _proof_blob(proof: TargetProof | None) -> bytes | None:
     return encode(proof) if proof is not None else None
 
 
+async def accepted(db: Reader, sequence: int) -> PushRecord | None:
+    """The push of `sequence` as it was accepted, or None if none was."""
+    row = await db.fetchone(
+        "SELECT a.*, (SELECT count(*) FROM announcement_devices d"
+        " WHERE d.sequence = a.sequence) AS devices FROM announcements a WHERE sequence = ?",
+        (sequence,),
+    )
+    if row is None:
+        return None
+    return PushRecord(
+        signer=NodeId.parse(row["signer"]),
+        store_path=str(row["store_path"]),
+        action=Action(row["action"]),
+        targets=tuple(json.loads(row["targets"])),
+        devices=int(row["devices"]),
+        issued_at=float(row["issued_at"]),
+        valid_until=float(row["valid_until"]),
+        accepted_at=float(row["received_at"]),
+    )
+
+
 async def latest_for(db: Reader, node: NodeId) -> StoredAnnouncement | None:
     """The highest-sequence announcement that targets `node` (expired or not), loaded with
     this one device and its proof (not the whole target list: a reconnect costs O(1))."""
@@ -146,6 +168,23 @@ async def latest_desired(db: Reader) -> dict[str, DesiredSystem]:
         "SELECT d.node_id, a.sequence, a.store_path, a.action FROM"
         " (SELECT node_id, max(sequence) AS sequence FROM announcement_devices GROUP BY node_id)"
         " d JOIN announcements a USING (sequence)"
+    )
+    return {
+        str(r["node_id"]): DesiredSystem(
+            store_path=str(r["store_path"]), sequence=int(r["sequence"]), action=Action(r["action"])
+        )
+        for r in rows
+    }
+
+
+async def desired_of(db: Reader, nodes: Sequence[str]) -> dict[str, DesiredSystem]:
+    """latest_desired for `nodes` (node id texts, at most a page) only."""
+    marks = ",".join("?" * len(nodes))  # only "?"s: values stay parameters
+    rows = await db.fetchall(
+        "SELECT d.node_id, a.sequence, a.store_path, a.action FROM"  # noqa: S608
+        " (SELECT node_id, max(sequence) AS sequence FROM announcement_devices"
+        f" WHERE node_id IN ({marks}) GROUP BY node_id) d JOIN announcements a USING (sequence)",
+        list(nodes),
     )
     return {
         str(r["node_id"]): DesiredSystem(

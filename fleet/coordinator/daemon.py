@@ -8,6 +8,7 @@ import os
 from fleet.coordinator.admins import KnownAdmins
 from fleet.coordinator.database import Database
 from fleet.coordinator.hello_gate import HelloGate
+from fleet.coordinator.lossy import LossyService, lost_push_answers
 from fleet.coordinator.server import CoordinatorServer
 from fleet.coordinator.service import CoordinatorService
 from fleet.coordinator.settings import CoordinatorSettings
@@ -33,7 +34,11 @@ async def run(settings: CoordinatorSettings, identity: Identity) -> None:
     db = await Database.open(settings.database)
     try:
         os.chmod(settings.database, 0o600)
-        service = CoordinatorService(db, identity.node_id, settings.trust_roots, signer=identity)
+        lose = lost_push_answers(os.environ)
+        kind = LossyService if lose else CoordinatorService
+        service = kind(db, identity.node_id, settings.trust_roots, signer=identity)
+        if isinstance(service, LossyService):
+            service.lost_answers = lose
         admins = KnownAdmins(settings.trust_roots)
         await admins.load(db)
         async with Endpoint(

@@ -1,4 +1,8 @@
-"""Settings of `fleet coordinator`, validated once at start-up (flags and TOML merged before)."""
+"""Settings of `fleet coordinator`, checked once at start-up: `load(config_file, flags)`.
+
+The shape of every role's settings module (see fleet/config.py): `KNOWN`, `from_mapping`,
+`load`, and fleet.config.SettingsError for a setting that cannot be used.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fleet.config import SettingsError, merge_settings
 from fleet.identity import InvalidNodeId, NodeId
 from fleet.mesh.config import DEFAULT_MAX_CONNECTIONS
 from fleet.netaddr import InvalidAddress, parse_host_port
@@ -24,10 +29,6 @@ KNOWN = (
 )
 DEFAULT_CHECKPOINT_INTERVAL = 60.0
 DB_NAME = "coordinator.db"
-
-
-class SettingsError(ValueError):
-    """A setting that cannot be used; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,11 @@ def parse_listen(text: Any) -> tuple[str, int]:
         return parse_host_port(text, any_port=True, ip_only=True)
     except InvalidAddress as exc:
         raise SettingsError(f"listen: {exc}") from None
+
+
+def load(config_file: str | Path | None, flags: Mapping[str, Any]) -> CoordinatorSettings:
+    """TOML overlaid by the flags that were given, checked. Raises SettingsError."""
+    return from_mapping(merge_settings(config_file, flags, KNOWN))
 
 
 def from_mapping(settings: Mapping[str, Any]) -> CoordinatorSettings:

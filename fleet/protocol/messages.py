@@ -26,6 +26,8 @@ The coordinator sends agents the revocations it knows (Revocations) before any D
 from __future__ import annotations
 
 import enum
+import json
+from typing import Any
 
 from fleet.capability import EMPTY_CHAIN, Chain, SignedRevocation
 from fleet.identity import NodeId
@@ -45,9 +47,9 @@ __all__ = [
     "AnyAnnouncement",
     "AnyHello",
     "AuditCheckpoint",
+    "AuditEntry",
     "AuditPage",
     "AuditQuery",
-    "AuditRow",
     "AuditWitnesses",
     "AuditWitnessesReply",
     "CertificateChain",
@@ -73,14 +75,20 @@ __all__ = [
     "OkReply",
     "Progress",
     "PushAccepted",
+    "PushLookup",
+    "PushLookupReply",
+    "PushRecord",
     "PushRequest",
     "PushRequestV1",
     "Rejection",
     "Revocations",
     "RevokeRequest",
+    "StatusPage",
+    "StatusQuery",
     "StatusReport",
     "StatusRequest",
     "StatusSnapshot",
+    "StatusSummary",
     "StatusUpdate",
     "SystemState",
     "TargetCheck",
@@ -472,6 +480,64 @@ class StatusUpdate(Message, type="fleet.admin.status-update", version=2):
     device: DeviceStatus
 
 
+class StatusQuery(Message, type="fleet.admin.status-query", version=1):
+    """One page of the status rows that match some filters (`fleetctl status` at any size).
+
+    A row matches when its state is one of `states` (empty: any state, also none), it has
+    every tag of `tags` (the registry's) and, with `offline`, it is not connected. Rows come
+    in node id order after `after` (None: from the first); the coordinator sends at most
+    `limit` of them, and fewer when the page would grow too large (`StatusPage.more`). With
+    `summary` the page also counts every matching row (limit 0: the summary alone).
+    """
+
+    states: tuple[AgentState, ...]
+    tags: tuple[str, ...]
+    offline: bool
+    after: NodeId | None
+    limit: int
+    summary: bool
+
+
+class StatusSummary(Message):
+    """The rows matching a StatusQuery, counted: all of them, online, and per state."""
+
+    devices: int
+    online: int
+    pending: int  # not approved
+    states: dict[str, int]  # AgentState value (or "unknown": never reported) -> devices
+
+
+class StatusPage(Message, type="fleet.admin.status-page", version=1):
+    devices: tuple[DeviceStatus, ...]
+    summary: StatusSummary | None  # when asked for
+    more: bool  # rows after these match: ask again with after = the last row's node id
+
+
+class PushLookup(Message, type="fleet.admin.push-lookup", version=1):
+    """Was a push of this sequence accepted, and what was it (`fleetctl push --status`)?"""
+
+    sequence: int
+
+
+class PushRecord(Message):
+    """An accepted push, as the coordinator stored it."""
+
+    signer: NodeId
+    store_path: str
+    action: Action
+    targets: tuple[str, ...]  # as the admin typed them
+    devices: int  # how many devices it targets
+    issued_at: float
+    valid_until: float
+    accepted_at: float
+
+
+class PushLookupReply(Message, type="fleet.admin.push-lookup-reply", version=1):
+    sequence: int
+    accepted: PushRecord | None  # None: no push of this sequence was accepted
+    highest: int  # the highest sequence accepted so far (0: none)
+
+
 class GrantRecord(Message, type="fleet.admin.grant", version=1):
     """Tell the coordinator about a certificate the signer issued (for the audit log)."""
 
@@ -497,20 +563,31 @@ class AuditQuery(Message, type="fleet.admin.audit", version=1):
     limit: int  # at most this many (the coordinator may send fewer)
 
 
-class AuditRow(Message):
+class AuditEntry(Message):
+    """One entry of the hash-chained audit log: the one shape everywhere, stored (the
+    coordinator's audit table), sent (AuditPage), exported and verified (fleet.audit)."""
+
     id: int
     time: float
-    actor: str
+    actor: str  # node id (text) of the authenticated connection
     action: str
-    outcome: str
-    detail: str
-    request: bytes
+    outcome: str  # fleet.audit.Outcome
+    detail: str  # JSON object, exactly as hashed
+    request: bytes  # the actor's signed request, verbatim
     prev_hash: bytes
-    hash: bytes
+    hash: bytes  # fleet.audit.entry_hash: over everything above
+
+    def details(self) -> dict[str, Any]:
+        """`detail` as an object ({} if it is not one)."""
+        try:
+            value = json.loads(self.detail)
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
 
 
 class AuditPage(Message, type="fleet.admin.audit-page", version=1):
-    entries: tuple[AuditRow, ...]
+    entries: tuple[AuditEntry, ...]
     checkpoints: tuple[SignedEnvelope, ...]  # Tag.AUDIT_CHECKPOINT covering these entries
     more: bool  # entries after these exist: ask again with after = the last id
 

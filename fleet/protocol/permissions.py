@@ -21,9 +21,11 @@ from fleet.protocol.messages import (
     DeviceRemove,
     GrantRecord,
     NextSequence,
+    PushLookup,
     PushRequest,
     PushRequestV1,
     RevokeRequest,
+    StatusQuery,
     StatusRequest,
     TargetCheck,
 )
@@ -59,6 +61,9 @@ ADMIN_ACTIONS: dict[type[Message], AdminAction] = {
     AuditQuery: AdminAction("audit-read", Permission.AUDIT, read_only=True),
     TargetCheck: AdminAction("target-check", Permission.PUSH, read_only=True),
     AuditWitnesses: AdminAction("audit-witnesses", Permission.AUDIT, read_only=True),
+    StatusQuery: AdminAction("status-query", Permission.READ, read_only=True),
+    # read, or push for a push the requester signed itself
+    PushLookup: AdminAction("push-lookup", None, read_only=True),
 }
 
 # The actions an accepted audit entry can record, by name.

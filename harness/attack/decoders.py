@@ -53,9 +53,15 @@ from fleet.protocol.messages import (
     DeviceAdd,
     Hello,
     NextSequence,
+    PushLookup,
+    PushLookupReply,
+    PushRecord,
     PushRequest,
     PushRequestV1,
+    StatusPage,
+    StatusQuery,
     StatusRequest,
+    StatusSummary,
     SystemState,
 )
 from fleet.protocol.targeting import TargetTree, target_tree
@@ -169,13 +175,26 @@ def message_samples() -> tuple[bytes, ...]:
         make_admin_request(ADMIN, COORDINATOR.node_id, body, chain=admin_chain(), now=NOW)
         for body in (NextSequence(), StatusRequest(watch=True),
                      DeviceAdd(node_id=DEVICE.node_id, name="kiosk", tags=("lab",)),
-                     PushRequestV1(announcement=announcement(ADMIN, admin_chain())))
+                     PushRequestV1(announcement=announcement(ADMIN, admin_chain())),
+                     StatusQuery(states=(AgentState.FAILED,), tags=("lab",), offline=True,
+                                 after=DEVICE.node_id, limit=100, summary=True),
+                     PushLookup(sequence=7))
     ]  # fmt: skip
+    record = PushRecord(
+        signer=ADMIN.node_id, store_path=SYSTEM, action=Action.SWITCH, targets=("tag:lab",),
+        devices=3, issued_at=NOW, valid_until=NOW + 60, accepted_at=NOW,
+    )  # fmt: skip
+    summary = StatusSummary(devices=3, online=1, pending=0, states={"applied": 2, "unknown": 1})
+    replies = (
+        encode(PushLookupReply(sequence=7, accepted=record, highest=9)),
+        encode(StatusPage(devices=(), summary=summary, more=True)),
+    )
     return (
         encode(hello),
         encode(DeliverV1(announcement=announcement())),
         encode(admin_chain()),
         *(encode(r) for r in requests),
+        *replies,
         encode(Busy(retry_after=12.5, reason="queue full")),
     )
 
@@ -281,7 +300,11 @@ def _relay_server(data: bytes) -> None:
     session = relay.RelayServerSession(RELAY, NOW, challenge=CHALLENGE)
     cut = len(data) // 2
     session.receive_data(data[:cut], NOW)
+    while session.next_event() is not None:
+        pass
     session.receive_data(data[cut:], NOW + 0.1)
+    while session.next_event() is not None:
+        pass
     session.handle_timer(NOW + 0.2)
 
 
@@ -304,7 +327,11 @@ def _relay_client(data: bytes) -> None:
     session = relay.RelayClientSession(DEVICE, RELAY.node_id, NOW)
     cut = len(data) // 2
     session.receive_data(data[:cut], NOW)
+    while session.next_event() is not None:
+        pass
     session.receive_data(data[cut:], NOW + 0.1)
+    while session.next_event() is not None:
+        pass
 
 
 @cache
@@ -393,7 +420,7 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target(
         "protocol.admin-request",
-        lambda: message_samples()[3:7],
+        lambda: message_samples()[3:-3],  # the admin requests
         _admin_request,
         (WireError, AdminRequestError),
     ),
@@ -426,7 +453,7 @@ TARGETS: tuple[Target, ...] = (
     Target("nix.narinfo", narinfo_samples, _narinfo, (NarInfoError, UntrustedNarInfo)),
     Target(
         "signed:admin-request",
-        lambda: _payloads(message_samples()[3:7]),
+        lambda: _payloads(message_samples()[3:-3]),
         _signed_admin_request,
         (AdminRequestError,),
     ),

@@ -36,7 +36,7 @@ class HerdAgent:
     """The AgentSide of an idle device that never gets an update."""
 
     def __init__(self) -> None:
-        self.outbox = Outbox(self._status())
+        self.outbox = Outbox(self._status(), self._hello)
 
     @staticmethod
     def _status() -> StatusReport:
@@ -45,7 +45,8 @@ class HerdAgent:
             progress=None, error=None, exit_code=None, log_tail=None,
         )  # fmt: skip
 
-    def hello(self) -> Hello:
+    @staticmethod
+    def _hello() -> Hello:
         return Hello(
             agent_version="herd", current=IDLE, last_sequence=0, state=AgentState.IDLE,
             state_since=0.0, tags=("herd",),

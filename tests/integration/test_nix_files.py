@@ -30,6 +30,7 @@ import fleet.cli.relay
 from fleet.agent.settings import KNOWN as AGENT_SETTINGS
 from fleet.coordinator.settings import KNOWN as COORDINATOR_SETTINGS
 from fleet.identity import write_new_key
+from fleet.relay.settings import KNOWN as RELAY_SETTINGS
 
 pytestmark = pytest.mark.nix
 
@@ -47,7 +48,7 @@ CACHE_KEY = "fleet-vm-test-1:BRBUqTnM6bXs36B64z9FVyKjgmekOd14u7LUrsMAqjY="
 KNOWN: dict[str, tuple[str, ...]] = {
     "agent": AGENT_SETTINGS,
     "coordinator": COORDINATOR_SETTINGS,
-    "relay": fleet.cli.relay.SETTINGS,
+    "relay": RELAY_SETTINGS,
 }
 
 # Settings a module writes for a CLI option that another branch is adding. Each entry fails

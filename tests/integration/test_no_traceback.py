@@ -167,6 +167,7 @@ def bad_values(files: Files) -> dict[str, list[str]]:
         "subject": ["not-a-node-id"],
         "store_path": ["/tmp/not-in-the-store", "/nix/store/short-name"],
         "valid_for": ["soon"],
+        "status_of": ["0", "seven"],  # push --status SEQ
         "expires": ["soon"],
         "since": ["the day before yesterday"],
         "allow": ["fly"],
@@ -230,6 +231,7 @@ CONTEXT: dict[Command, tuple[str, ...]] = {
     ),
     ("fleet", "ping"): ("timeout", "count", "bind"),
     ("fleetctl", "audit", "verify"): ("trust_roots",),
+    ("fleetctl", "push"): ("store_path", "targets"),  # not required with --status SEQ
 }
 
 FLEETCTL_GLOBALS = ("coordinator", "key", "timeout")

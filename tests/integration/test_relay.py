@@ -219,8 +219,11 @@ async def read_to_end(reader: asyncio.StreamReader) -> bytes:
 
 
 def close_reason(session: RelayClientSession, data: bytes) -> str:
-    events = session.receive_data(data, 0.0)
-    closes = [e.reason for e in events if isinstance(e, ServerClosed)]
+    session.receive_data(data, 0.0)
+    closes = []
+    while (event := session.next_event()) is not None:
+        if isinstance(event, ServerClosed):
+            closes.append(event.reason)
     assert closes, f"no Close frame in {data!r}"
     return closes[-1]
 

@@ -7,7 +7,12 @@ import contextlib
 
 import pytest
 
-from fleet.admin.errors import CoordinatorRefused, CoordinatorUnreachable, ProtocolViolation
+from fleet.admin.errors import (
+    CoordinatorRefused,
+    CoordinatorUnreachable,
+    OutcomeUnknown,
+    ProtocolViolation,
+)
 from fleet.admin.push import PushPlan, push, wait_for_devices
 from fleet.admin.targets import PushTargets
 from fleet.admin.tracking import Outcome, PushTracker
@@ -101,6 +106,44 @@ async def test_silent_coordinator_times_out(standin: StandIn, admin: Identity) -
     async with memory_client(standin, admin, timeout=0.2) as client:
         with pytest.raises(CoordinatorUnreachable, match=r"no answer .* within 0.2 s"):
             await client.devices()
+
+
+async def test_a_push_whose_answer_is_lost_is_sent_again_and_accepted_once(
+    standin: StandIn, admin: Identity
+) -> None:
+    standin.lost_answers = 1
+    async with memory_client(standin, admin, timeout=0.3) as client:
+        accepted = await push(client, _plan(standin))
+    assert accepted.sequence == 1
+    assert len(standin.pushes) == 1
+    sent = [e for e, b in zip(standin.envelopes, standin.received, strict=True)
+            if type(b).__name__ == "PushRequest"]  # fmt: skip
+    assert len(sent) == 2
+    assert sent[0] == sent[1]  # the very same signed request: same nonce, same bytes
+
+
+async def test_a_push_never_answered_is_reported_unknown_with_how_to_check(
+    standin: StandIn, admin: Identity
+) -> None:
+    standin.lost_answers = 5
+    standin.next_sequence = 7
+    async with memory_client(standin, admin, timeout=0.2) as client:
+        with pytest.raises(OutcomeUnknown) as info:
+            await push(client, _plan(standin))
+    message = str(info.value)
+    assert "3 sends of the same PushRequest" in message
+    assert "may or may not have been carried out" in message
+    assert "`fleetctl push --status 7`" in message
+    assert len(standin.pushes) == 1  # committed once, whatever the client knows
+
+
+async def test_a_read_is_not_sent_again(standin: StandIn, admin: Identity) -> None:
+    standin.silent = True
+    async with memory_client(standin, admin, timeout=0.2) as client:
+        with pytest.raises(CoordinatorUnreachable) as info:
+            await client.devices()
+    assert not isinstance(info.value, OutcomeUnknown)
+    assert len(standin.envelopes) == 1
 
 
 async def test_wrong_reply_type_is_a_protocol_violation(standin: StandIn, admin: Identity) -> None:

@@ -7,7 +7,15 @@ import io
 
 import pyte
 
-from fleet.admin.live import InPlace, fit, push_lines, status_lines, summary_line
+from fleet.admin.live import (
+    LARGE_PUSH,
+    InPlace,
+    PushDigest,
+    fit,
+    push_lines,
+    status_lines,
+    summary_line,
+)
 from fleet.admin.tracking import PushTracker
 from fleet.identity import Identity
 from fleet.protocol.messages import AgentState, Progress, Rejection
@@ -85,3 +93,63 @@ def test_status_lines_end_with_the_update_time() -> None:
     lines = status_lines(rows, NOW)
     assert lines[0].startswith("NAME")
     assert lines[-1] == "updated 2023-11-14T22:13:20.000Z; Ctrl-C to stop"
+
+
+def _large_push(n: int = 200) -> PushTracker:
+    """`n` devices: most applied, some downloading, some offline, three failed."""
+    nodes = [Identity.generate().node_id for _ in range(n)]
+    t = PushTracker(7, nodes, {node: f"d{i:03}" for i, node in enumerate(nodes)})
+    for i, node in enumerate(nodes):
+        if i < 3:
+            t.observe(device_status(node, f"d{i:03}", state=AgentState.FAILED, sequence=7,
+                                    error=f"switch-to-configuration exited {i + 1}"))  # fmt: skip
+        elif i < 13:
+            t.observe(device_status(node, f"d{i:03}", state=AgentState.DOWNLOADING, sequence=7))
+        elif i < 18:
+            t.observe(device_status(node, f"d{i:03}", online=False, sequence=6))
+        else:
+            t.observe(device_status(node, f"d{i:03}", state=AgentState.APPLIED, sequence=7))
+    return t
+
+
+def test_a_large_push_shows_counts_and_the_failing_devices_on_a_terminal() -> None:
+    assert len(_large_push().tracks) > LARGE_PUSH
+    screen, stream = _screen(columns=100, rows=12)
+    out = io.StringIO()
+    InPlace(out, size=lambda: (100, 12)).draw(push_lines(_large_push()))
+    stream.feed(out.getvalue().replace("\n", "\r\n"))
+    shown = [line.rstrip() for line in screen.display if line.strip()]
+    assert shown == [
+        "200 devices; pending: 10 downloading, 5 offline",
+        "d000  failed: switch-to-configuration exited 1",
+        "d001  failed: switch-to-configuration exited 2",
+        "d002  failed: switch-to-configuration exited 3",
+        "182 applied, 3 failed, 0 rejected, 15 pending",
+    ]
+
+
+def test_a_small_push_still_shows_every_device() -> None:
+    assert len(push_lines(_tracker())) == 4  # three devices and the summary
+
+
+def test_the_digest_names_each_failure_once_and_counts_at_most_every_interval() -> None:
+    t = _large_push()
+    digest = PushDigest(interval=5.0)
+    first = digest.lines(t, now=100.0)
+    assert first == [
+        "d000: failed: switch-to-configuration exited 1",
+        "d001: failed: switch-to-configuration exited 2",
+        "d002: failed: switch-to-configuration exited 3",
+        "182 applied, 3 failed, 0 rejected, 15 pending "
+        "(200 devices; pending: 10 downloading, 5 offline)",
+    ]
+    node = next(iter(t.tracks))  # already failed: nothing new
+    t.observe(device_status(node, "d000", state=AgentState.APPLIED, sequence=8))
+    later = list(t.tracks)[3]
+    t.observe(device_status(later, "d003", state=AgentState.APPLIED, sequence=7))
+    assert digest.lines(t, now=101.0) == []  # counts changed, but within the interval
+    assert digest.lines(t, now=106.0) == [
+        "183 applied, 3 failed, 0 rejected, 14 pending "
+        "(200 devices; pending: 9 downloading, 5 offline)"
+    ]
+    assert digest.lines(t, now=107.0, final=True) == []  # nothing changed since

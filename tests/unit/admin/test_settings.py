@@ -12,8 +12,8 @@ from fleet.admin.settings import (
     CacheSettings,
     Settings,
     default_config_path,
+    load,
     resolve_cache_settings,
-    resolve_settings,
 )
 from fleet.identity import Identity
 
@@ -31,15 +31,8 @@ def _resolve(
     config_file: str | None = None,
     env: dict[str, str] | None = None,
 ) -> Settings:
-    return resolve_settings(
-        coordinator=coordinator,
-        key=key,
-        relays=relays,
-        timeout=timeout,
-        config_file=config_file,
-        env=env or {},
-        home=tmp_path / "home",
-    )
+    flags = {"coordinator": coordinator, "key": key, "relay": relays, "timeout": timeout}
+    return load(config_file, flags, env=env or {}, home=tmp_path / "home")
 
 
 def _write(path: Path, text: str) -> str:

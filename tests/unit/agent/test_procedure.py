@@ -4,6 +4,25 @@ from __future__ import annotations
 
 import pytest
 
+from fleet.agent.effects import (
+    AwaitSurvivor,
+    ChecksRan,
+    Done,
+    Fetch,
+    Fetched,
+    FetchFailed,
+    IsRunning,
+    NotDone,
+    Outcome,
+    ProfileIs,
+    ReadProfile,
+    RollBackProfile,
+    RunChecks,
+    RunSwitch,
+    Save,
+    SetProfile,
+    SwitchRan,
+)
 from fleet.agent.procedure import (
     TABLE,
     Abandoned,
@@ -30,9 +49,10 @@ from fleet.agent.procedure import (
 )
 from fleet.agent.switch_run import Purpose
 from fleet.identity import Identity
+from fleet.nix import ActivationResult
 from fleet.protocol.messages import AgentState, AnnouncementV2, Progress, SystemState
 from fleet.vocabulary import Action
-from fleet.wire import Tag, sign_envelope
+from fleet.wire import Tag, decode, sign_envelope
 
 S = AgentState
 PATH = "/nix/store/" + "a" * 32 + "-nixos-system-x"
@@ -276,3 +296,173 @@ def test_a_restarted_procedure_has_the_whole_record() -> None:
     again = Procedure.resume(proc.record)
     assert again.record == proc.record
     assert again.resumable() == ENVELOPE
+
+
+# -- the procedure decides the effects; a driver only answers them ---------------------------
+
+ANN = decode(ENVELOPE.payload, AnnouncementV2)
+
+
+def ok_switch(system: str, code: int = 0) -> SwitchRan:
+    return SwitchRan(ActivationResult(Action.SWITCH, system, code, "out", 0.1))
+
+
+def drive(proc: Procedure, answers: dict[type, list[Outcome]]) -> list[object]:
+    """Answer each effect with the next canned outcome of its type; the effects handed out
+    (Saves with the states they report) in order."""
+    seen: list[object] = []
+    t = 10.0
+    while (effect := proc.next_effect()) is not None:
+        if isinstance(effect, Save):
+            seen.append(("save", [s.state for s in effect.reports]))
+            continue
+        seen.append(effect)
+        t += 1.0
+        proc.complete(answers[type(effect)].pop(0), t)
+    return seen
+
+
+def test_a_run_saves_before_every_effect_and_reports_only_what_is_saved() -> None:
+    proc = Procedure()
+    proc.apply(ANN, ENVELOPE, 1.0, "boot-1")
+    seen = drive(
+        proc,
+        {
+            ReadProfile: [ProfileIs(OLD), ProfileIs(OLD)],
+            Fetch: [Fetched(PROGRESS)],
+            SetProfile: [Done()],
+            RunSwitch: [ok_switch(PATH)],
+            RunChecks: [ChecksRan(None)],
+        },
+    )
+    assert seen == [
+        ReadProfile(),
+        ("save", [S.DOWNLOADING]),
+        Fetch(PATH),
+        ("save", [S.ACTIVATING]),
+        ReadProfile(),
+        SetProfile(PATH),
+        ("save", []),  # the switch run is recorded before it starts
+        RunSwitch(PATH, Action.SWITCH, Purpose.ACTIVATE, 1),
+        ("save", [S.CHECKING]),
+        RunChecks(ANN, ok_switch(PATH).result),
+        ("save", [S.APPLIED]),
+    ]
+    assert proc.applied_sequence == 3
+    assert proc.record.previous == OLD
+    assert proc.record.switch is not None
+    assert (proc.record.switch.boot_id, proc.record.switch.exit_code) == ("boot-1", 0)
+
+
+def test_the_running_system_is_applied_without_a_download() -> None:
+    proc = Procedure()
+    proc.apply(ANN, ENVELOPE, 1.0, "b")
+    assert drive(proc, {ReadProfile: [ProfileIs(PATH)]}) == [
+        ReadProfile(),
+        ("save", [S.APPLIED]),
+    ]
+
+
+def test_a_failed_download_ends_the_run_and_is_retried() -> None:
+    proc = Procedure()
+    proc.apply(ANN, ENVELOPE, 1.0, "b")
+    drive(proc, {ReadProfile: [ProfileIs(OLD)], Fetch: [FetchFailed("download failed (x): y")]})
+    assert proc.state is S.FAILED
+    assert proc.status.error == "download failed (x): y"
+    assert proc.resumable() == ENVELOPE
+
+
+def test_a_failed_switch_rolls_back_and_reactivates_the_previous_system() -> None:
+    proc = Procedure()
+    proc.apply(ANN, ENVELOPE, 1.0, "b")
+    seen = drive(
+        proc,
+        {
+            ReadProfile: [ProfileIs(OLD), ProfileIs(OLD), ProfileIs(PATH)],
+            Fetch: [Fetched(PROGRESS)],
+            SetProfile: [Done()],
+            RunSwitch: [ok_switch(PATH, 4), ok_switch(OLD)],
+            RollBackProfile: [ProfileIs(OLD)],
+        },
+    )
+    switches = [e for e in seen if isinstance(e, RunSwitch)]
+    assert [(e.system, e.purpose) for e in switches] == [
+        (PATH, Purpose.ACTIVATE),
+        (OLD, Purpose.ROLLBACK),
+    ]
+    assert proc.state is S.ROLLED_BACK
+    assert proc.status.error == "switch-to-configuration switch exited with code 4"
+    assert proc.status.exit_code == 4
+
+
+def test_no_generation_to_roll_back_to_is_a_failure() -> None:
+    proc = Procedure()
+    proc.apply(ANN, ENVELOPE, 1.0, "b")
+    drive(
+        proc,
+        {
+            ReadProfile: [ProfileIs(None), ProfileIs(None), ProfileIs(PATH)],
+            Fetch: [Fetched(PROGRESS)],
+            SetProfile: [Done()],
+            RunSwitch: [NotDone("no switch-to-configuration")],
+            RollBackProfile: [NotDone("none", nothing_to_undo=True)],
+        },
+    )
+    assert proc.state is S.FAILED
+    assert proc.status.error == (
+        "switch-to-configuration switch did not complete: no switch-to-configuration; "
+        "no previous generation to roll back to"
+    )
+
+
+def test_recovery_waits_for_a_switch_that_outlived_the_agent_then_checks() -> None:
+    proc = Procedure()
+    proc.apply(ANN, ENVELOPE, 1.0, "b")
+    answers: dict[type, list[Outcome]] = {
+        ReadProfile: [ProfileIs(OLD), ProfileIs(OLD)],
+        Fetch: [Fetched(PROGRESS)],
+        SetProfile: [Done()],
+    }
+    while not isinstance(effect := proc.next_effect(), RunSwitch):  # crash during the switch
+        if not isinstance(effect, Save):
+            assert effect is not None
+            proc.complete(answers[type(effect)].pop(0), 2.0)
+    restarted = Procedure.resume(proc.record)
+    assert restarted.recover(5.0, "b")
+    seen = drive(
+        restarted,
+        {
+            IsRunning: [Done()],
+            AwaitSurvivor: [Done()],
+            ReadProfile: [ProfileIs(PATH), ProfileIs(PATH)],
+            RunSwitch: [ok_switch(PATH)],
+            RunChecks: [ChecksRan(None)],
+        },
+    )
+    assert [type(e) for e in seen if not isinstance(e, tuple)] == [
+        IsRunning,
+        AwaitSurvivor,
+        ReadProfile,
+        ReadProfile,
+        RunSwitch,
+        RunChecks,
+    ]
+    assert restarted.state is S.APPLIED
+    assert restarted.status.error is not None
+    assert "outlived the agent" in restarted.status.error
+
+
+def test_expiry_is_recorded_and_drops_the_run() -> None:
+    proc = Procedure()
+    proc.apply(ANN, ENVELOPE, 1.0, "b")
+    assert proc.next_effect() == ReadProfile()
+    proc.complete(ProfileIs(OLD), 2.0)
+    assert isinstance(proc.next_effect(), Save)  # downloading
+    assert proc.next_effect() == Fetch(PATH)
+    proc.expire(3, 3.0)  # while the download runs: the driver cancelled it
+    assert proc.state is S.FAILED
+    assert proc.status.error == "announcement 3 expired before it was downloaded"
+    assert proc.next_effect() == Save((proc.status,))
+    assert proc.next_effect() is None
+    assert proc.resumable() is None
+    assert not Procedure().recover(1.0, "b")  # idle: nothing to recover

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.agent.settings import SettingsError, from_mapping
+from fleet.agent.settings import from_mapping
+from fleet.config import SettingsError
 from fleet.identity import Identity
 
 ROOT = str(Identity.generate().node_id)

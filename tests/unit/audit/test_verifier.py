@@ -14,6 +14,7 @@ from fleet.audit import (
     AuditVerifyError,
     ExportError,
     Outcome,
+    entry_hash,
     export_lines,
     make_entry,
     read_export,
@@ -22,8 +23,8 @@ from fleet.audit import (
 )
 from fleet.identity import Identity
 from fleet.protocol.admin import make_admin_request
-from fleet.protocol.messages import DeviceList, NextSequence
-from fleet.wire import SignedEnvelope, encode
+from fleet.protocol.messages import AuditPage, DeviceList, NextSequence
+from fleet.wire import SignedEnvelope, decode, encode
 
 NOW = 1_800_000_000.0
 COORD = Identity.generate()
@@ -208,3 +209,26 @@ def test_export_with_a_broken_entry_line_names_it() -> None:
     lines[2] = json.dumps(obj) + "\n"
     with pytest.raises(ExportError, match="line 3"):
         read_export(lines)
+
+
+def test_an_entry_hashes_to_what_every_stored_log_holds() -> None:
+    # Known answer: logs written by earlier versions must still verify.
+    entry = make_entry(
+        id=3,
+        time=1.5,
+        actor="a",
+        action="push",
+        outcome=Outcome.ACCEPTED,
+        detail={"x": 1},
+        request=b"r",
+        prev_hash=GENESIS,
+    )
+    assert entry.hash.hex() == "f9200a70cf598e63a6b4d776bd9ae9a119da6b0babfffed13d897dd153527a36"
+    assert entry_hash(entry) == entry.hash
+    assert entry_hash(dataclasses.replace(entry, detail='{"x":2}')) != entry.hash
+
+
+def test_the_entry_is_what_travels_in_an_audit_page() -> None:
+    (entry,) = build_log(1)
+    page = AuditPage(entries=(entry,), checkpoints=(), more=False)
+    assert decode(encode(page), AuditPage).entries == (entry,)  # one shape, no conversion

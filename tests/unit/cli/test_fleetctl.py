@@ -317,7 +317,10 @@ def test_push_refusal_shows_the_coordinators_code_and_message(h: Harness) -> Non
         (["push", "/tmp/x", "--to", "router"], "not a store path"),
         (["push", STORE, "--to", "router", "--valid-for", "soon"], "not a duration"),
         (["push", STORE, "--to", "router", "--action", "reboot"], "reboot"),
-        (["push", STORE], "--to"),
+        (["push", STORE], "Missing option '--to'"),
+        (["push", "--to", "router"], "Missing argument 'STORE_PATH'"),
+        (["push", "--status", "1", STORE], "--status SEQ takes no STORE_PATH"),
+        (["push", "--status", "0"], "0 is not in the range"),
     ],
 )
 def test_push_usage_errors(h: Harness, args: list[str], match: str) -> None:
@@ -360,6 +363,34 @@ def test_push_wait_names_the_devices_that_failed(h: Harness) -> None:
     ]
 
 
+def test_a_large_push_wait_prints_counts_and_failures_not_a_line_per_device(
+    h: Harness,
+) -> None:
+    fleet = [_device_with_id(f"k{i:02}", bytes([i + 1]) * 32) for i in range(40)]
+    h.standin.devices = [
+        DeviceInfo(node_id=d.node_id, name=d.name, tags=("big",), approved=True,
+                   first_seen=None, last_seen=None)
+        for d in fleet
+    ]  # fmt: skip
+    h.standin.after_push = [
+        device_status(d.node_id, d.name, state=AgentState.FAILED, sequence=1, error="exit 4")
+        if i < 25
+        else device_status(d.node_id, d.name, state=AgentState.APPLIED, sequence=1)
+        for i, d in enumerate(fleet)
+    ]
+    result = h.run("push", STORE, "--to", "tag:big", "--wait", "--timeout", "5")
+    assert result.exit_code == fleetctl.EXIT_NOT_APPLIED
+    out = result.stdout.splitlines()
+    assert out[0].startswith(f"pushed sequence 1: {STORE} (switch) to 40 devices: k00, k01,")
+    assert out[0].endswith(", k19, ...")
+    assert out[1:26] == [f"k{i:02}: failed: exit 4" for i in range(25)]
+    assert out[26:] == ["15 applied, 25 failed, 0 rejected, 0 pending (40 devices; pending: none)"]
+    err = result.stderr.splitlines()
+    err = err[err.index("Error: 25 of 40 devices did not apply sequence 1:") :]
+    assert err[1:21] == [f"  k{i:02}: failed: exit 4" for i in range(20)]
+    assert err[21:] == ["  ... and 5 more (`fleetctl status --json` has them all)"]
+
+
 def test_push_wait_times_out_naming_the_offline_device(h: Harness) -> None:
     router = h.devices[2].node_id
     h.standin.publish(device_status(router, "router", online=False))
@@ -390,9 +421,108 @@ def test_status_json_is_a_list_of_device_objects(h: Harness) -> None:
 def test_status_text_is_a_table(h: Harness) -> None:
     h.standin.publish(device_status(h.devices[0].node_id, "kiosk-1", state=AgentState.APPLIED))
     lines = h.run("status").stdout.splitlines()
-    assert lines[0].startswith("NAME")
-    assert lines[1].startswith("kiosk-1")
-    assert "applied" in lines[1]
+    assert lines[0] == "1 device: 1 online, 0 offline; 1 applied"
+    assert lines[1].startswith("NAME")
+    assert lines[2].startswith("kiosk-1")
+    assert "applied" in lines[2]
+
+
+def _fleet_of(h: Harness, n: int) -> list[NodeId]:
+    """`n` devices: every third failed and offline, the rest applied; even ones tagged kiosk."""
+    nodes = [Identity.generate().node_id for _ in range(n)]
+    for i, node in enumerate(nodes):
+        failed = i % 3 == 0
+        h.standin.publish(
+            device_status(
+                node,
+                f"d{i:03}",
+                tags=("kiosk",) if i % 2 == 0 else (),
+                online=not failed,
+                state=AgentState.FAILED if failed else AgentState.APPLIED,
+                error="switch-to-configuration exited 1" if failed else None,
+            )
+        )
+    return nodes
+
+
+def test_status_filters_are_sent_to_the_coordinator_and_pages_all_read(h: Harness) -> None:
+    nodes = _fleet_of(h, 30)
+    h.standin.page_size = 4  # the coordinator sends 4 rows at a time
+    result = h.run("status", "--json", "--state", "failed", "--tag", "tag:kiosk", "--offline")
+    assert result.exit_code == 0, result.stderr
+    expected = sorted(f"d{i:03}" for i in range(30) if i % 6 == 0)
+    assert [row["name"] for row in json.loads(result.stdout)] == expected
+    queries = h.standin.status_queries
+    assert len(queries) == 2  # 5 rows in pages of 4
+    assert queries[0].states == (AgentState.FAILED,)
+    assert queries[0].offline
+    assert queries[0].after is None
+    assert queries[1].after in nodes
+    everything = h.run("status", "--json")
+    assert len(json.loads(everything.stdout)) == 30  # still the list of rows, all of them
+
+
+def test_status_summary_alone_reads_no_rows(h: Harness) -> None:
+    _fleet_of(h, 30)
+    text = h.run("status", "--summary")
+    assert text.exit_code == 0, text.stderr
+    assert text.stdout == "30 devices: 20 online, 10 offline; 20 applied, 10 failed\n"
+    doc = json.loads(h.run("status", "--summary", "--json", "--tag", "kiosk").stdout)
+    assert doc == {
+        "devices": 15,
+        "online": 10,
+        "offline": 5,
+        "pending": 0,
+        "states": {"applied": 10, "failed": 5},
+    }
+    assert all(q.limit == 0 for q in h.standin.status_queries)
+
+
+def test_push_status_tells_whether_a_sequence_was_accepted(h: Harness) -> None:
+    pushed = h.run("push", STORE, "--to", "tag:kiosk", "--no-cache-check")
+    assert pushed.exit_code == 0, pushed.stderr
+    text = h.run("push", "--status", "1")
+    assert text.exit_code == 0, text.stderr
+    assert text.stdout.startswith("sequence 1 was accepted ")
+    assert f"{STORE} (switch) to 2 devices (tag:kiosk), signed by {h.admin.node_id.short()}" in (
+        text.stdout
+    )
+    doc = json.loads(h.run("push", "--status", "1", "--json").stdout)
+    assert doc["accepted"] is True
+    assert (doc["sequence"], doc["store_path"], doc["devices"]) == (1, STORE, 2)
+    assert doc["targets"] == ["tag:kiosk"]
+    missing = h.run("push", "--status", "2")
+    assert missing.exit_code == 1
+    assert missing.stderr == (
+        "Error: no push of sequence 2 was accepted (the highest accepted is 1)\n"
+    )
+    missing_json = h.run("push", "--status", "2", "--json")
+    assert missing_json.exit_code == 1
+    assert json.loads(missing_json.stdout) == {"sequence": 2, "accepted": False, "highest": 1}
+
+
+def test_a_grant_never_answered_is_perhaps_recorded(h: Harness, tmp_path: Path) -> None:
+    h.standin.silent = True
+    out = tmp_path / "ci.chain"
+    subject = str(Identity.generate().node_id)
+    result = h.run(
+        "--timeout", "0.2", "grant", subject, "--allow", "push", "--scope", "*",
+        "--expires", "1h", "--out", str(out),
+    )  # fmt: skip
+    assert result.exit_code == fleetctl.EXIT_NOT_RECORDED
+    [line] = result.stderr.splitlines()
+    assert line.startswith("Error: the grant was perhaps not recorded in the coordinator's")
+    assert "3 sends of the same GrantRecord" in line
+    assert "`fleetctl audit` shows whether" in line
+    assert out.exists()
+    assert len(h.standin.envelopes) == 3
+    assert len({bytes(e.signature) for e in h.standin.envelopes}) == 1  # the same request
+
+
+def test_status_filters_do_not_combine_with_watch(h: Harness) -> None:
+    result = h.run("status", "--watch", "--offline")
+    assert result.exit_code == 2
+    assert "--watch shows every device" in result.stderr
 
 
 # ---------------------------------------------------------------- settings and errors

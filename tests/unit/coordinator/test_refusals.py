@@ -27,7 +27,7 @@ from fleet.coordinator.service import (
 )
 from fleet.identity import Identity
 from fleet.protocol.admin import make_admin_request
-from fleet.protocol.messages import AuditPage, AuditQuery, AuditRow, DeviceList, ErrorReply
+from fleet.protocol.messages import AuditPage, AuditQuery, DeviceList, ErrorReply
 from fleet.protocol.stream import MESSAGE_CAP
 from fleet.wire import encode
 
@@ -75,7 +75,7 @@ class Rig:
             page = (await self.service.handle_admin(encode(env), self.admin.node_id)).reply
             assert isinstance(page, AuditPage), page
             pages.append(page)
-            entries += [audit.AuditEntry(*_fields(r)) for r in page.entries]
+            entries += page.entries
             if not page.more:
                 return entries, pages
             after = page.entries[-1].id
@@ -90,10 +90,6 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     db = await Database.open(tmp_path / "state.db")
     yield Rig(db)
     await db.close()
-
-
-def _fields(r: AuditRow) -> tuple[int, float, str, str, str, str, bytes, bytes, bytes]:
-    return (r.id, r.time, r.actor, r.action, r.outcome, r.detail, r.request, r.prev_hash, r.hash)
 
 
 def error(result: AdminResult) -> ErrorReply:

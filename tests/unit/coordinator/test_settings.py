@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.coordinator.settings import SettingsError, from_mapping
+from fleet.config import SettingsError
+from fleet.coordinator.settings import from_mapping
 from fleet.identity import Identity
 
 ADMIN = str(Identity.generate().node_id)

@@ -59,6 +59,17 @@ def frames(data: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
+def receive(
+    session: RelayServerSession | RelayClientSession, data: bytes, now: float
+) -> list[object]:
+    """Feed `data` to a session and take every event it then has (next_event until None)."""
+    session.receive_data(data, now)
+    events: list[object] = []
+    while (event := session.next_event()) is not None:
+        events.append(event)
+    return events
+
+
 def server_session(config: ServerSessionConfig | None = None) -> RelayServerSession:
     return RelayServerSession(RELAY, 0.0, config, challenge=CHALLENGE)
 
@@ -68,10 +79,10 @@ def login(
 ) -> tuple[RelayServerSession, RelayClientSession]:
     server = server_session(config)
     client = RelayClientSession(identity, RELAY.node_id, 0.0)
-    assert client.receive_data(server.data_to_send(), 0.0) == []
-    events = server.receive_data(client.data_to_send(), 0.0)
+    assert receive(client, server.data_to_send(), 0.0) == []
+    events = receive(server, client.data_to_send(), 0.0)
     assert events == [ClientAuthenticated(identity.node_id)]
-    assert client.receive_data(server.data_to_send(), 0.0) == [Authenticated(RELAY.node_id)]
+    assert receive(client, server.data_to_send(), 0.0) == [Authenticated(RELAY.node_id)]
     return server, client
 
 
@@ -88,15 +99,13 @@ def test_login_then_packets_carry_the_authenticated_source() -> None:
 
     client.send_packet(BOB.node_id, b"quic packet 1")
     client.send_packet(BOB.node_id, b"")
-    events = server.receive_data(client.data_to_send(), 1.0)
+    events = receive(server, client.data_to_send(), 1.0)
     assert [type(e) for e in events] == [PacketForward, PacketForward]
     assert all(isinstance(e, PacketForward) and e.dst == BOB.node_id.raw for e in events)
 
     # The frames the relay made are what Bob's session decodes, with Alice as the source.
     _, bob = login(BOB)
-    received = bob.receive_data(
-        b"".join(e.frame for e in events if isinstance(e, PacketForward)), 1.0
-    )
+    received = receive(bob, b"".join(e.frame for e in events if isinstance(e, PacketForward)), 1.0)
     assert received == [
         PacketReceived(ALICE.node_id, b"quic packet 1"),
         PacketReceived(ALICE.node_id, b""),
@@ -110,7 +119,7 @@ def test_frames_split_at_every_byte_are_reassembled() -> None:
     data = client.data_to_send()
     events = []
     for i in range(len(data)):
-        events += server.receive_data(data[i : i + 1], 1.0)
+        events += receive(server, data[i : i + 1], 1.0)
     assert [len(e.frame) for e in events if isinstance(e, PacketForward)] == [137, 137, 137]
 
 
@@ -120,7 +129,7 @@ def test_bad_signature_is_refused_and_the_client_is_told_why() -> None:
     # Mallory signs, but claims to be Alice.
     payload = auth_payload(RELAY.node_id, CHALLENGE, ALICE.node_id)
     with pytest.raises(AuthenticationFailed):
-        server.receive_data(client_auth(BOB, ALICE.node_id, payload, Tag.RELAY_AUTH), 0.0)
+        receive(server, client_auth(BOB, ALICE.node_id, payload, Tag.RELAY_AUTH), 0.0)
     assert server.state is ServerState.CLOSED
     assert server.client_id is None
     [(frame_type, reason)] = frames(server.data_to_send())
@@ -150,22 +159,22 @@ def test_signature_must_cover_this_relay_challenge_client_and_tag(
 ) -> None:
     server = server_session()
     with pytest.raises(AuthenticationFailed):
-        server.receive_data(client_auth(ALICE, ALICE.node_id, payload, tag), 0.0)
+        receive(server, client_auth(ALICE, ALICE.node_id, payload, tag), 0.0)
     assert server.state is ServerState.CLOSED, what
 
 
 def test_client_reports_the_relays_refusal() -> None:
     client = RelayClientSession(ALICE, RELAY.node_id, 0.0)
-    client.receive_data(server_session().data_to_send(), 0.0)
+    receive(client, server_session().data_to_send(), 0.0)
     with pytest.raises(AuthRefused, match="go away"):
-        client.receive_data(encode_frame(FrameType.AUTH_FAILED, b"go away"), 0.0)
+        receive(client, encode_frame(FrameType.AUTH_FAILED, b"go away"), 0.0)
     assert client.state is ClientState.CLOSED
 
 
 def test_client_refuses_a_relay_announcing_another_id() -> None:
     client = RelayClientSession(ALICE, BOB.node_id, 0.0)
     with pytest.raises(RelayIdMismatch, match=str(BOB.node_id)):
-        client.receive_data(server_session().data_to_send(), 0.0)
+        receive(client, server_session().data_to_send(), 0.0)
     assert client.data_to_send() == b""  # no signature was given away
 
 
@@ -173,7 +182,7 @@ def test_garbage_is_an_unknown_frame() -> None:
     server = server_session()
     server.data_to_send()
     with pytest.raises(UnknownFrameType):
-        server.receive_data(b"\xff\x00\x00\x00\x01\x00", 0.0)
+        receive(server, b"\xff\x00\x00\x00\x01\x00", 0.0)
     [(frame_type, reason)] = frames(server.data_to_send())
     assert frame_type == FrameType.CLOSE
     assert reason.startswith(b"unknown_frame")
@@ -183,16 +192,16 @@ def test_oversized_frame_is_refused_from_its_header_alone() -> None:
     server, _ = login()
     header = HEADER.pack(FrameType.SEND_PACKET, MAX_FRAME_PAYLOAD + 1)
     with pytest.raises(FrameTooLarge):
-        server.receive_data(header, 1.0)
+        receive(server, header, 1.0)
     client = RelayClientSession(ALICE, RELAY.node_id, 0.0)
     with pytest.raises(FrameTooLarge):
-        client.receive_data(HEADER.pack(FrameType.SERVER_HELLO, 2**32 - 1), 0.0)
+        receive(client, HEADER.pack(FrameType.SERVER_HELLO, 2**32 - 1), 0.0)
 
 
 def test_largest_packet_passes() -> None:
     server, client = login()
     client.send_packet(BOB.node_id, bytes(MAX_PACKET_SIZE))
-    [event] = server.receive_data(client.data_to_send(), 1.0)
+    [event] = receive(server, client.data_to_send(), 1.0)
     assert isinstance(event, PacketForward)
     with pytest.raises(ValueError, match="exceeds"):
         client.send_packet(BOB.node_id, bytes(MAX_PACKET_SIZE + 1))
@@ -209,7 +218,7 @@ def test_largest_packet_passes() -> None:
 )
 def test_server_refuses_frames_before_login(frame: bytes) -> None:
     with pytest.raises(UnexpectedFrame):
-        server_session().receive_data(frame, 0.0)
+        receive(server_session(), frame, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -225,32 +234,34 @@ def test_server_refuses_frames_before_login(frame: bytes) -> None:
 def test_server_refuses_frames_a_client_may_not_send_after_login(frame: bytes) -> None:
     server, _ = login()
     with pytest.raises(UnexpectedFrame):
-        server.receive_data(frame, 1.0)
+        receive(server, frame, 1.0)
     assert server.state is ServerState.CLOSED
 
 
 def test_client_refuses_frames_in_the_wrong_state() -> None:
     with pytest.raises(UnexpectedFrame):
-        RelayClientSession(ALICE, RELAY.node_id, 0.0).receive_data(
-            encode_frame(FrameType.RECV_PACKET, bytes(40)), 0.0
+        receive(
+            RelayClientSession(ALICE, RELAY.node_id, 0.0),
+            encode_frame(FrameType.RECV_PACKET, bytes(40)),
+            0.0,
         )
     client = RelayClientSession(ALICE, RELAY.node_id, 0.0)
-    client.receive_data(server_session().data_to_send(), 0.0)
+    receive(client, server_session().data_to_send(), 0.0)
     with pytest.raises(UnexpectedFrame):
-        client.receive_data(encode_frame(FrameType.RECV_PACKET, bytes(40)), 0.0)
+        receive(client, encode_frame(FrameType.RECV_PACKET, bytes(40)), 0.0)
     _, connected = login()
     with pytest.raises(UnexpectedFrame):
-        connected.receive_data(server_session().data_to_send(), 1.0)
+        receive(connected, server_session().data_to_send(), 1.0)
 
 
 def test_malformed_payloads() -> None:
     server, client = login()
     with pytest.raises(MalformedFrame):
-        server.receive_data(encode_frame(FrameType.SEND_PACKET, bytes(31)), 1.0)
+        receive(server, encode_frame(FrameType.SEND_PACKET, bytes(31)), 1.0)
     with pytest.raises(MalformedFrame):
-        client.receive_data(encode_frame(FrameType.PING, bytes(9)), 1.0)
+        receive(client, encode_frame(FrameType.PING, bytes(9)), 1.0)
     with pytest.raises(MalformedFrame):
-        server_session().receive_data(encode_frame(FrameType.CLIENT_AUTH, bytes(10)), 0.0)
+        receive(server_session(), encode_frame(FrameType.CLIENT_AUTH, bytes(10)), 0.0)
 
 
 def test_peer_gone_reaches_the_client_and_is_rate_limited() -> None:
@@ -258,7 +269,7 @@ def test_peer_gone_reaches_the_client_and_is_rate_limited() -> None:
     server, client = login(config=config)
     answered = [server.peer_gone(BOB.node_id.raw, 1.0) for _ in range(5)]
     assert answered == [True, True, False, False, False]
-    assert client.receive_data(server.data_to_send(), 1.0) == [
+    assert receive(client, server.data_to_send(), 1.0) == [
         PeerGone(BOB.node_id),
         PeerGone(BOB.node_id),
     ]
@@ -268,7 +279,7 @@ def test_peer_gone_reaches_the_client_and_is_rate_limited() -> None:
 def test_close_frame_tells_the_client_why() -> None:
     server, client = login()
     server.close("replaced")
-    assert client.receive_data(server.data_to_send(), 1.0) == [ServerClosed("replaced")]
+    assert receive(client, server.data_to_send(), 1.0) == [ServerClosed("replaced")]
     assert client.state is ClientState.CLOSED
 
 
@@ -289,8 +300,8 @@ def test_server_pings_and_drops_a_client_that_does_not_answer() -> None:
     assert server.get_timer() == 15.0
     server.handle_timer(15.0)
     # An answering client keeps the session.
-    client.receive_data(server.data_to_send(), 15.0)
-    assert server.receive_data(client.data_to_send(), 15.5) == []
+    receive(client, server.data_to_send(), 15.0)
+    assert receive(server, client.data_to_send(), 15.5) == []
     assert server.get_timer() == 30.5
     server.handle_timer(30.5)
     server.data_to_send()  # this ping is lost
@@ -304,8 +315,8 @@ def test_client_pings_the_relay() -> None:
     timer = client.get_timer()
     assert timer is not None
     client.handle_timer(timer)
-    server.receive_data(client.data_to_send(), timer)
-    client.receive_data(server.data_to_send(), timer)
+    receive(server, client.data_to_send(), timer)
+    receive(client, server.data_to_send(), timer)
     assert client.get_timer() == timer + client.config.ping_interval
     client.handle_timer(client.get_timer() or 0.0)
     with pytest.raises(PingTimeout):
@@ -317,19 +328,19 @@ def test_rate_limit_drops_then_disconnects_sustained_abuse() -> None:
     server, client = login(config=config)
     for _ in range(4):
         client.send_packet(BOB.node_id, bytes(1000))
-    events = server.receive_data(client.data_to_send(), 0.0)
+    events = receive(server, client.data_to_send(), 0.0)
     assert [type(e) for e in events] == [PacketForward] * 4  # within the burst
     for _ in range(2):
         client.send_packet(BOB.node_id, bytes(1000))
-    events = server.receive_data(client.data_to_send(), 0.0)
+    events = receive(server, client.data_to_send(), 0.0)
     assert events == [PacketDropped("rate_limit", 1037)] * 2  # 1037-byte frames, 852 left
     # One second later the bucket has refilled: a well-behaved burst passes again.
     client.send_packet(BOB.node_id, bytes(1000))
-    assert [type(e) for e in server.receive_data(client.data_to_send(), 1.0)] == [PacketForward]
+    assert [type(e) for e in receive(server, client.data_to_send(), 1.0)] == [PacketForward]
     for _ in range(100):
         client.send_packet(BOB.node_id, bytes(1000))
     with pytest.raises(RateLimitAbuse):
-        server.receive_data(client.data_to_send(), 1.0)
+        receive(server, client.data_to_send(), 1.0)
 
 
 @settings(max_examples=300, deadline=None)
@@ -341,7 +352,7 @@ def test_random_bytes_only_ever_raise_the_protocol_error(chunks: list[bytes]) ->
     for session in (fresh_server, fresh_client, server, client):
         try:
             for chunk in chunks:
-                session.receive_data(chunk, 1.0)
+                receive(session, chunk, 1.0)
         except RelayProtocolError:
             pass
         session.data_to_send()
@@ -355,4 +366,24 @@ def test_well_framed_random_payloads_only_ever_raise_the_protocol_error(
     data = b"".join(encode_frame(t, p) for t, p in items)
     for session in (*login(), server_session(), RelayClientSession(ALICE, RELAY.node_id, 0.0)):
         with contextlib.suppress(RelayProtocolError):
-            session.receive_data(data, 1.0)
+            receive(session, data, 1.0)
+
+
+def test_events_come_out_one_at_a_time_in_order() -> None:
+    server, alice = login(ALICE)
+    alice.send_packet(BOB.node_id, b"one")
+    alice.send_packet(BOB.node_id, b"two")
+    server.receive_data(alice.data_to_send(), 1.0)
+    first, second = server.next_event(), server.next_event()
+    assert isinstance(first, PacketForward)
+    assert isinstance(second, PacketForward)
+    assert (first.frame[-3:], second.frame[-3:]) == (b"one", b"two")
+    assert server.next_event() is None
+
+
+def test_events_before_a_fault_in_the_same_data_are_not_handed_out() -> None:
+    server, alice = login(ALICE)
+    alice.send_packet(BOB.node_id, b"ok")
+    with pytest.raises(UnknownFrameType):
+        server.receive_data(alice.data_to_send() + b"\xff\x00\x00\x00\x00", 1.0)
+    assert server.next_event() is None

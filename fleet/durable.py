@@ -1,4 +1,4 @@
-"""Replacing a small file so that it survives a crash: the agent's record of what it did."""
+"""Replacing a small file so that it survives a crash: agent records, the admin's witness."""
 
 from __future__ import annotations
 
