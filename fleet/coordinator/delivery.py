@@ -27,9 +27,9 @@ from fleet.protocol.messages import (
     AnyHello,
     AuditCheckpoint,
     Deliver,
-    Hello,
     Revocations,
     StatusReport,
+    WitnessingHello,
     WitnessReport,
 )
 from fleet.wire import Message, SignedEnvelope, encode
@@ -71,7 +71,7 @@ class Delivery:
         await self.status.publish(stored.devices)
 
     def hand_out_checkpoint(self, envelope: SignedEnvelope) -> None:
-        """Send a new checkpoint to every live agent that can witness it (Hello v3)."""
+        """Send a new checkpoint to every live agent that can witness it (Hello v3 or later)."""
         payload = encode(AuditCheckpoint(checkpoint=envelope))
         for session in self.sessions.values():
             if session.can_witness:
@@ -107,7 +107,7 @@ class Delivery:
                     )
                     if device.approved:
                         await registry.save_hello(tx, node, hello, now)
-                        if isinstance(hello, Hello) and hello.checkpoint is not None:
+                        if isinstance(hello, WitnessingHello) and hello.checkpoint is not None:
                             await witnesses.record(tx, node, hello.checkpoint, self.node_id, now)
         except BaseException:
             self.drop(session, "coordinator error")
@@ -149,7 +149,9 @@ class Delivery:
         latest = await announcements.latest_for(self.db, session.node_id)
         revoked: RevocationList = await self.revocations.get()
         checkpoint = (
-            await witnesses.latest_checkpoint(self.db) if isinstance(session.hello, Hello) else None
+            await witnesses.latest_checkpoint(self.db)
+            if isinstance(session.hello, WitnessingHello)
+            else None
         )
         session.go_live(device.name, latest, revoked.signed(), checkpoint, self.clock())
 

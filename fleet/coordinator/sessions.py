@@ -30,11 +30,11 @@ from fleet.protocol.messages import (
     AnyHello,
     AuditCheckpoint,
     Deliver,
-    Hello,
     Progress,
     Revocations,
     StatusReport,
     Welcome,
+    WitnessingHello,
 )
 from fleet.wire import SignedEnvelope, encode
 
@@ -171,8 +171,8 @@ class AgentSession:
 
     @property
     def can_witness(self) -> bool:
-        """Whether checkpoints go to this agent: LIVE and new enough (Hello v3)."""
-        return self.phase is Phase.LIVE and isinstance(self.hello, Hello)
+        """Whether checkpoints go to this agent: LIVE and new enough (Hello v3 or later)."""
+        return self.phase is Phase.LIVE and isinstance(self.hello, WitnessingHello)
 
     def witness(self, payload: bytes) -> None:
         """Send an encoded AuditCheckpoint; the agent may answer with WITNESS_REPORTS."""

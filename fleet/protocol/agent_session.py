@@ -27,6 +27,7 @@ from fleet.protocol.messages import (
     Hello,
     HelloV1,
     HelloV2,
+    HelloV3,
     Revocations,
     StatusReport,
     Welcome,
@@ -46,7 +47,7 @@ class Sender(enum.Enum):
 
 
 LEGAL: dict[tuple[SessionPhase, Sender], tuple[type[Message], ...]] = {
-    (SessionPhase.OPENING, Sender.AGENT): (Hello, HelloV2, HelloV1),
+    (SessionPhase.OPENING, Sender.AGENT): (Hello, HelloV3, HelloV2, HelloV1),
     (SessionPhase.OPENING, Sender.COORDINATOR): (Welcome,),
     (SessionPhase.ESTABLISHED, Sender.AGENT): (
         StatusReport,

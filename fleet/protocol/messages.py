@@ -4,9 +4,10 @@ Agent connection (ALPN fleet/agent/1): the agent opens one bidirectional "contro
 and sends Hello; the coordinator answers Welcome and then, whenever there is something for
 this device, Deliver (an admin-signed announcement, forwarded verbatim). The agent sends
 StatusReport whenever its state changes and AnnouncementRejected for announcements it refuses.
-The coordinator also accepts the version-1 and -2 Hello and AnnouncementRejected v1 of older
-agents. To agents that said Hello v3 the coordinator also sends AuditCheckpoint (after
-Welcome and after each new checkpoint); they answer with WitnessReport.
+The coordinator also accepts the version-1, -2 and -3 Hello and AnnouncementRejected v1 of older
+agents. To agents that said Hello v3 or v4 the coordinator also sends AuditCheckpoint (after
+Welcome and after each new checkpoint); they answer with WitnessReport. Hello v4 may carry an
+EnrollToken, with which an unknown device is registered and approved on that Hello.
 
 Admin connection (ALPN fleet/admin/1): one bidirectional stream per request. The client sends
 one SignedEnvelope (Tag.ADMIN_REQUEST) around an AdminRequest whose `body` is the encoded
@@ -49,17 +50,22 @@ __all__ = [
     "Deliver",
     "DesiredSystem",
     "DeviceAdd",
+    "DeviceAddBatch",
     "DeviceApprove",
+    "DeviceBatchAdded",
+    "DeviceEntry",
     "DeviceInfo",
     "DeviceList",
     "DeviceListReply",
     "DeviceRemove",
     "DeviceStatus",
+    "EnrollToken",
     "ErrorReply",
     "GrantRecord",
     "Hello",
     "HelloV1",
     "HelloV2",
+    "HelloV3",
     "NextSequence",
     "NextSequenceReply",
     "OkReply",
@@ -79,6 +85,7 @@ __all__ = [
     "Welcome",
     "Witness",
     "WitnessReport",
+    "WitnessingHello",
 ]
 
 
@@ -122,6 +129,22 @@ class Announcement(Message, type="fleet.announcement", version=2):
             raise ValueError("valid_until must be after issued_at")
 
 
+class EnrollToken(Message, type="fleet.enroll-token", version=1):
+    """What an admin signs (Tag.ENROLL_TOKEN) so that devices can enroll themselves: any
+    device presenting it in its Hello, unknown to this coordinator, is registered and
+    approved with these tags, at most `uses` devices, until `expires_at`. A bearer
+    credential: whoever holds the file can enroll a device of their own (docs/security.md).
+    """
+
+    coordinator: NodeId  # the one coordinator that honours it
+    token_id: bytes  # 16 random bytes: its uses are counted under this id
+    tags: tuple[str, ...]  # normalized; inside the signer's scope
+    issued_at: float
+    expires_at: float
+    uses: int  # devices it may enroll at most
+    chain: Chain = EMPTY_CHAIN  # the signer's authority, root first (empty: a trust root)
+
+
 # ---------------------------------------------------------------- agent <-> coordinator
 
 
@@ -160,9 +183,9 @@ class HelloV2(Message, type="fleet.agent.hello", version=2):
     tags: tuple[str, ...]  # the agent's own --tag values, which its scope checks use
 
 
-class Hello(Message, type="fleet.agent.hello", version=3):
+class HelloV3(Message, type="fleet.agent.hello", version=3):
     """Version 3 added `checkpoint`: the audit checkpoint this agent witnessed last (see
-    AuditCheckpoint); an agent saying v3 also understands AuditCheckpoint."""
+    AuditCheckpoint); an agent saying v3 (or later) also understands AuditCheckpoint."""
 
     agent_version: str
     current: SystemState
@@ -173,7 +196,22 @@ class Hello(Message, type="fleet.agent.hello", version=3):
     checkpoint: SignedEnvelope | None = None  # Tag.AUDIT_CHECKPOINT, kept by the agent
 
 
-AnyHello = Hello | HelloV2 | HelloV1  # every Hello the coordinator accepts
+class Hello(Message, type="fleet.agent.hello", version=4):
+    """Version 4 added `enroll_token`: an admin-signed EnrollToken (Tag.ENROLL_TOKEN) with
+    which a device the coordinator does not know yet is registered and approved."""
+
+    agent_version: str
+    current: SystemState
+    last_sequence: int  # highest announcement sequence this device applied (0 = none)
+    state: AgentState
+    state_since: float  # 0: never changed state (a fresh device)
+    tags: tuple[str, ...]  # the agent's own --tag values, which its scope checks use
+    checkpoint: SignedEnvelope | None = None  # Tag.AUDIT_CHECKPOINT, kept by the agent
+    enroll_token: SignedEnvelope | None = None  # Tag.ENROLL_TOKEN, from --enroll-token
+
+
+AnyHello = Hello | HelloV3 | HelloV2 | HelloV1  # every Hello the coordinator accepts
+WitnessingHello = Hello | HelloV3  # the Hellos of agents that understand AuditCheckpoint
 
 
 class Welcome(Message, type="fleet.agent.welcome", version=1):
@@ -267,6 +305,30 @@ class DeviceAdd(Message, type="fleet.admin.device-add", version=1):
     node_id: NodeId
     name: str
     tags: tuple[str, ...]
+
+
+class DeviceEntry(Message):
+    """One device of a DeviceAddBatch (one line of `fleetctl devices add --from FILE`)."""
+
+    node_id: NodeId
+    name: str
+    tags: tuple[str, ...]
+
+
+class DeviceAddBatch(Message, type="fleet.admin.device-add-batch", version=1):
+    """Many DeviceAdds as one request and one transaction: all are stored, or none.
+
+    `skip_existing`: devices already registered are left as they are (and named in the
+    reply) instead of refusing the whole batch.
+    """
+
+    devices: tuple[DeviceEntry, ...]
+    skip_existing: bool
+
+
+class DeviceBatchAdded(Message, type="fleet.admin.device-batch-added", version=1):
+    added: int
+    skipped: tuple[NodeId, ...]  # already registered (only with skip_existing)
 
 
 class DeviceApprove(Message, type="fleet.admin.device-approve", version=1):

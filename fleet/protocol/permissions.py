@@ -16,6 +16,7 @@ from fleet.protocol.messages import (
     AuditWitnesses,
     CertificateLookup,
     DeviceAdd,
+    DeviceAddBatch,
     DeviceApprove,
     DeviceList,
     DeviceRemove,
@@ -44,6 +45,7 @@ ADMIN_ACTIONS: dict[type[Message], AdminAction] = {
     NextSequence: AdminAction("next-sequence", Permission.PUSH, read_only=True),
     PushRequest: AdminAction("push", Permission.PUSH, read_only=False),
     DeviceAdd: AdminAction("device-add", Permission.DEVICES, read_only=False),
+    DeviceAddBatch: AdminAction("device-add-batch", Permission.DEVICES, read_only=False),
     DeviceApprove: AdminAction("device-approve", Permission.DEVICES, read_only=False),
     DeviceRemove: AdminAction("device-remove", Permission.DEVICES, read_only=False),
     DeviceList: AdminAction("device-list", None, read_only=True),
@@ -56,7 +58,14 @@ ADMIN_ACTIONS: dict[type[Message], AdminAction] = {
     AuditWitnesses: AdminAction("audit-witnesses", Permission.AUDIT, read_only=True),
 }
 
+# A device enrolled with an enrollment token: not an admin request but the admin's signed
+# token (Tag.ENROLL_TOKEN) used by a device; it needs what adding the device directly needs,
+# so a token delegates nothing its signer could not do with `fleetctl devices add`.
+ENROLL_ACTION = AdminAction("enroll", Permission.DEVICES, read_only=False)
+
 # The actions an accepted audit entry can record, by name.
 AUDITED_ACTIONS: dict[str, AdminAction] = {
-    action.name: action for action in ADMIN_ACTIONS.values() if not action.read_only
+    action.name: action
+    for action in (*ADMIN_ACTIONS.values(), ENROLL_ACTION)
+    if not action.read_only
 }
