@@ -44,7 +44,12 @@ from fleet.admin.cache_check import (
 )
 from fleet.admin.cache_reader import CacheReader
 from fleet.admin.client import AdminClient
-from fleet.admin.device_file import DeviceFileError, check_batch_size, parse_device_file
+from fleet.admin.device_file import (
+    DeviceFile,
+    DeviceFileError,
+    check_batch_size,
+    parse_device_file,
+)
 from fleet.admin.duration import parse_duration
 from fleet.admin.enroll_token_file import write_token_file
 from fleet.admin.errors import (
@@ -399,9 +404,10 @@ def devices_add(
     registered (unless --skip-existing), refuses it all, naming the line.
     """
     if from_file is not None:
+        listed, source = _device_file(from_file)  # what is wrong with the file, first
         if node_id is not None or name is not None or tags:
             raise click.UsageError("--from FILE takes no NODE_ID, --name or --tag")
-        _devices_add_file(ctx, from_file, skip_existing, as_json)
+        _devices_add_file(ctx, listed, source, skip_existing, as_json)
         return
     if node_id is None or name is None:
         raise click.UsageError("give NODE_ID and --name (or --from FILE)")
@@ -437,17 +443,25 @@ def devices_add(
         click.echo(f"added {name} ({node.short()})" + (f" tags {','.join(tags)}" if tags else ""))
 
 
-def _devices_add_file(ctx: click.Context, path: str, skip_existing: bool, as_json: bool) -> None:
+def _device_file(path: str) -> tuple[DeviceFile, str]:
+    """The checked entries of `devices add --from PATH` (- for stdin), and what to call it."""
     source = "stdin" if path == "-" else path
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise click.ClickException(f"cannot read {source}: {exc}") from exc
+        why = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise click.ClickException(f"cannot read {source}: {why}") from exc
     try:
         listed = parse_device_file(text, source)
         check_batch_size(listed)
     except DeviceFileError as exc:
         raise click.ClickException(str(exc)) from exc
+    return listed, source
+
+
+def _devices_add_file(
+    ctx: click.Context, listed: DeviceFile, source: str, skip_existing: bool, as_json: bool
+) -> None:
 
     async def work(client: AdminClient) -> DeviceBatchAdded:
         try:
