@@ -31,6 +31,7 @@ from fleet.protocol.messages import (
     DeviceList,
     DeviceListReply,
     DeviceRemove,
+    EnrollTokenRevoke,
     ErrorReply,
     GrantRecord,
     NextSequence,
@@ -101,6 +102,9 @@ class AdminClient:
     ) -> DeviceBatchAdded:
         batch = DeviceAddBatch(devices=entries, skip_existing=skip_existing)
         return await self.call(batch, DeviceBatchAdded)
+
+    async def revoke_enroll_token(self, token_id: bytes) -> None:
+        await self.call(EnrollTokenRevoke(token_id=token_id), OkReply)
 
     async def approve_device(self, node_id: NodeId) -> None:
         await self.call(DeviceApprove(node_id=node_id), OkReply)

@@ -126,7 +126,12 @@ from fleet.identity import (
 from fleet.log import setup_logging
 from fleet.nix.substituters import InvalidSubstituter, check_substituter
 from fleet.protocol.enroll_token import MAX_USES as MAX_TOKEN_USES
-from fleet.protocol.enroll_token import format_token_file, make_enroll_token
+from fleet.protocol.enroll_token import (
+    TOKEN_ID_LEN,
+    format_token_file,
+    make_enroll_token,
+    parse_token_file,
+)
 from fleet.protocol.messages import (
     DeviceBatchAdded,
     DeviceInfo,
@@ -1114,6 +1119,45 @@ def enroll_token_create(
             f"{','.join(clean)} until {iso_utc(token.expires_at)}; written to {out} "
             "(keep it secret)"
         )
+
+
+@enroll_token.command("revoke")
+@click.argument("token")
+@JSON_OPTION
+@click.pass_context
+def enroll_token_revoke(ctx: click.Context, token: str, as_json: bool) -> None:
+    """Stop TOKEN (its file, or its id as `create` prints it) from enrolling more devices.
+
+    Devices it enrolled stay registered (remove them with `devices remove`).
+    """
+    token_id = _token_id(token)
+    _run(ctx, lambda client: client.revoke_enroll_token(token_id))
+    if as_json:
+        _print_json({"token": token_id.hex(), "revoked": True})
+    else:
+        click.echo(f"revoked token {token_id.hex()[:12]}")
+
+
+def _token_id(text: str) -> bytes:
+    """The id of a token given as its file or as the hex id `enroll-token create` prints."""
+    path = Path(text)
+    if path.is_file():
+        try:
+            envelope = parse_token_file(path.read_text(encoding="utf-8"), text)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise click.BadParameter(str(exc), param_hint="TOKEN") from exc
+        return decode(envelope.payload, EnrollToken).token_id
+    try:
+        token_id = bytes.fromhex(text.strip())
+    except ValueError:
+        token_id = b""
+    if len(token_id) != TOKEN_ID_LEN:
+        raise click.BadParameter(
+            f"{text[:70]!r} is neither a token file nor a token id "
+            f"({2 * TOKEN_ID_LEN} hex digits, as `enroll-token create --json` prints it)",
+            param_hint="TOKEN",
+        )
+    return token_id
 
 
 @main.command("record-grant")

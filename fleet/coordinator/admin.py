@@ -34,7 +34,15 @@ from fleet.capability import (
     format_id,
     verify_revocation,
 )
-from fleet.coordinator import announcements, audit, nonces, registry, trust, witnesses
+from fleet.coordinator import (
+    announcements,
+    audit,
+    enroll_tokens,
+    nonces,
+    registry,
+    trust,
+    witnesses,
+)
 from fleet.coordinator.announcements import StoredAnnouncement
 from fleet.coordinator.audit import Outcome
 from fleet.coordinator.database import Database, Transaction
@@ -54,6 +62,7 @@ from fleet.identity.labels import TAG_PREFIX
 from fleet.log import get_logger
 from fleet.protocol.admin import MAX_CLOCK_SKEW, AdminRequestError, OpenedRequest
 from fleet.protocol.admin import open_admin_request as _open_admin_request
+from fleet.protocol.enroll_token import TOKEN_ID_LEN
 from fleet.protocol.messages import (
     Announcement,
     AuditPage,
@@ -70,6 +79,7 @@ from fleet.protocol.messages import (
     DeviceList,
     DeviceListReply,
     DeviceRemove,
+    EnrollTokenRevoke,
     ErrorReply,
     GrantRecord,
     NextSequence,
@@ -702,6 +712,19 @@ class AdminDesk:
         elif existing is None and isinstance(body, DeviceApprove):
             require(authority, Permission.DEVICES, body.node_id)
 
+    async def _revoke_enroll_token(self, request: Request[EnrollTokenRevoke]) -> AdminResult:
+        """Any `devices` holder may stop a token: its id is known only to who saw the token,
+        and stopping one enrolls nobody."""
+        token_id = request.body.token_id
+        if len(token_id) != TOKEN_ID_LEN:
+            raise Refused("invalid", f"a token id is {TOKEN_ID_LEN} bytes")
+        async with self.db.transaction() as tx:
+            await self._use_nonce(tx, request.opened)
+            new = await enroll_tokens.revoke(tx, token_id, request.now)
+            await self._accepted(tx, request, {"token": token_id.hex(), "new": new})
+        log.info("enroll_token_revoked", token=token_id.hex()[:12], new=new)
+        return AdminResult(OkReply())
+
     async def _grant(self, request: Request[GrantRecord]) -> AdminResult:
         """Record a certificate the signer issued: it must verify and be issued by the signer."""
         chain, now = request.body.chain, request.now
@@ -771,6 +794,7 @@ ROUTES: dict[type[Message], AdminRoute] = dict(
         _route(DeviceAddBatch, AdminDesk._add_batch),
         _route(DeviceApprove, AdminDesk._change_device),
         _route(DeviceRemove, AdminDesk._change_device),
+        _route(EnrollTokenRevoke, AdminDesk._revoke_enroll_token),
         _route(DeviceList, AdminDesk._device_list),
         _route(StatusRequest, AdminDesk._status),
         _route(GrantRecord, AdminDesk._grant),

@@ -87,6 +87,8 @@ class Enrollment:
             holder = await registry.get_by_name(tx, name)
             if holder is not None:
                 raise EnrollTokenError("conflict", f"the name {name!r} is taken")
+            if await enroll_tokens.revoked(tx, token.token_id):
+                raise EnrollTokenError("revoked", "the enrollment token was revoked")
             use = await enroll_tokens.take_use(
                 tx, token.token_id, opened.signer, token.uses, token.expires_at, now
             )

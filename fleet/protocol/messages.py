@@ -60,6 +60,7 @@ __all__ = [
     "DeviceRemove",
     "DeviceStatus",
     "EnrollToken",
+    "EnrollTokenRevoke",
     "ErrorReply",
     "GrantRecord",
     "Hello",
@@ -329,6 +330,12 @@ class DeviceAddBatch(Message, type="fleet.admin.device-add-batch", version=1):
 class DeviceBatchAdded(Message, type="fleet.admin.device-batch-added", version=1):
     added: int
     skipped: tuple[NodeId, ...]  # already registered (only with skip_existing)
+
+
+class EnrollTokenRevoke(Message, type="fleet.admin.enroll-token-revoke", version=1):
+    """Stop an enrollment token (by its id) before it expires or is used up."""
+
+    token_id: bytes
 
 
 class DeviceApprove(Message, type="fleet.admin.device-approve", version=1):

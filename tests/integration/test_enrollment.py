@@ -1,7 +1,8 @@
 """Enrollment at fleet scale, with real processes: `fleetctl devices add --from FILE` (CSV,
 JSON lines, stdin; a bad line refuses the whole file) and enrollment tokens presented by
 real `fleet agent`s (valid: registered, approved, tagged, and reached by a push to its tag;
-expired, outside the signer's scope, used up: refused, and all of it in the audit log)."""
+expired, outside the signer's scope, used up, revoked: refused, and all of it in the audit
+log)."""
 
 from __future__ import annotations
 
@@ -187,6 +188,13 @@ async def test_enrollment_tokens_valid_expired_out_of_scope_and_used_up(
         chain=read_chain(chain),
     )
     write_token_file(forged, format_token_file(envelope, decode(envelope.payload, EnrollToken)))
+    withdrawn = tmp_path / "withdrawn.token"
+    made = await lab.fleetctl(
+        "enroll-token", "create", "--tag", "kiosk", "--expires", "1h", "--out", str(withdrawn)
+    )
+    assert made.code == 0, made
+    revoked = await lab.fleetctl("enroll-token", "revoke", str(withdrawn))
+    assert revoked.code == 0, revoked
     await asyncio.sleep(1.5)  # `expired` is now
 
     good = with_token(lab.add_agent("first", tags=("kiosk",)), token)
@@ -203,7 +211,8 @@ async def test_enrollment_tokens_valid_expired_out_of_scope_and_used_up(
     replay = with_token(lab.add_agent("second", tags=("kiosk",)), token)  # single use
     late = with_token(lab.add_agent("late", tags=("kiosk",)), expired)
     outside = with_token(lab.add_agent("outside", tags=("router",)), forged)
-    await lab.start_agents(replay, late, outside)
+    stopped = with_token(lab.add_agent("stopped", tags=("kiosk",)), withdrawn)
+    await lab.start_agents(replay, late, outside, stopped)
 
     push = await lab.fleetctl("push", nix_systems.v1.path, "--to", "tag:kiosk", "--wait")
     assert push.code == 0, push
@@ -213,7 +222,7 @@ async def test_enrollment_tokens_valid_expired_out_of_scope_and_used_up(
     async def refused_all() -> list[dict[str, Any]]:
         while True:
             entries = [e for e in await audit(lab) if e["action"] == "enroll"]
-            if len([e for e in entries if e["outcome"] == "refused"]) >= 3:
+            if len([e for e in entries if e["outcome"] == "refused"]) >= 4:
                 return entries
             await asyncio.sleep(0.5)
 
@@ -227,12 +236,13 @@ async def test_enrollment_tokens_valid_expired_out_of_scope_and_used_up(
         str(replay.node_id): "used-up",
         str(late.node_id): "expired",
         str(outside.node_id): "unauthorized",
+        str(stopped.node_id): "revoked",
     }
     listed = await devices(lab)
-    for agent in (replay, late, outside):  # connected, but only pending
+    for agent in (replay, late, outside, stopped):  # connected, but only pending
         assert listed[str(agent.node_id)]["approved"] is False
     verified = await lab.fleetctl("audit", "verify")
     assert verified.code == 0, verified
     armored = token.read_text().split("-----")[2].strip()[:40]  # never in a log
-    for daemon in (lab.coordinator, *(a.daemon for a in (good, replay, late, outside))):
+    for daemon in (lab.coordinator, *(a.daemon for a in (good, replay, late, outside, stopped))):
         assert armored not in daemon.tail(10_000)

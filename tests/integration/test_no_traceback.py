@@ -176,6 +176,7 @@ def bad_values(files: Files) -> dict[str, list[str]]:
         "from_file": [str(files.garbage_toml), str(files.missing), str(files.root)],
         "enroll_token": [str(files.garbage_toml), str(files.missing)],
         "uses": ["0"],
+        "token": ["not-a-token", "ab" * 8],  # enroll-token revoke: neither a file nor an id
         "create.tags": ["bad/tag"],
         "against_file": [str(files.garbage_toml), str(files.missing)],
     }
@@ -205,6 +206,7 @@ def valid_values(files: Files, command: Command) -> dict[str, str]:
         "caches": "http://127.0.0.1:1",
         "trusted_public_keys": NIX_KEY,
         "device": NODE,
+        "token": "ab" * 16,
         "chain_file": str(files.chain),
         "listen": "127.0.0.1:0",
         "bind": "127.0.0.1:0",

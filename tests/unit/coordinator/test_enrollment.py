@@ -29,6 +29,8 @@ from fleet.protocol.messages import (
     DeviceAddBatch,
     DeviceBatchAdded,
     DeviceEntry,
+    EnrollToken,
+    EnrollTokenRevoke,
     ErrorReply,
     Hello,
     RevokeRequest,
@@ -209,6 +211,28 @@ async def test_a_token_of_a_revoked_signer_is_refused(rig: Rig) -> None:
     [(_, _, detail)] = await rig.audit("enroll")
     assert detail["code"] == "unauthorized"
     assert "revoked" in detail["reason"]
+
+
+async def test_a_revoked_token_enrolls_nobody_more(rig: Rig) -> None:
+    token = rig.token("kiosk", uses=5)
+    token_id = decode(token.payload, EnrollToken).token_id
+    _, first = await rig.hello(token)
+    assert first.welcome().approved is True
+    lead, chain = rig.org.lead, rig.org.lead_chain
+    for _ in range(2):  # revoking twice is harmless
+        done = await rig.request(EnrollTokenRevoke(token_id=token_id), lead, chain)
+        assert not isinstance(done.reply, ErrorReply), done.reply
+    _, second = await rig.hello(token)
+    assert second.welcome().approved is False
+    assert [(o, d.get("code")) for o, _, d in await rig.audit("enroll")] == [
+        ("accepted", None),
+        ("refused", "revoked"),
+    ]
+    assert [d["new"] for _, _, d in await rig.audit("enroll-token-revoke")] == [True, False]
+    bad = await rig.request(EnrollTokenRevoke(token_id=b"short"), lead, chain)
+    assert isinstance(bad.reply, ErrorReply)
+    assert bad.reply.code == "invalid"
+    await rig.verify()
 
 
 async def test_a_flood_of_bad_tokens_grows_the_audit_log_by_a_bound(tmp_path: Path) -> None:
