@@ -30,6 +30,7 @@ KNOWN = (
     "state_dir",
     "trust_root",
     "tag",
+    "enroll_token",
     "substituter",
     "trusted_public_key",
     "nix_store",
@@ -61,6 +62,7 @@ class AgentConfig:
     profile: Path | None
     listen: tuple[str, int]
     log_level: str
+    enroll_token: Path | None = None  # a token file for the first connection (read at start)
 
 
 def _flag(name: str) -> str:
@@ -153,4 +155,5 @@ def from_mapping(settings: Mapping[str, Any]) -> AgentConfig:
         profile=Path(profile) if profile else None,
         listen=listen,
         log_level=level,
+        enroll_token=Path(token) if (token := _text(settings, "enroll_token")) else None,
     )

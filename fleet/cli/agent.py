@@ -13,6 +13,7 @@ import click
 
 from fleet.agent import settings as agent_settings
 from fleet.agent.daemon import AgentSettings, run_agent
+from fleet.agent.enroll import read_token_file
 from fleet.agent.settings import DEFAULT_KEY, DEFAULT_STATE_DIR
 from fleet.agent.state import StateError
 from fleet.agent.updater import ApplyConfig
@@ -46,6 +47,11 @@ from fleet.nix import NixStore
 @click.option("--nix-store", help="A chroot store directory (default: the system store).")
 @click.option("--profile", help="System profile (default /nix/var/nix/profiles/system).")
 @click.option("--listen", help="UDP HOST:PORT for the mesh (default 0.0.0.0:0).")
+@click.option(
+    "--enroll-token",
+    type=click.Path(dir_okay=False),
+    help="An enrollment token file (fleetctl enroll-token create): registers this device.",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 def agent(config_file: str | None, **flags: Any) -> None:
     """Apply admin-signed system announcements from the coordinator and report status."""
@@ -62,6 +68,12 @@ def agent(config_file: str | None, **flags: Any) -> None:
             f"--coordinator: {identity.node_id.short()} is this device's own node id "
             f"(of {checked.key}); give the coordinator's"
         )
+    enroll_token = None
+    if checked.enroll_token is not None:
+        try:
+            enroll_token = read_token_file(checked.enroll_token)
+        except ValueError as exc:
+            raise ConfigurationError(f"--enroll-token: {exc}") from exc
     config = ApplyConfig(
         store=store,
         profile=checked.profile or store.system_profile,
@@ -80,6 +92,7 @@ def agent(config_file: str | None, **flags: Any) -> None:
                     apply=config,
                     listen=checked.listen,
                     tags=checked.tags,
+                    enroll_token=enroll_token,
                 )
             )
         )
