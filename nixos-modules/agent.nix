@@ -83,6 +83,19 @@ in
       '';
     };
 
+    enrollTokenFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = "/run/secrets/fleet-enroll-token";
+      description = ''
+        An enrollment token file (`fleetctl enroll-token create`): on its first connection
+        the device presents it and the coordinator registers and approves it with the
+        token's tags, so no admin has to add it. The token is a bearer credential: give the
+        path as a string to a file provisioned outside the Nix store (agenix, sops-nix, a
+        provisioning step), mode 0600; the agent refuses a file others can read.
+      '';
+    };
+
     trustRoots = mkOption {
       type = types.listOf fleetTypes.nodeId;
       default = [ ];
@@ -216,6 +229,12 @@ in
         assertion = lib.hasPrefix "/" cfg.keyFile;
         message = "services.fleet.agent.keyFile must be an absolute path, not ${cfg.keyFile}.";
       }
+      {
+        assertion =
+          cfg.enrollTokenFile == null
+          || !lib.hasPrefix builtins.storeDir (toString cfg.enrollTokenFile);
+        message = "services.fleet.agent.enrollTokenFile is in the Nix store, readable by every user; the token is a bearer credential: give the path of a file provisioned outside the store (as a string).";
+      }
     ];
 
     warnings =
@@ -235,6 +254,9 @@ in
         reconnect_spread = cfg.reconnectSpread;
       }
       // lib.optionalAttrs (cfg.coordinator.nodeId != null) { coordinator = coordinatorAddr; }
+      // lib.optionalAttrs (cfg.enrollTokenFile != null) {
+        enroll_token = toString cfg.enrollTokenFile;
+      }
     );
 
     environment.systemPackages = [ cfg.package ];

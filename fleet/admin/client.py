@@ -36,12 +36,16 @@ from fleet.protocol.messages import (
     CertificateChain,
     CertificateLookup,
     DeviceAdd,
+    DeviceAddBatch,
     DeviceApprove,
+    DeviceBatchAdded,
+    DeviceEntry,
     DeviceInfo,
     DeviceList,
     DeviceListReply,
     DeviceRemove,
     DeviceStatus,
+    EnrollTokenRevoke,
     ErrorReply,
     GrantRecord,
     NextSequence,
@@ -119,6 +123,15 @@ class AdminClient:
 
     async def add_device(self, node_id: NodeId, name: str, tags: tuple[str, ...]) -> None:
         await self.call(DeviceAdd(node_id=node_id, name=name, tags=tags), OkReply)
+
+    async def add_devices(
+        self, entries: tuple[DeviceEntry, ...], *, skip_existing: bool
+    ) -> DeviceBatchAdded:
+        batch = DeviceAddBatch(devices=entries, skip_existing=skip_existing)
+        return await self.call(batch, DeviceBatchAdded)
+
+    async def revoke_enroll_token(self, token_id: bytes) -> None:
+        await self.call(EnrollTokenRevoke(token_id=token_id), OkReply)
 
     async def approve_device(self, node_id: NodeId) -> None:
         await self.call(DeviceApprove(node_id=node_id), OkReply)

@@ -54,6 +54,7 @@ class Agent:
         *,
         tags: Iterable[str] = (),
         coordinator: NodeId | None = None,
+        enroll_token: SignedEnvelope | None = None,
         retry: Backoff | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -61,6 +62,7 @@ class Agent:
         self.trust_roots = frozenset(trust_roots)
         self.tags = tuple(tags)  # from local configuration: the scope check trusts only these
         self.clock = clock
+        self.enroll_token = enroll_token  # Tag.ENROLL_TOKEN: a bearer credential, never logged
         self.revocations = RevocationStore(state.directory, self.trust_roots)
         self.revocations.load(clock())
         self.witness = CheckpointWitness(state.directory, coordinator)  # None: not a witness
@@ -105,6 +107,7 @@ class Agent:
             state_since=status.since,
             tags=self.tags,
             checkpoint=self.witness.held,
+            enroll_token=self.enroll_token,
         )
 
     def floor(self) -> int:

@@ -20,6 +20,7 @@ from fleet.mesh.peer_addr import PeerAddr
 from fleet.mesh.ping import PING_ALPN, serve_ping
 from fleet.netaddr import format_host_port
 from fleet.relay.client import relay_client_factory
+from fleet.wire import SignedEnvelope
 
 log = get_logger("fleet.agent")
 
@@ -35,6 +36,7 @@ class AgentSettings:
     listen: tuple[str, int]
     tags: tuple[str, ...] = ()
     session: SessionConfig = field(default_factory=SessionConfig)  # timeouts, reconnect spread
+    enroll_token: SignedEnvelope | None = None  # presented in every Hello (ignored once known)
 
 
 async def run_agent(settings: AgentSettings) -> None:
@@ -51,6 +53,7 @@ async def _run(settings: AgentSettings, stop: asyncio.Event) -> None:
         StateFile(settings.state_dir),
         tags=settings.tags,
         coordinator=settings.coordinator.node_id,
+        enroll_token=settings.enroll_token,
     )
     async with Endpoint(
         settings.identity,

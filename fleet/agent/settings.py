@@ -31,6 +31,7 @@ KNOWN = (
     "state_dir",
     "trust_root",
     "tag",
+    "enroll_token",
     "substituter",
     "trusted_public_key",
     "nix_store",
@@ -66,6 +67,7 @@ class AgentConfig:
     log_level: str
     welcome_timeout: float = DEFAULT_WELCOME_TIMEOUT  # seconds from Hello to Welcome (or Busy)
     reconnect_spread: float = DEFAULT_RECONNECT_SPREAD  # first redial after a session ended
+    enroll_token: Path | None = None  # a token file for the first connection (read at start)
 
 
 def _flag(name: str) -> str:
@@ -173,4 +175,5 @@ def from_mapping(settings: Mapping[str, Any]) -> AgentConfig:
         reconnect_spread=_seconds(
             settings, "reconnect_spread", DEFAULT_RECONNECT_SPREAD, zero=True
         ),
+        enroll_token=Path(token) if (token := _text(settings, "enroll_token")) else None,
     )

@@ -20,7 +20,13 @@ from fleet.capability import (
     authority_of,
 )
 from fleet.identity import NodeId
-from fleet.protocol.messages import AdminRequest, PushRequest, PushRequestV1, RevokeRequest
+from fleet.protocol.messages import (
+    AdminRequest,
+    EnrollToken,
+    PushRequest,
+    PushRequestV1,
+    RevokeRequest,
+)
 from fleet.protocol.permissions import AUDITED_ACTIONS
 from fleet.protocol.targeting import as_announcement
 from fleet.wire import Tag, WireError, decode, verify_envelope
@@ -50,6 +56,8 @@ class AuthorityReplay:
                 authority_of(
                     ann_signer, ann.chain, self.trust_roots, entry.time, self.revoked.ids()
                 ).require(Permission.PUSH)
+            if isinstance(body, EnrollToken):  # its device is in scope by these tags only
+                authority.require_tags(body.tags)
             if isinstance(body, RevokeRequest):
                 self.revoked.add(body.revocation, self.trust_roots, entry.time)
         except CapabilityError as exc:

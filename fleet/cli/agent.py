@@ -13,6 +13,7 @@ import click
 
 from fleet.agent import settings as agent_settings
 from fleet.agent.daemon import AgentSettings, run_agent
+from fleet.agent.enroll import read_token_file
 from fleet.agent.session import SessionConfig
 from fleet.agent.settings import DEFAULT_KEY, DEFAULT_STATE_DIR
 from fleet.agent.state import StateError
@@ -58,6 +59,11 @@ from fleet.nix import NixStore
     help="After a session ends, the first redial waits a random 0..SECONDS (default 10), so "
     "a fleet does not redial a restarted coordinator all at once.",
 )
+@click.option(
+    "--enroll-token",
+    type=click.Path(dir_okay=False),
+    help="An enrollment token file (fleetctl enroll-token create): registers this device.",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 def agent(config_file: str | None, **flags: Any) -> None:
     """Apply admin-signed system announcements from the coordinator and report status."""
@@ -74,6 +80,12 @@ def agent(config_file: str | None, **flags: Any) -> None:
             f"--coordinator: {identity.node_id.short()} is this device's own node id "
             f"(of {checked.key}); give the coordinator's"
         )
+    enroll_token = None
+    if checked.enroll_token is not None:
+        try:
+            enroll_token = read_token_file(checked.enroll_token)
+        except ValueError as exc:
+            raise ConfigurationError(f"--enroll-token: {exc}") from exc
     config = ApplyConfig(
         store=store,
         profile=checked.profile or store.system_profile,
@@ -96,6 +108,7 @@ def agent(config_file: str | None, **flags: Any) -> None:
                         welcome_timeout=checked.welcome_timeout,
                         reconnect_spread=checked.reconnect_spread,
                     ),
+                    enroll_token=enroll_token,
                 )
             )
         )

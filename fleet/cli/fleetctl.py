@@ -44,7 +44,14 @@ from fleet.admin.cache_check import (
 )
 from fleet.admin.cache_reader import CacheReader
 from fleet.admin.client import AdminClient
+from fleet.admin.device_file import (
+    DeviceFile,
+    DeviceFileError,
+    check_batch_size,
+    parse_device_file,
+)
 from fleet.admin.duration import parse_duration
+from fleet.admin.enroll_token_file import write_token_file
 from fleet.admin.errors import (
     AdminError,
     AmbiguousTarget,
@@ -97,6 +104,7 @@ from fleet.capability import (
     CapabilityError,
     Chain,
     ChainFileError,
+    Permission,
     Scope,
     authority_of,
     certificate_id,
@@ -122,9 +130,23 @@ from fleet.identity import (
 )
 from fleet.log import setup_logging
 from fleet.nix.substituters import InvalidSubstituter, check_substituter
-from fleet.protocol.messages import AgentState, DeviceInfo, StatusSnapshot, Witness
+from fleet.protocol.enroll_token import MAX_USES as MAX_TOKEN_USES
+from fleet.protocol.enroll_token import (
+    TOKEN_ID_LEN,
+    format_token_file,
+    make_enroll_token,
+    parse_token_file,
+)
+from fleet.protocol.messages import (
+    AgentState,
+    DeviceBatchAdded,
+    DeviceInfo,
+    EnrollToken,
+    StatusSnapshot,
+    Witness,
+)
 from fleet.vocabulary import Action, InvalidStorePath
-from fleet.wire import SignedEnvelope
+from fleet.wire import SignedEnvelope, decode
 
 T = TypeVar("T")
 
@@ -358,19 +380,48 @@ def devices() -> None:
 
 
 @devices.command("add")
-@click.argument("node_id")
-@click.option("--name", required=True, help="A unique name for the device.")
+@click.argument("node_id", required=False)
+@click.option("--name", help="A unique name for the device.")
 @click.option("--tag", "tags", multiple=True, help="A tag to push to (tag:NAME); repeatable.")
+@click.option(
+    "--from",
+    "from_file",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Add every device of a CSV (id,name,tags) or JSON-lines file, all or none; - for stdin.",
+)
+@click.option(
+    "--skip-existing",
+    is_flag=True,
+    help="With --from: leave devices already registered as they are instead of refusing.",
+)
 @JSON_OPTION
 @click.pass_context
 def devices_add(
-    ctx: click.Context, node_id: str, name: str, tags: tuple[str, ...], as_json: bool
+    ctx: click.Context,
+    node_id: str | None,
+    name: str | None,
+    tags: tuple[str, ...],
+    from_file: str | None,
+    skip_existing: bool,
+    as_json: bool,
 ) -> None:
-    """Register and approve the device NODE_ID under NAME.
+    """Register and approve the device NODE_ID under NAME, or every device of --from FILE.
 
     NODE_ID is the device's full node id (`fleet id /etc/ssh/ssh_host_ed25519_key` on the
-    device), or the short id of a device that connected and is pending.
+    device), or the short id of a device that connected and is pending. With --from, the
+    whole file is one request and one transaction: a bad line, or a device already
+    registered (unless --skip-existing), refuses it all, naming the line.
     """
+    if from_file is not None:
+        listed, source = _device_file(from_file)  # what is wrong with the file, first
+        if node_id is not None or name is not None or tags:
+            raise click.UsageError("--from FILE takes no NODE_ID, --name or --tag")
+        _devices_add_file(ctx, listed, source, skip_existing, as_json)
+        return
+    if node_id is None or name is None:
+        raise click.UsageError("give NODE_ID and --name (or --from FILE)")
+    if skip_existing:
+        raise click.UsageError("--skip-existing goes with --from FILE")
     full = _full_id(node_id)
     if full is None and not is_short_id(node_id.strip()):
         parse_node_id_or_fail(node_id, "NODE_ID")  # a usage error saying what an id looks like
@@ -399,6 +450,42 @@ def devices_add(
         _print_json({"name": name, "id": str(node), "tags": list(tags), "approved": True})
     else:
         click.echo(f"added {name} ({node.short()})" + (f" tags {','.join(tags)}" if tags else ""))
+
+
+def _device_file(path: str) -> tuple[DeviceFile, str]:
+    """The checked entries of `devices add --from PATH` (- for stdin), and what to call it."""
+    source = "stdin" if path == "-" else path
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise click.ClickException(f"cannot read {source}: {why}") from exc
+    try:
+        listed = parse_device_file(text, source)
+        check_batch_size(listed)
+    except DeviceFileError as exc:
+        raise click.ClickException(str(exc)) from exc
+    return listed, source
+
+
+def _devices_add_file(
+    ctx: click.Context, listed: DeviceFile, source: str, skip_existing: bool, as_json: bool
+) -> None:
+
+    async def work(client: AdminClient) -> DeviceBatchAdded:
+        try:
+            return await client.add_devices(listed.entries, skip_existing=skip_existing)
+        except CoordinatorRefused as exc:
+            raise CoordinatorRefused(exc.code, listed.explain(exc.reason, source)) from exc
+
+    done = _run(ctx, work)
+    if as_json:
+        _print_json({"added": done.added, "skipped": [str(n) for n in done.skipped]})
+    else:
+        click.echo(
+            f"added {done.added} device{'s' if done.added != 1 else ''} from {source}"
+            + (f", skipped {len(done.skipped)} already registered" if done.skipped else "")
+        )
 
 
 @devices.command("approve")
@@ -1070,6 +1157,126 @@ def grant_command(
             + ("" if record else " (not recorded: --no-record)"),
             err=True,
         )
+
+
+@main.group("enroll-token")
+def enroll_token() -> None:
+    """Tokens with which devices enroll themselves (`fleet agent --enroll-token FILE`)."""
+
+
+@enroll_token.command("create")
+@click.option(
+    "--tag", "tags", multiple=True, required=True, help="A tag enrolled devices get; repeatable."
+)
+@click.option("--expires", required=True, help="How long the token is valid: 90m, 12h, 7d, 2w.")
+@click.option(
+    "--uses",
+    type=click.IntRange(1, MAX_TOKEN_USES),
+    default=1,
+    show_default=True,
+    help="How many devices it may enroll.",
+)
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="The token file (mode 0600)."
+)
+@JSON_OPTION
+@click.pass_context
+def enroll_token_create(
+    ctx: click.Context, tags: tuple[str, ...], expires: str, uses: int, out: str, as_json: bool
+) -> None:
+    """Sign a token that registers and approves up to --uses devices with the tags --tag.
+
+    Needs the `devices` action and every tag in your scope. The file is a bearer
+    credential: anyone holding it can enroll a device of their own until it expires.
+    """
+    options = ctx.find_object(GlobalOptions)
+    assert options is not None
+    try:
+        clean = normalize_tags(tags)
+    except InvalidLabel as exc:
+        raise click.BadParameter(str(exc), param_hint="--tag") from None
+    try:
+        lifetime = parse_duration(expires)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--expires") from exc
+    settings = _settings(options)
+    identity = load_key_or_fail(settings.key)
+    own = _load_chain(settings.cert)
+    now = time.time()
+    mine = authority_of(identity.node_id, own, _issuer_authority(identity, own, now), now)
+    try:
+        mine.require(Permission.DEVICES)
+        mine.require_tags(clean)
+    except CapabilityError as exc:
+        raise click.ClickException(f"cannot sign this token: {exc}") from exc
+    if mine.not_after is not None and now + lifetime > mine.not_after:
+        raise click.BadParameter(
+            f"ends after your own certificate ({iso_utc(mine.not_after)})",
+            param_hint="--expires",
+        )
+    envelope = make_enroll_token(
+        identity, settings.coordinator.node_id, clean, lifetime=lifetime, uses=uses, chain=own
+    )
+    token = decode(envelope.payload, EnrollToken)
+    try:
+        write_token_file(out, format_token_file(envelope, token))
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the token to {out}: {exc.strerror}") from exc
+    if as_json:
+        _print_json(
+            {
+                "token": token.token_id.hex(),
+                "tags": list(token.tags),
+                "uses": token.uses,
+                "expires": iso_utc(token.expires_at),
+                "file": out,
+            }
+        )
+    else:
+        click.echo(
+            f"token {token.token_id.hex()[:12]} enrolls up to {uses} device(s) with tags "
+            f"{','.join(clean)} until {iso_utc(token.expires_at)}; written to {out} "
+            "(keep it secret)"
+        )
+
+
+@enroll_token.command("revoke")
+@click.argument("token")
+@JSON_OPTION
+@click.pass_context
+def enroll_token_revoke(ctx: click.Context, token: str, as_json: bool) -> None:
+    """Stop TOKEN (its file, or its id as `create` prints it) from enrolling more devices.
+
+    Devices it enrolled stay registered (remove them with `devices remove`).
+    """
+    token_id = _token_id(token)
+    _run(ctx, lambda client: client.revoke_enroll_token(token_id))
+    if as_json:
+        _print_json({"token": token_id.hex(), "revoked": True})
+    else:
+        click.echo(f"revoked token {token_id.hex()[:12]}")
+
+
+def _token_id(text: str) -> bytes:
+    """The id of a token given as its file or as the hex id `enroll-token create` prints."""
+    path = Path(text)
+    if path.is_file():
+        try:
+            envelope = parse_token_file(path.read_text(encoding="utf-8"), text)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise click.BadParameter(str(exc), param_hint="TOKEN") from exc
+        return decode(envelope.payload, EnrollToken).token_id
+    try:
+        token_id = bytes.fromhex(text.strip())
+    except ValueError:
+        token_id = b""
+    if len(token_id) != TOKEN_ID_LEN:
+        raise click.BadParameter(
+            f"{text[:70]!r} is neither a token file nor a token id "
+            f"({2 * TOKEN_ID_LEN} hex digits, as `enroll-token create --json` prints it)",
+            param_hint="TOKEN",
+        )
+    return token_id
 
 
 @main.command("record-grant")

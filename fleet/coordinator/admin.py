@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -38,7 +39,15 @@ from fleet.capability import (
     format_id,
     verify_revocation,
 )
-from fleet.coordinator import announcements, audit, nonces, registry, trust, witnesses
+from fleet.coordinator import (
+    announcements,
+    audit,
+    enroll_tokens,
+    nonces,
+    registry,
+    trust,
+    witnesses,
+)
 from fleet.coordinator.announcements import StoredAnnouncement
 from fleet.coordinator.audit import Outcome
 from fleet.coordinator.database import Database, Transaction
@@ -54,11 +63,12 @@ from fleet.coordinator.registry import DeviceRecord, RegistryError
 from fleet.coordinator.status import StatusBoard
 from fleet.coordinator.trust import KnownRevocations
 from fleet.coordinator.watchers import StatusWatcher
-from fleet.identity import Identity, InvalidLabel, NodeId, normalize_tags
+from fleet.identity import Identity, InvalidLabel, NodeId, check_label, normalize_tags
 from fleet.identity.labels import TAG_PREFIX
 from fleet.log import get_logger
 from fleet.protocol.admin import MAX_CLOCK_SKEW, AdminRequestError, OpenedRequest
 from fleet.protocol.admin import open_admin_request as _open_admin_request
+from fleet.protocol.enroll_token import TOKEN_ID_LEN
 from fleet.protocol.messages import (
     AuditPage,
     AuditQuery,
@@ -67,10 +77,13 @@ from fleet.protocol.messages import (
     CertificateChain,
     CertificateLookup,
     DeviceAdd,
+    DeviceAddBatch,
     DeviceApprove,
+    DeviceBatchAdded,
     DeviceList,
     DeviceListReply,
     DeviceRemove,
+    EnrollTokenRevoke,
     ErrorReply,
     GrantRecord,
     NextSequence,
@@ -672,6 +685,83 @@ class AdminDesk:
         await self.status.publish([record.node_id])
         return AdminResult(OK)
 
+    async def _add_batch(self, request: Request[DeviceAddBatch]) -> AdminResult:
+        """Many devices in one transaction: every entry checked first, then all stored, or
+        none (the refusal names the 1-based `entry N`, which fleetctl tells as a line)."""
+        body, authority = request.body, request.authority
+        if not body.devices:
+            raise Refused("invalid", "a batch holds at least one device")
+        entries: list[tuple[NodeId, str, tuple[str, ...]]] = []
+        ids: set[NodeId] = set()
+        names: set[str] = set()
+        for index, entry in enumerate(body.devices, start=1):
+            try:
+                name = check_label(entry.name, "device name")
+                tags = normalize_tags(entry.tags)
+            except InvalidLabel as exc:
+                raise Refused("invalid", f"entry {index}: {exc}") from None
+            if entry.node_id in ids or name in names:
+                raise Refused("invalid", f"entry {index}: its id or name is in the batch twice")
+            ids.add(entry.node_id)
+            names.add(name)
+            self._entry_in_scope(authority, index, entry.node_id, tags)
+            entries.append((entry.node_id, name, tags))
+        async with self.db.transaction() as tx:
+            await self._use_nonce(tx, request.opened)
+            by_name, by_id = await registry.names_and_ids(tx)
+            added, skipped = [], []
+            for index, (node, name, tags) in enumerate(entries, start=1):
+                if node in by_id:
+                    if body.skip_existing:
+                        skipped.append(node)
+                        continue
+                    raise Refused(
+                        "conflict",
+                        f"entry {index}: device {node.short()} is already registered"
+                        + (f" as {by_id[node]!r}" if by_id[node] else "")
+                        + " (skip the devices already registered with --skip-existing)",
+                    )
+                holder = by_name.get(name)
+                if holder is not None:
+                    raise Refused(
+                        "conflict", f"entry {index}: the name {name!r} is taken by {holder.short()}"
+                    )
+                added.append((node, name, tags))
+            await registry.add_many(tx, added, request.now)
+            await self._accepted(
+                tx,
+                request,
+                {
+                    "added": len(added),
+                    "skipped": len(skipped),
+                    "request_sha256": hashlib.sha256(request.raw).hexdigest(),
+                    "tags": sorted({t for _, _, tags in added for t in tags}),
+                },
+            )
+        log.info(
+            "devices_added", added=len(added), skipped=len(skipped), actor=request.actor.short()
+        )
+        for node, _, _ in added:
+            if node in self.delivery.sessions:  # connected and pending: welcome it now
+                record = await registry.get(self.db, node)
+                if record is not None:
+                    await self.delivery.approved(record)
+        await self.status.publish([node for node, _, _ in added])
+        return AdminResult(DeviceBatchAdded(added=len(added), skipped=tuple(skipped)))
+
+    def _entry_in_scope(
+        self, authority: Authority, index: int, node: NodeId, tags: tuple[str, ...]
+    ) -> None:
+        """As `_device_in_scope` for a new device, naming the batch entry."""
+        try:
+            authority.require(Permission.DEVICES, node, tags)
+            if not authority.scope.contains(node):  # in scope only by its tags
+                authority.require_tags(tags)
+        except CapabilityError as exc:
+            raise Refused(
+                "unauthorized", f"entry {index}: {exc.code}: {exc}", capability=exc.code
+            ) from None
+
     async def _device_in_scope(
         self, tx: Transaction, authority: Authority, body: DeviceAdd | DeviceApprove | DeviceRemove
     ) -> None:
@@ -695,6 +785,19 @@ class AdminDesk:
                     ) from None
         elif existing is None and isinstance(body, DeviceApprove):
             require(authority, Permission.DEVICES, body.node_id)
+
+    async def _revoke_enroll_token(self, request: Request[EnrollTokenRevoke]) -> AdminResult:
+        """Any `devices` holder may stop a token: its id is known only to who saw the token,
+        and stopping one enrolls nobody."""
+        token_id = request.body.token_id
+        if len(token_id) != TOKEN_ID_LEN:
+            raise Refused("invalid", f"a token id is {TOKEN_ID_LEN} bytes")
+        async with self.db.transaction() as tx:
+            await self._use_nonce(tx, request.opened)
+            new = await enroll_tokens.revoke(tx, token_id, request.now)
+            await self._accepted(tx, request, {"token": token_id.hex(), "new": new})
+        log.info("enroll_token_revoked", token=token_id.hex()[:12], new=new)
+        return AdminResult(OkReply())
 
     async def _grant(self, request: Request[GrantRecord]) -> AdminResult:
         """Record a certificate the signer issued: it must verify and be issued by the signer."""
@@ -763,8 +866,10 @@ ROUTES: dict[type[Message], AdminRoute] = dict(
         _route(PushRequest, AdminDesk._push),
         _route(PushRequestV1, AdminDesk._push),
         _route(DeviceAdd, AdminDesk._change_device),
+        _route(DeviceAddBatch, AdminDesk._add_batch),
         _route(DeviceApprove, AdminDesk._change_device),
         _route(DeviceRemove, AdminDesk._change_device),
+        _route(EnrollTokenRevoke, AdminDesk._revoke_enroll_token),
         _route(DeviceList, AdminDesk._device_list),
         _route(StatusRequest, AdminDesk._status),
         _route(GrantRecord, AdminDesk._grant),

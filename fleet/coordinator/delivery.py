@@ -89,7 +89,7 @@ class Delivery:
         await self.status.publish(stored.devices)
 
     def hand_out_checkpoint(self, envelope: SignedEnvelope) -> None:
-        """Send a new checkpoint to every live agent that can witness it (Hello v3)."""
+        """Send a new checkpoint to every live agent that can witness it (Hello v3 or later)."""
         payload = encode(AuditCheckpoint(checkpoint=envelope))
         for session in self.sessions.values():
             if session.can_witness:

@@ -170,6 +170,35 @@ async def add(
     return record
 
 
+async def add_many(
+    tx: Transaction, entries: Iterable[tuple[NodeId, str, tuple[str, ...]]], now: float
+) -> None:
+    """Register many approved devices (checked by the caller: labels, names free, none
+    registered) in one statement; a pending row of the same node is approved and named."""
+    await tx.executemany(
+        "INSERT INTO devices (node_id, name, tags, approved, added_at) VALUES (?, ?, ?, 1, ?)"
+        " ON CONFLICT (node_id) DO UPDATE SET"
+        " name = excluded.name, tags = excluded.tags, approved = 1",
+        [(str(node), name, json.dumps(list(tags)), now) for node, name, tags in entries],
+    )
+
+
+async def names_and_ids(db: Reader) -> tuple[dict[str, NodeId], dict[NodeId, str | None]]:
+    """name -> node of every named device, and node -> name of every registered device
+    (approved, or named: a pending device that only connected is not registered)."""
+    rows = await db.fetchall(
+        "SELECT node_id, name FROM devices WHERE approved = 1 OR name IS NOT NULL"
+    )
+    by_name: dict[str, NodeId] = {}
+    by_id: dict[NodeId, str | None] = {}
+    for row in rows:
+        node = NodeId.parse(row["node_id"])
+        by_id[node] = row["name"]
+        if row["name"] is not None:
+            by_name[row["name"]] = node
+    return by_name, by_id
+
+
 async def approve(tx: Transaction, node: NodeId) -> DeviceRecord:
     if await tx.execute("UPDATE devices SET approved = 1 WHERE node_id = ?", (str(node),)) == 0:
         raise RegistryError(

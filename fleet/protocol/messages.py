@@ -8,7 +8,8 @@ The coordinator also accepts the version-1 to -3 Hello and AnnouncementRejected 
 agents. To agents that said Hello v3 or v4 the coordinator also sends AuditCheckpoint (after
 Welcome and after each new checkpoint); they answer with WitnessReport. Agents that said
 Hello v4 get Deliver v2 (an Announcement v3 and this device's target proof); older agents
-get Deliver v1 with the push's Announcement v2, when the push has one.
+get Deliver v1 with the push's Announcement v2, when the push has one. Hello v4 may carry an
+EnrollToken, with which an unknown device is registered and approved on that Hello.
 
 Admin connection (ALPN fleet/admin/1): one bidirectional stream per request. The client sends
 one SignedEnvelope (Tag.ADMIN_REQUEST) around an AdminRequest whose `body` is the encoded
@@ -58,12 +59,17 @@ __all__ = [
     "DeliverV1",
     "DesiredSystem",
     "DeviceAdd",
+    "DeviceAddBatch",
     "DeviceApprove",
+    "DeviceBatchAdded",
+    "DeviceEntry",
     "DeviceInfo",
     "DeviceList",
     "DeviceListReply",
     "DeviceRemove",
     "DeviceStatus",
+    "EnrollToken",
+    "EnrollTokenRevoke",
     "ErrorReply",
     "GrantRecord",
     "Hello",
@@ -179,6 +185,22 @@ class AnnouncementV2(Message, type="fleet.announcement", version=2):
 AnyAnnouncement = Announcement | AnnouncementV2  # every announcement agents accept
 
 
+class EnrollToken(Message, type="fleet.enroll-token", version=1):
+    """What an admin signs (Tag.ENROLL_TOKEN) so that devices can enroll themselves: any
+    device presenting it in its Hello, unknown to this coordinator, is registered and
+    approved with these tags, at most `uses` devices, until `expires_at`. A bearer
+    credential: whoever holds the file can enroll a device of their own (docs/security.md).
+    """
+
+    coordinator: NodeId  # the one coordinator that honours it
+    token_id: bytes  # 16 random bytes: its uses are counted under this id
+    tags: tuple[str, ...]  # normalized; inside the signer's scope
+    issued_at: float
+    expires_at: float
+    uses: int  # devices it may enroll at most
+    chain: Chain = EMPTY_CHAIN  # the signer's authority, root first (empty: a trust root)
+
+
 # ---------------------------------------------------------------- agent <-> coordinator
 
 
@@ -219,7 +241,7 @@ class HelloV2(Message, type="fleet.agent.hello", version=2):
 
 class HelloV3(Message, type="fleet.agent.hello", version=3):
     """Version 3 added `checkpoint`: the audit checkpoint this agent witnessed last (see
-    AuditCheckpoint); an agent saying v3 also understands AuditCheckpoint."""
+    AuditCheckpoint); an agent saying v3 (or later) also understands AuditCheckpoint."""
 
     agent_version: str
     current: SystemState
@@ -231,8 +253,10 @@ class HelloV3(Message, type="fleet.agent.hello", version=3):
 
 
 class Hello(Message, type="fleet.agent.hello", version=4):
-    """Version 4 has the fields of version 3; an agent saying v4 also understands Deliver v2
-    and Announcement v3 (targets as a selector and a Merkle root, with a proof per device)."""
+    """Version 4 added `enroll_token` (an admin-signed EnrollToken, Tag.ENROLL_TOKEN, with
+    which a device the coordinator does not know yet is registered and approved); an agent
+    saying v4 also understands Deliver v2 and Announcement v3 (targets as a selector and a
+    Merkle root, with a proof per device)."""
 
     agent_version: str
     current: SystemState
@@ -241,10 +265,11 @@ class Hello(Message, type="fleet.agent.hello", version=4):
     state_since: float  # 0: never changed state (a fresh device)
     tags: tuple[str, ...]  # the agent's own --tag values, which its scope checks use
     checkpoint: SignedEnvelope | None = None  # Tag.AUDIT_CHECKPOINT, kept by the agent
+    enroll_token: SignedEnvelope | None = None  # Tag.ENROLL_TOKEN, from --enroll-token
 
 
 AnyHello = Hello | HelloV3 | HelloV2 | HelloV1  # every Hello the coordinator accepts
-WitnessingHello = Hello | HelloV3  # agents that understand AuditCheckpoint
+WitnessingHello = Hello | HelloV3  # the Hellos of agents that understand AuditCheckpoint
 
 
 class Welcome(Message, type="fleet.agent.welcome", version=1):
@@ -380,6 +405,36 @@ class DeviceAdd(Message, type="fleet.admin.device-add", version=1):
     node_id: NodeId
     name: str
     tags: tuple[str, ...]
+
+
+class DeviceEntry(Message):
+    """One device of a DeviceAddBatch (one line of `fleetctl devices add --from FILE`)."""
+
+    node_id: NodeId
+    name: str
+    tags: tuple[str, ...]
+
+
+class DeviceAddBatch(Message, type="fleet.admin.device-add-batch", version=1):
+    """Many DeviceAdds as one request and one transaction: all are stored, or none.
+
+    `skip_existing`: devices already registered are left as they are (and named in the
+    reply) instead of refusing the whole batch.
+    """
+
+    devices: tuple[DeviceEntry, ...]
+    skip_existing: bool
+
+
+class DeviceBatchAdded(Message, type="fleet.admin.device-batch-added", version=1):
+    added: int
+    skipped: tuple[NodeId, ...]  # already registered (only with skip_existing)
+
+
+class EnrollTokenRevoke(Message, type="fleet.admin.enroll-token-revoke", version=1):
+    """Stop an enrollment token (by its id) before it expires or is used up."""
+
+    token_id: bytes
 
 
 class DeviceApprove(Message, type="fleet.admin.device-approve", version=1):

@@ -16,9 +16,11 @@ from fleet.protocol.messages import (
     AuditWitnesses,
     CertificateLookup,
     DeviceAdd,
+    DeviceAddBatch,
     DeviceApprove,
     DeviceList,
     DeviceRemove,
+    EnrollTokenRevoke,
     GrantRecord,
     NextSequence,
     PushLookup,
@@ -51,8 +53,10 @@ ADMIN_ACTIONS: dict[type[Message], AdminAction] = {
     PushRequest: _PUSH,
     PushRequestV1: _PUSH,
     DeviceAdd: AdminAction("device-add", Permission.DEVICES, read_only=False),
+    DeviceAddBatch: AdminAction("device-add-batch", Permission.DEVICES, read_only=False),
     DeviceApprove: AdminAction("device-approve", Permission.DEVICES, read_only=False),
     DeviceRemove: AdminAction("device-remove", Permission.DEVICES, read_only=False),
+    EnrollTokenRevoke: AdminAction("enroll-token-revoke", Permission.DEVICES, read_only=False),
     DeviceList: AdminAction("device-list", None, read_only=True),
     StatusRequest: AdminAction("status", Permission.READ, read_only=True),
     GrantRecord: AdminAction("grant", Permission.GRANT, read_only=False),
@@ -66,7 +70,14 @@ ADMIN_ACTIONS: dict[type[Message], AdminAction] = {
     PushLookup: AdminAction("push-lookup", None, read_only=True),
 }
 
+# A device enrolled with an enrollment token: not an admin request but the admin's signed
+# token (Tag.ENROLL_TOKEN) used by a device; it needs what adding the device directly needs,
+# so a token delegates nothing its signer could not do with `fleetctl devices add`.
+ENROLL_ACTION = AdminAction("enroll", Permission.DEVICES, read_only=False)
+
 # The actions an accepted audit entry can record, by name.
 AUDITED_ACTIONS: dict[str, AdminAction] = {
-    action.name: action for action in ADMIN_ACTIONS.values() if not action.read_only
+    action.name: action
+    for action in (*ADMIN_ACTIONS.values(), ENROLL_ACTION)
+    if not action.read_only
 }

@@ -30,6 +30,7 @@ class Tag(Enum):
     CAPABILITY = b"fleet/capability/v1"
     REVOCATION = b"fleet/revocation/v1"
     AUDIT_CHECKPOINT = b"fleet/audit-checkpoint/v1"
+    ENROLL_TOKEN = b"fleet/enroll-token/v1"
 
 
 def signed_bytes(tag: Tag, payload: bytes) -> bytes:

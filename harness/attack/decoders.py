@@ -10,10 +10,12 @@ two pieces so a frame split across reads is exercised too.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from functools import cache
 
 from fleet import stun
+from fleet.admin.device_file import DeviceFileError, parse_device_file
 from fleet.agent.verify import AnnouncementRefused, verify_announcement
 from fleet.audit.checkpoint import BadCheckpoint, open_checkpoint, sign_checkpoint
 from fleet.audit.export import ExportError, export_lines, read_export
@@ -42,6 +44,13 @@ from fleet.nix.narinfo import (
     verify_narinfo,
 )
 from fleet.protocol.admin import AdminRequestError, make_admin_request, open_admin_request
+from fleet.protocol.enroll_token import (
+    EnrollTokenError,
+    format_token_file,
+    make_enroll_token,
+    open_enroll_token,
+    parse_token_file,
+)
 from fleet.protocol.messages import (
     Action,
     AgentState,
@@ -51,6 +60,9 @@ from fleet.protocol.messages import (
     Deliver,
     DeliverV1,
     DeviceAdd,
+    DeviceAddBatch,
+    DeviceEntry,
+    EnrollToken,
     Hello,
     NextSequence,
     PushLookup,
@@ -175,6 +187,8 @@ def message_samples() -> tuple[bytes, ...]:
         make_admin_request(ADMIN, COORDINATOR.node_id, body, chain=admin_chain(), now=NOW)
         for body in (NextSequence(), StatusRequest(watch=True),
                      DeviceAdd(node_id=DEVICE.node_id, name="kiosk", tags=("lab",)),
+                     DeviceAddBatch(devices=(DeviceEntry(node_id=DEVICE.node_id, name="kiosk",
+                                                         tags=("lab",)),), skip_existing=True),
                      PushRequestV1(announcement=announcement(ADMIN, admin_chain())),
                      StatusQuery(states=(AgentState.FAILED,), tags=("lab",), offline=True,
                                  after=DEVICE.node_id, limit=100, summary=True),
@@ -379,6 +393,38 @@ def _narinfo(data: bytes) -> None:
     verify_narinfo(parse_narinfo(data), TRUSTED_NIX)
 
 
+def enroll_token() -> SignedEnvelope:
+    return make_enroll_token(
+        ADMIN, COORDINATOR.node_id, ("lab",), lifetime=3600, uses=2, chain=admin_chain(), now=NOW
+    )
+
+
+def _enroll_token(data: bytes) -> None:
+    opened = open_enroll_token(decode(data, SignedEnvelope), COORDINATOR.node_id, NOW)
+    assert opened.signer == ADMIN.node_id, "a forged enrollment token verified"
+
+
+def token_file_samples() -> tuple[bytes, ...]:
+    token = enroll_token()
+    return (format_token_file(token, decode(token.payload, EnrollToken)).encode(),)
+
+
+def _token_file(data: bytes) -> None:
+    parse_token_file(data.decode("utf-8", "replace"))
+
+
+def device_file_samples() -> tuple[bytes, ...]:
+    node = DEVICE.node_id
+    return (
+        f"id,name,tags\n{node},kiosk-1,lab kiosk\n".encode(),
+        (json.dumps({"id": str(node), "name": "kiosk-1", "tags": ["lab"]}) + "\n").encode(),
+    )
+
+
+def _device_file(data: bytes) -> None:
+    parse_device_file(data.decode("utf-8", "replace"))
+
+
 def resign(signer: Identity, tag: Tag, payload: bytes) -> SignedEnvelope:
     """An envelope around arbitrary payload bytes with a genuine signature."""
     return SignedEnvelope(
@@ -399,6 +445,10 @@ def _signed_announcement(data: bytes) -> None:
 
 def _signed_certificate(data: bytes) -> None:
     verify_chain(Chain(certificates=(resign(ROOT, Tag.CAPABILITY, data),)), {ROOT.node_id}, NOW)
+
+
+def _signed_enroll_token(data: bytes) -> None:
+    open_enroll_token(resign(ADMIN, Tag.ENROLL_TOKEN, data), COORDINATOR.node_id, NOW)
 
 
 def _signed_checkpoint(data: bytes) -> None:
@@ -452,6 +502,14 @@ TARGETS: tuple[Target, ...] = (
     Target("relay.stun-answer", stun_samples, _stun_answer, (Unanswered,)),
     Target("nix.narinfo", narinfo_samples, _narinfo, (NarInfoError, UntrustedNarInfo)),
     Target(
+        "protocol.enroll-token",
+        lambda: (encode(enroll_token()),),
+        _enroll_token,
+        (WireError, EnrollTokenError),
+    ),
+    Target("protocol.enroll-token-file", token_file_samples, _token_file, (ValueError,)),
+    Target("admin.device-file", device_file_samples, _device_file, (DeviceFileError,)),
+    Target(
         "signed:admin-request",
         lambda: _payloads(message_samples()[3:-3]),
         _signed_admin_request,
@@ -474,6 +532,12 @@ TARGETS: tuple[Target, ...] = (
         lambda: _payloads([encode(admin_chain().certificates[0])]),
         _signed_certificate,
         (CapabilityError,),
+    ),
+    Target(
+        "signed:enroll-token",
+        lambda: _payloads([encode(enroll_token())]),
+        _signed_enroll_token,
+        (EnrollTokenError,),
     ),
     Target(
         "signed:checkpoint",

@@ -27,10 +27,14 @@ from click.testing import CliRunner
 import fleet.cli.agent
 import fleet.cli.coordinator
 import fleet.cli.relay
+from fleet.admin.enroll_token_file import write_token_file
 from fleet.agent.settings import KNOWN as AGENT_SETTINGS
 from fleet.coordinator.settings import KNOWN as COORDINATOR_SETTINGS
-from fleet.identity import write_new_key
+from fleet.identity import NodeId, write_new_key
+from fleet.protocol.enroll_token import format_token_file, make_enroll_token
+from fleet.protocol.messages import EnrollToken
 from fleet.relay.settings import KNOWN as RELAY_SETTINGS
+from fleet.wire import decode
 
 pytestmark = pytest.mark.nix
 
@@ -65,6 +69,7 @@ FULL: dict[str, dict[str, Any]] = {
         },
         "relays": [RELAY_URL],
         "keyFile": "/var/lib/fleet-agent/node.key",
+        "enrollTokenFile": "/run/secrets/fleet-enroll-token",
         "trustRoots": [ADMIN_ID],
         "substituters": ["https://cache.example.org"],
         "trustedPublicKeys": [CACHE_KEY],
@@ -270,8 +275,15 @@ def cli_settings(role: str, options: dict[str, Any], tmp_path: Path) -> dict[str
     for name in PENDING.get(role, {}):
         settings.pop(name, None)
     key = tmp_path / "node.key"
-    write_new_key(key)
+    identity = write_new_key(key)
     settings["key"] = str(key)
+    if "enroll_token" in settings:  # a real token file in its place, as for the key
+        token = tmp_path / "enroll-token"
+        envelope = make_enroll_token(
+            identity, NodeId.parse(COORDINATOR_ID), ("kiosk",), lifetime=60, uses=1
+        )
+        write_token_file(token, format_token_file(envelope, decode(envelope.payload, EnrollToken)))
+        settings["enroll_token"] = str(token)
     return settings
 
 
@@ -291,6 +303,7 @@ def test_agent_settings_start_the_agent(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert agent_settings.state_dir == Path("/var/lib/fleet-agent")
     assert agent_settings.session.welcome_timeout == 45.0
     assert agent_settings.session.reconnect_spread == 2.5
+    assert agent_settings.enroll_token is not None  # enrollTokenFile: read, in the Hello
 
 
 def test_coordinator_settings_start_the_coordinator(
