@@ -761,7 +761,9 @@ async def test_v3_old_agents_get_the_legacy_announcement_or_nothing(h: Harness) 
     links = []
     for node in nodes:
         link = FakeLink(node)
-        old_hello = HelloV3(**{f.name: getattr(hello(), f.name) for f in dataclasses.fields(HelloV3)})
+        old_hello = HelloV3(
+            **{f.name: getattr(hello(), f.name) for f in dataclasses.fields(HelloV3)}
+        )
         assert await h.service.agent_hello(link, old_hello) is not None
         links.append(link)
     await push_v3(h, targeted_push(h, 1, nodes, legacy=nodes))
