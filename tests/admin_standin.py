@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from fleet.admin.client import AdminClient
+from fleet.background import BackgroundTasks
 from fleet.identity import Identity, NodeId
 from fleet.protocol.admin import AdminRequestError, open_admin_request
 from fleet.protocol.messages import (
@@ -315,7 +316,7 @@ class MemoryWriter:
 class MemoryConnection:
     """Opens in-memory bidirectional streams served by a StandIn, one task per stream."""
 
-    def __init__(self, standin: StandIn, tasks: asyncio.TaskGroup) -> None:
+    def __init__(self, standin: StandIn, tasks: BackgroundTasks) -> None:
         self.standin = standin
         self.tasks = tasks
         self.writers: list[MemoryWriter] = []
@@ -335,8 +336,9 @@ class MemoryConnection:
 async def memory_client(
     standin: StandIn, admin: Identity, *, timeout: float = TIMEOUT
 ) -> AsyncIterator[AdminClient]:
-    """An AdminClient talking to `standin` in memory; the stand-in's tasks end with it."""
-    async with asyncio.TaskGroup() as tasks:
+    """An AdminClient talking to `standin` in memory; the stand-in's tasks end with it.
+    Like the mesh Endpoint, an error raised inside reaches the caller as itself."""
+    async with BackgroundTasks() as tasks:
         connection = MemoryConnection(standin, tasks)
         try:
             yield AdminClient(admin, standin.identity.node_id, connection, timeout=timeout)

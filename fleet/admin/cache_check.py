@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fleet.admin.errors import AdminError, unwrap_group
+from fleet.admin.errors import AdminError
 from fleet.nix.keys import NixPublicKey
 from fleet.nix.narinfo import (
     NarInfoError,
@@ -169,19 +169,19 @@ async def check_closure(
     )
     walk.seen.add(root)
     try:
-        async with asyncio.timeout(deadline), asyncio.TaskGroup() as group:
-            group.create_task(walk.visit(root, group))
+        async with asyncio.timeout(deadline):
+            await _walk_all(walk, root)
     except TimeoutError:
         raise CacheCheckFailed(
             f"checking the closure of {root} took longer than {deadline:.0f}s "
             f"({len(walk.seen)} paths so far); {SKIP_HINT}"
         ) from None
-    except BaseExceptionGroup as group_error:
-        first = unwrap_group(group_error)
-        if isinstance(first, BaseExceptionGroup):  # several failed at once: report one
-            failed = [e for e in first.exceptions if isinstance(e, CacheCheckFailed)]
-            if not failed:
-                raise
-            first = failed[0]
-        raise first from None
     return CheckReport(root, len(walk.seen), tuple(caches), tuple(sorted(walk.signers)))
+
+
+async def _walk_all(walk: _Walk, root: str) -> None:
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(walk.visit(root, group))
+    except* CacheCheckFailed as failed:  # several may fail at once: report one
+        raise failed.exceptions[0] from None

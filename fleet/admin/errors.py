@@ -42,14 +42,3 @@ class CoordinatorRefused(AdminError):
         super().__init__(f"coordinator refused ({code}): {message}")
         self.code = code
         self.reason = message
-
-
-def unwrap_group(exc: BaseException) -> BaseException:
-    """The one error inside (nested) single-member exception groups, as a TaskGroup makes them.
-
-    The mesh Endpoint runs a TaskGroup, so an error raised while using a connection leaves
-    `async with Endpoint(...)` wrapped in an ExceptionGroup; callers want the error itself.
-    """
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc

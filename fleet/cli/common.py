@@ -15,7 +15,6 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
-from fleet.admin.errors import unwrap_group
 from fleet.config import EXIT_CONFIG as EXIT_CONFIG  # exit codes of the CLI
 from fleet.identity import Identity, InvalidNodeId, KeyFileError, NodeId, load_identity
 from fleet.netaddr import InvalidAddress, parse_host_port
@@ -57,17 +56,17 @@ def bad_settings_exit_config(command: Callable[P, R]) -> Callable[P, R]:
 class FleetGroup(click.Group):
     """A click group whose commands never end in a traceback.
 
-    Errors raised inside a TaskGroup (the mesh Endpoint runs one) arrive wrapped in an
-    ExceptionGroup, which click does not recognise; the one error inside is re-raised for
-    click to print. Anything else unexpected becomes one `internal error` line (with
-    FLEET_TRACEBACK=1 the traceback is shown instead).
+    Errors raised inside a daemon's TaskGroup arrive wrapped in an ExceptionGroup, which
+    click does not recognise; the (first) error inside is re-raised for click to print.
+    Anything else unexpected becomes one `internal error` line (with FLEET_TRACEBACK=1 the
+    traceback is shown instead).
     """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except BaseExceptionGroup as group:
-            _reraise_clean(unwrap_group(group))
+            _reraise_clean(group)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:  # the last net under every command
@@ -77,8 +76,8 @@ class FleetGroup(click.Group):
 def _reraise_clean(exc: BaseException) -> NoReturn:
     if isinstance(exc, click.ClickException | click.exceptions.Exit | click.Abort):
         raise exc from None
-    if isinstance(exc, BaseExceptionGroup):  # several at once: the first one is shown
-        _reraise_clean(unwrap_group(exc.exceptions[0]))
+    if isinstance(exc, BaseExceptionGroup):  # (nested, or several at once): the first
+        _reraise_clean(exc.exceptions[0])
     if not isinstance(exc, Exception):  # SystemExit, KeyboardInterrupt: click handles them
         raise exc
     if isinstance(exc, OSError) and exc.errno == errno.EPIPE:

@@ -59,7 +59,6 @@ from fleet.admin.errors import (
     OutcomeUnknown,
     ProtocolViolation,
     TargetError,
-    unwrap_group,
 )
 from fleet.admin.live import LARGE_PUSH, InPlace, PushDigest, push_lines, status_lines
 from fleet.admin.push import PushPlan, push, wait_for_devices
@@ -233,13 +232,6 @@ def _run(ctx: click.Context, work: Callable[[AdminClient], Awaitable[T]]) -> T:
         raise SystemExit(EXIT_INTERRUPTED) from None
     except AdminError as exc:
         raise click.ClickException(str(exc)) from exc
-    except BaseExceptionGroup as group:
-        inner = unwrap_group(group)
-        if isinstance(inner, AdminError):
-            raise click.ClickException(str(inner)) from inner
-        if isinstance(inner, KeyboardInterrupt):
-            raise SystemExit(EXIT_INTERRUPTED) from None
-        raise
 
 
 JSON_OPTION = click.option(

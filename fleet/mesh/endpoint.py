@@ -8,6 +8,11 @@ connection by destination connection id. A direct QUIC packet is accepted only f
 that an authenticated disco Ping/Pong tied to a node id, and only for a connection with that
 node; relay packets carry the relay-authenticated sender. A server connection pins the client
 certificate to the node the packets came from, so TLS proves the same id the path layer used.
+
+The decisions below QUIC (disco, which path, which addresses to advertise, STUN) are the
+sans-IO PathLayer's (pathlayer.py); this module is its asyncio adapter and QUIC's: it owns
+the socket, the relay tasks, the QUIC connections by connection id and the accept queues,
+feeds both cores the loop's time, and sends what they queue.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ import asyncio
 import contextlib
 import ipaddress
 import socket as pysocket
-import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
@@ -25,42 +29,37 @@ from aioquic.buffer import Buffer, BufferReadError
 from aioquic.quic import events
 from aioquic.quic.packet import QuicPacketType, QuicProtocolVersion, pull_quic_header
 
+from fleet.background import BackgroundTasks
+from fleet.deadline import DeadlineTimer
 from fleet.identity import Identity, NodeId
 from fleet.log import get_logger
-from fleet.mesh import disco
 from fleet.mesh.admission import Admission, AdmissionLimits, Verdict
 from fleet.mesh.config import MeshConfig
 from fleet.mesh.connection import ConnectError, Connection, MeshError
 from fleet.mesh.disco import Addr
-from fleet.mesh.paths import Path, PathChanged
-from fleet.mesh.peers import Peer, PeerTable
-from fleet.mesh.reflexive import (
-    ReflexiveChanged,
-    ReflexiveProbe,
-    StunServerStatus,
-    StunUnanswered,
+from fleet.mesh.pathlayer import (
+    HeldReleased,
+    PathEvent,
+    PathLayer,
+    PeerPathChanged,
+    SendUdp,
+    WrongNode,
+    normalize_addr,
+    wrong_node_reason,
 )
+from fleet.mesh.paths import Path, PathChanged
+from fleet.mesh.peers import Peer
+from fleet.mesh.reflexive import ReflexiveChanged, StunServerStatus, StunUnanswered
 from fleet.mesh.relay import RelayFactory, RelayRunner, RelayTransport
-from fleet.mesh.socket import UdpSocket
 from fleet.mesh.tls_hooks import PinnedQuicConnection, kick, quic_configuration
+from fleet.mesh.udp import UdpSocket
 from fleet.netaddr import format_host_port
 from fleet.relay.url import InvalidRelayUrl, RelayUrl
-from fleet.stun import looks_like_stun
 
 log = get_logger(__name__)
 
 CID_LENGTH = 8  # aioquic's default host connection id length
 MIN_INITIAL_SIZE = 1200  # RFC 9000 14.1: a client Initial is padded to at least this
-
-
-def _normalize_addr(addr: tuple[str, int]) -> Addr:
-    host, port = addr
-    ip = ipaddress.ip_address(host)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if not 0 < int(port) < 65536:
-        raise ValueError(f"bad port {port}")
-    return (str(ip), int(port))
 
 
 class Endpoint:
@@ -91,7 +90,7 @@ class Endpoint:
             raise ValueError("relay URLs given but no relay_factory to connect to them")
         self._relays: dict[str, RelayRunner] = {}
         self._relay_tasks: dict[str, asyncio.Task[None]] = {}
-        self._peers = PeerTable(self.config.paths)
+        self._paths = PathLayer(identity, self.config, local_addresses=lambda: self.local_addresses)
         self._by_cid: dict[bytes, Connection] = {}
         self._conn_peer: dict[Connection, Peer] = {}
         self._accept_queues: dict[str, asyncio.Queue[Connection | None]] = {
@@ -102,19 +101,16 @@ class Endpoint:
         self._server_config: Any = None
         self._client_configs: dict[str, Any] = {}
         self._socket: UdpSocket | None = None
-        self._tasks: asyncio.TaskGroup | None = None
+        self._tasks: BackgroundTasks | None = None
         self._exit = contextlib.AsyncExitStack()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
-        self._housekeeping_task: asyncio.Task[None] | None = None
+        self._timer: DeadlineTimer | None = None  # follows the path layer's get_timer()
         self._path_listeners: list[Callable[[PathChanged], None]] = []
-        self.observed_addresses: set[Addr] = set()  # our address as peers saw it (Pongs)
-        self._reflexive = ReflexiveProbe(self.config.stun)
         self._stun_hosts: set[tuple[str, int]] = set()
         self.relay_packets_sent = 0
         self.relay_packets_received = 0
-        self.disco_rejected = 0
-        self.quic_dropped = 0
+        self._quic_dropped = 0  # undecodable, unknown or misdirected QUIC datagrams
         cfg = self.config
         self._admission = Admission(
             AdmissionLimits(
@@ -139,12 +135,14 @@ class Endpoint:
             self._bind, buffer_size=self.config.socket_buffer, offload=self.config.udp_offload
         )
         self._exit.callback(self._socket.close)
+        self._paths.bound_loopback = ipaddress.ip_address(self._socket.address[0]).is_loopback
         try:
-            self._tasks = await self._exit.enter_async_context(asyncio.TaskGroup())
+            self._tasks = await self._exit.enter_async_context(BackgroundTasks())
             self._socket.start(self._on_datagrams, self.config.recv_batch)
-            self._housekeeping_task = self._tasks.create_task(
-                self._housekeeping(), name="mesh-housekeeping"
-            )
+            self._timer = DeadlineTimer(self._loop, self._on_housekeeping)
+            self._exit.callback(self._timer.cancel)
+            self._paths.start(self._now())
+            self._timer.set(self._paths.get_timer())
             for url in self._home_relays:
                 self._relay_for(url)
             for host, port in self.config.stun_servers:
@@ -161,6 +159,8 @@ class Endpoint:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Close; an error raised inside the block reaches the caller as itself (see
+        fleet/background.py), a failed background task still fails the block."""
         await self.close()
         await self._exit.__aexit__(exc_type, exc, tb)
 
@@ -188,8 +188,8 @@ class Endpoint:
             queue.put_nowait(None)
         for task in self._relay_tasks.values():
             task.cancel()
-        if self._housekeeping_task is not None:
-            self._housekeeping_task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
 
     # -- public API -------------------------------------------------------------------------
 
@@ -229,15 +229,28 @@ class Endpoint:
     @property
     def reflexive_addresses(self) -> frozenset[Addr]:
         """Our public address(es) as STUN servers see our socket (empty until answered)."""
-        return self._reflexive.addresses
+        return self._paths.reflexive.addresses
+
+    @property
+    def observed_addresses(self) -> set[Addr]:
+        """Our address as peers saw it (in their Pongs)."""
+        return self._paths.observed_addresses
+
+    @property
+    def disco_rejected(self) -> int:
+        return self._paths.disco_rejected
+
+    @property
+    def quic_dropped(self) -> int:
+        return self._quic_dropped + self._paths.quic_dropped
 
     @property
     def stun_servers(self) -> list[Addr]:
-        return self._reflexive.servers
+        return self._paths.reflexive.servers
 
     def stun_status(self) -> list[StunServerStatus]:
         """Each STUN server we ask: its fresh answer, or how long it has been silent."""
-        return self._reflexive.status(self._now())
+        return self._paths.reflexive.status(self._now())
 
     async def wait_relays(self, timeout: float) -> None:
         """Return once every home relay is connected (TimeoutError after `timeout`): a daemon
@@ -268,7 +281,7 @@ class Endpoint:
         self._path_listeners.append(listener)
 
     def path_to(self, node: NodeId) -> Path | None:
-        peer = self._peers.get(node)
+        peer = self._paths.peers.get(node)
         return peer.paths.path if peer is not None else None
 
     async def connect(
@@ -287,19 +300,19 @@ class Endpoint:
         if len(self._conn_peer) >= self.config.max_connections:
             raise ConnectError("too many connections")
         now = loop.time()
-        peer = self._peers.get_or_create(node_id)
+        candidates: list[Addr] = []
         for addr in addrs:
             try:
-                peer.paths.add_candidate(_normalize_addr(addr), now, "connect")
+                candidates.append(normalize_addr(addr))
             except ValueError as exc:
                 raise ConnectError(f"bad address {addr!r}: {exc}") from exc
+        known = self._paths.peers.get(node_id)
         relay: RelayRunner | None = None
-        if relay_url is None and peer.relay is None and self._home_relays:
+        if relay_url is None and (known is None or known.relay is None) and self._home_relays:
             relay_url = self._home_relays[0]
         if relay_url is not None:
             relay = self._relay_for(str(relay_url))
-        if relay is not None:
-            peer.relay = relay
+        peer = self._paths.dial(node_id, candidates, relay, now)
         if not peer.paths.candidates and peer.relay is None:
             raise ConnectError(f"no address and no relay for node {node_id.short()}")
         deadline = now + timeout
@@ -311,7 +324,7 @@ class Endpoint:
                     f"relay {relay_url} not reachable within {timeout:.1f}s"
                 ) from None
             now = loop.time()
-        peer.paths.set_relay(peer.relay is not None, now)
+        self._paths.relay_settled(peer, now)
         config = self._client_configs.get(alpn)
         if config is None:
             config = self._client_configs[alpn] = self._quic_config(True, [alpn])
@@ -321,7 +334,6 @@ class Endpoint:
             handshake_pto_max=self.config.handshake_pto_max,
         )
         conn = self._add_connection(quic, peer, is_client=True)
-        self._send_call_me_maybe(peer)
         quic.connect(peer.vaddr, now)
         self._flush(conn)
         try:
@@ -329,10 +341,7 @@ class Endpoint:
                 await conn.wait_handshake()
         except TimeoutError:
             await conn.close(reason="handshake timeout")
-            wrong = "".join(
-                f"; {a[0]}:{a[1]} answered as node {other}, not {node_id}"
-                for a, other in peer.wrong_node.items()
-            )
+            wrong = f"; {wrong_node_reason(peer)}" if peer.wrong_node else ""
             raise ConnectError(
                 f"no handshake with {node_id.short()} within {timeout:.1f}s "
                 f"(path {peer.paths.path}){wrong}"
@@ -406,8 +415,8 @@ class Endpoint:
         family = 6 if ":" in self.socket.address[0] else 4
         if ipaddress.ip_address(ip).version != family:
             return
-        self._reflexive.add_server((ip, port), self._now())
-        self._poll_stun()
+        self._paths.add_stun_server((ip, port), self._now())
+        self._service_paths()
 
     async def _resolve_stun_server(self, host: str, port: int) -> None:
         loop = self._require_running()
@@ -420,85 +429,110 @@ class Endpoint:
         for info in infos[:2]:
             self._add_stun_addr(str(info[4][0]), port)
 
-    def _poll_stun(self) -> None:
-        now = self._now()
-        for data, addr in self._reflexive.poll(now):
-            self.socket.sendto(data, addr)
-        self._after_stun()
+    # -- the path layer's output ----------------------------------------------------------
 
-    def _on_stun(self, data: bytes, addr: Addr) -> None:
-        if self._reflexive.receive(data, addr, self._now()):
-            self._after_stun()
+    def _service_paths(self) -> None:
+        """Send what the path layer queued and act on its events (which may queue more)."""
+        paths = self._paths
+        self._transmit()
+        while (event := paths.next_event()) is not None:
+            self._on_path_event(event)
+            self._transmit()
 
-    def _after_stun(self) -> None:
-        while (event := self._reflexive.next_event()) is not None:
-            if isinstance(event, StunUnanswered):
-                log.warning(
-                    "mesh_stun_unanswered",
-                    server=format_host_port(*event.server),
-                    waited=round(event.waited, 1),
-                    hint="no public address: nodes behind NAT cannot punch holes and stay on "
-                    "the relay; check the relay answers STUN and UDP to it is open",
-                )
+    def _transmit(self) -> None:
+        socket = self.socket
+        for out in self._paths.datagrams_to_send():
+            if isinstance(out, SendUdp):
+                socket.sendto(out.data, out.addr)
             else:
-                self._on_reflexive_changed(event)
+                out.relay.send(out.node, out.data)
 
-    def _on_reflexive_changed(self, change: ReflexiveChanged) -> None:
+    def _on_path_event(self, event: PathEvent) -> None:
+        if isinstance(event, PeerPathChanged):
+            self._on_path_changed(event.peer, event.change)
+        elif isinstance(event, HeldReleased):
+            for data in event.datagrams:
+                conn = self._receive_quic(event.peer, data, source=event.addr)
+                if conn is not None:
+                    conn.direct_source = event.addr
+                    self._request_flush(conn)
+        elif isinstance(event, WrongNode):
+            for conn in list(event.peer.connections):
+                if conn.quic.verified_peer is None:
+                    conn.quic.close(error_code=0x1, reason_phrase=event.reason)
+                    conn.after_batch()
+                    self._request_flush(conn)
+        elif isinstance(event, StunUnanswered):
+            log.warning(
+                "mesh_stun_unanswered",
+                server=format_host_port(*event.server),
+                waited=round(event.waited, 1),
+                hint="no public address: nodes behind NAT cannot punch holes and stay on "
+                "the relay; check the relay answers STUN and UDP to it is open",
+            )
+        elif isinstance(event, ReflexiveChanged):
+            log.info(
+                "mesh_reflexive_address",
+                old=sorted(f"{h}:{p}" for h, p in event.old),
+                new=sorted(f"{h}:{p}" for h, p in event.new),
+            )
+
+    def _on_path_changed(self, peer: Peer, change: PathChanged) -> None:
         log.info(
-            "mesh_reflexive_address",
-            old=sorted(f"{h}:{p}" for h, p in change.old),
-            new=sorted(f"{h}:{p}" for h, p in change.new),
+            "mesh_path_changed",
+            peer=peer.node.short(),
+            old=str(change.old) if change.old else None,
+            new=str(change.new) if change.new else None,
+            reason=change.reason,
         )
-        if change.new - change.old:
-            # New public address: tell every peer we talk to, so they probe it (re-punch).
-            for peer in self._peers:
-                if peer.connections:
-                    self._send_call_me_maybe(peer)
+        for listener in self._path_listeners:
+            try:
+                listener(change)
+            except Exception:  # a listener's bug must not break the data path
+                log.exception("path_listener_failed")
+        now = self._now()
+        for conn in peer.connections:
+            conn.path_changed(change)
+            if change.old is not None and change.new is not None:
+                kick(conn.quic, now)  # resend what the old path lost, without waiting a PTO
+                self._request_flush(conn)
+
+    # -- datagram input ---------------------------------------------------------------------
 
     def _on_relay_packet(self, relay: RelayTransport, src: NodeId, data: bytes) -> None:
         if self._closing:
             return
         self.relay_packets_received += 1
         try:
-            if disco.is_disco(data):
-                self._on_disco(data, None, src, relay)
+            peer = self._paths.receive_relay(src, data, self._now(), relay=relay)
+            self._service_paths()
+            if peer is None:
                 return
-            peer = self._peers.get_or_create(src)
-            if peer.relay is None:
-                peer.relay = relay
-                peer.paths.set_relay(True, self._now())
             conn = self._receive_quic(peer, data, source=None)
             if conn is not None:
                 conn.direct_source = None
                 self._request_flush(conn)
-            self._after_paths(peer)
         except Exception:  # a bad packet must never take the endpoint down
             log.exception("relay_packet_error", src=src.short())
-
-    # -- datagram input ---------------------------------------------------------------------
 
     def _on_datagrams(self, datagrams: list[tuple[bytes, Addr]]) -> None:
         """One batch from the socket: feed everything, then flush each touched connection."""
         touched: set[Connection] = set()
-        peer_at = self._peers.peer_at
+        receive_udp = self._paths.receive_udp
         now = self._now()  # one batch, one instant: aioquic only needs it for timers
         last_addr: Addr | None = None  # a batch is mostly one sender's run: look it up once
         peer: Peer | None = None
         for data, addr in datagrams:
             try:
-                if data[0] < 0x40:  # never QUIC v1 (fixed bit): disco or STUN
-                    last_addr = None  # disco may tie this address to another node
-                    if disco.is_disco(data):
-                        self._on_disco(data, addr, None, None)
-                    elif looks_like_stun(data):
-                        self._on_stun(data, addr)
-                    continue
-                if addr != last_addr:
-                    peer = peer_at(addr)
+                if data[0] < 0x40 or addr != last_addr:
+                    # Disco or STUN (may tie this address to another node), or a new sender.
+                    peer = receive_udp(data, addr, now)
+                    if peer is None:
+                        last_addr = None
+                        self._service_paths()
+                        continue
                     last_addr = addr
-                if peer is None:
-                    self.quic_dropped += 1
-                    self._peers.hold(addr, data, now)
+                elif peer is None:
                     continue
                 conn = self._receive_quic(peer, data, source=addr, now=now)
                 if conn is not None:
@@ -522,17 +556,17 @@ class Endpoint:
             try:
                 header = pull_quic_header(Buffer(data=data), host_cid_length=CID_LENGTH)
             except (ValueError, BufferReadError):
-                self.quic_dropped += 1
+                self._quic_dropped += 1
                 return None
             conn = self._by_cid.get(header.destination_cid)
         if conn is None:
             if header is not None:
                 conn = self._new_server_connection(peer, header, len(data), source)
             if conn is None:
-                self.quic_dropped += 1
+                self._quic_dropped += 1
                 return None
         elif self._conn_peer.get(conn) is not peer:
-            self.quic_dropped += 1  # a packet for another node's connection
+            self._quic_dropped += 1  # a packet for another node's connection
             return None
         conn.quic.receive_datagram(data, peer.vaddr, self._now() if now is None else now)
         return conn
@@ -581,8 +615,6 @@ class Endpoint:
         conn.half_open = self._admission.open(peer.node, source, now)
         self._half_open[conn] = now
         self._register_cid(conn, header.destination_cid)
-        if peer.relay is not None:
-            self._send_call_me_maybe(peer)
         return conn
 
     def _process_events(self, conn: Connection) -> None:
@@ -621,151 +653,6 @@ class Endpoint:
             path=str(conn.path_detail),
         )
 
-    # -- disco ------------------------------------------------------------------------------
-
-    def _on_disco(
-        self,
-        data: bytes,
-        addr: Addr | None,
-        relay_src: NodeId | None,
-        relay: RelayTransport | None,
-    ) -> None:
-        try:
-            packet = disco.decode(
-                data, self.node_id, time.time(), max_age=self.config.disco_max_age
-            )
-        except disco.MisaddressedDisco as exc:
-            self.disco_rejected += 1
-            if addr is not None and isinstance(exc.packet.message, disco.Ping):
-                # Someone dialled another node at our address: tell them who answers here
-                # (signed), so their connect fails with a clear reason instead of a timeout.
-                reply = disco.Pong(exc.packet.message.tx_id, addr)
-                data = disco.encode(self._identity, exc.packet.sender, reply, time.time())
-                self.socket.sendto(data, addr)
-            return
-        except disco.DiscoError as exc:
-            self.disco_rejected += 1
-            log.debug("disco_rejected", src=addr, error=str(exc))
-            return
-        sender = packet.sender
-        if relay_src is not None and sender != relay_src:
-            self.disco_rejected += 1
-            return
-        if sender == self.node_id:
-            return
-        now = self._now()
-        message = packet.message
-        if isinstance(message, disco.Ping):
-            if addr is None:
-                return  # pings probe direct paths only
-            peer = self._peers.get_or_create(sender)
-            self._peers.map_addr(addr, sender)
-            peer.paths.ping_received(addr, now)
-            self._send_disco(peer, disco.Pong(message.tx_id, addr), addr)
-            self._release_held(addr, peer)
-        elif isinstance(message, disco.Pong):
-            if addr is None:
-                return
-            peer_or_none = self._peers.get(sender)
-            if peer_or_none is None or not peer_or_none.paths.pong_received(
-                message.tx_id, addr, now
-            ):
-                self._note_wrong_node(addr, sender)
-                return
-            peer = peer_or_none
-            self._peers.map_addr(addr, sender)
-            self.observed_addresses.add(message.observed)
-            self._release_held(addr, peer)
-        else:
-            peer = self._peers.get_or_create(sender)
-            for candidate in message.addresses:
-                peer.paths.add_candidate(candidate, now, "call-me-maybe")
-            if relay is not None and peer.relay is None:
-                peer.relay = relay
-                peer.paths.set_relay(True, now)
-        self._after_paths(peer)
-
-    def _note_wrong_node(self, addr: Addr, answered: NodeId) -> None:
-        """An unmatched Pong: if we dial another node at that address, remember who answered."""
-        for peer in self._peers:
-            if peer.node == answered or not peer.connections:
-                continue
-            if addr not in peer.paths.candidates:
-                continue
-            peer.wrong_node[addr] = answered
-            if peer.relay is None and set(peer.paths.candidates) <= set(peer.wrong_node):
-                # Every address we were given belongs to someone else: fail now, clearly.
-                reason = "; ".join(
-                    f"{a[0]}:{a[1]} answered as node {other}, not {peer.node}"
-                    for a, other in peer.wrong_node.items()
-                )
-                for conn in list(peer.connections):
-                    if conn.quic.verified_peer is None:
-                        conn.quic.close(error_code=0x1, reason_phrase=reason)
-                        conn.after_batch()
-                        self._request_flush(conn)
-
-    def _send_disco(self, peer: Peer, message: disco.Message, addr: Addr) -> None:
-        packet = disco.encode(self._identity, peer.node, message, time.time())
-        self.socket.sendto(packet, addr)
-
-    def _send_call_me_maybe(self, peer: Peer) -> None:
-        """Tell the peer (over the relay) where to reach us directly, so both sides probe."""
-        if peer.relay is None:
-            return
-        bound_loopback = ipaddress.ip_address(self.socket.address[0]).is_loopback
-        ours = [
-            *sorted(self._reflexive.addresses),  # what STUN servers saw: the NAT's mapping
-            *self.local_addresses,
-            *sorted(self.observed_addresses),  # what peers' Pongs saw
-        ]
-        addrs = tuple(
-            a
-            for a in dict.fromkeys(ours)
-            # Our loopback address means another host's loopback to the peer: only advertise
-            # it when we listen on loopback alone (tests, same-host setups).
-            if bound_loopback or not ipaddress.ip_address(a[0]).is_loopback
-        )[: disco.MAX_ADDRESSES]
-        peer.last_call_me_maybe = self._now()
-        if addrs:
-            packet = disco.encode(self._identity, peer.node, disco.CallMeMaybe(addrs), time.time())
-            peer.relay.send(peer.node, packet)
-
-    def _after_paths(self, peer: Peer) -> None:
-        """Send due pings and publish path changes for one peer."""
-        for action in peer.paths.poll(self._now()):
-            self._send_disco(peer, action.ping, action.addr)
-        while (change := peer.paths.next_event()) is not None:
-            self._on_path_changed(peer, change)
-
-    def _on_path_changed(self, peer: Peer, change: PathChanged) -> None:
-        log.info(
-            "mesh_path_changed",
-            peer=peer.node.short(),
-            old=str(change.old) if change.old else None,
-            new=str(change.new) if change.new else None,
-            reason=change.reason,
-        )
-        for listener in self._path_listeners:
-            try:
-                listener(change)
-            except Exception:  # a listener's bug must not break the data path
-                log.exception("path_listener_failed")
-        now = self._now()
-        for conn in peer.connections:
-            conn.path_changed(change)
-            if change.old is not None and change.new is not None:
-                kick(conn.quic, now)  # resend what the old path lost, without waiting a PTO
-                self._request_flush(conn)
-
-    def _release_held(self, addr: Addr, peer: Peer) -> None:
-        for data in self._peers.release(addr, self._now()):
-            self.quic_dropped -= 1
-            conn = self._receive_quic(peer, data, source=addr)
-            if conn is not None:
-                conn.direct_source = addr
-                self._request_flush(conn)
-
     # -- output -----------------------------------------------------------------------------
 
     def _request_flush(self, conn: Connection) -> None:
@@ -790,19 +677,16 @@ class Endpoint:
         self._process_events(conn)
         datagrams = quic.datagrams_to_send(now)
         if datagrams:
-            paths = peer.paths
-            deadline = paths.next_deadline()
-            if deadline is not None and deadline <= now:
-                self._after_paths(peer)
-            addrs, via_relay = paths.send_targets(now)
+            addrs, relay = self._paths.route(peer, now)
+            self._service_paths()  # due pings leave before the QUIC packets they unlock
             source = conn.direct_source
             if source is not None and source not in addrs:
                 addrs = [source]  # another process of the same node id holds the path
             payloads = [data for data, _ in datagrams]
             for addr in addrs:
                 self.socket.send_many(payloads, addr)
-            if via_relay and peer.relay is not None:
-                relay_send, node = peer.relay.send, peer.node
+            if relay is not None:
+                relay_send, node = relay.send, peer.node
                 for data in payloads:
                     relay_send(node, data)
                 self.relay_packets_sent += len(payloads)
@@ -818,36 +702,25 @@ class Endpoint:
 
     # -- housekeeping -----------------------------------------------------------------------
 
-    async def _housekeeping(self) -> None:
-        """Path heartbeats and probes, QUIC keepalives, expiry of held packets."""
-        while True:
-            await asyncio.sleep(self.config.tick)
-            now = self._now()
-            stun_due = self._reflexive.next_deadline()
-            if stun_due is not None and stun_due <= now:
-                self._poll_stun()
-            upgrade = self.config.call_me_maybe_interval
-            for peer in self._peers:
-                deadline = peer.paths.next_deadline()
-                if deadline is not None and deadline <= now:
-                    self._after_paths(peer)
-                if (
-                    peer.connections
-                    and peer.relay is not None
-                    and (peer.paths.path is None or peer.paths.path.kind == "relay")
-                    and (
-                        peer.last_call_me_maybe is None or now - peer.last_call_me_maybe >= upgrade
-                    )
-                ):
-                    self._send_call_me_maybe(peer)  # keep trying to go direct
+    def _on_housekeeping(self) -> None:
+        """At the path layer's timer: its heartbeats, probes and expiry; QUIC keepalives,
+        half-open handshakes that took too long. Never raises (it runs as a loop callback)."""
+        if self._closing or self._timer is None:
+            return
+        now = self._now()
+        try:
+            self._paths.handle_timer(now)
+            self._service_paths()
             for conn in list(self._conn_peer):
                 if now - conn.last_keepalive >= self.config.keepalive_interval:
                     conn.last_keepalive = now
                     if conn.closed is None:
                         conn.quic.send_ping(0)
                         self._request_flush(conn)
-            self._peers.expire_held(now)
             self._expire_half_open(now)
+        except Exception:  # a bug here must not stop the timer for good
+            log.exception("mesh_housekeeping_failed")
+        self._timer.set(self._paths.get_timer())
 
     # -- bookkeeping ------------------------------------------------------------------------
 
@@ -874,11 +747,12 @@ class Endpoint:
             path_of=lambda: peer.paths.path,
             on_timer=self._on_timer,
         )
-        conn.last_keepalive = self._now()
+        now = self._now()
+        conn.last_keepalive = now
         self._conn_peer[conn] = peer
-        peer.connections.add(conn)
-        peer.paths.set_active(True, self._now())
         self._register_cid(conn, quic.host_cid)
+        self._paths.connection_added(peer, conn, now)
+        self._service_paths()
         return conn
 
     def _register_cid(self, conn: Connection, cid: bytes) -> None:
@@ -913,11 +787,10 @@ class Endpoint:
                 del self._by_cid[cid]
         conn.cids.clear()
         conn.timer.cancel()
-        if peer is not None:
-            peer.connections.discard(conn)
-            if not peer.connections:
-                peer.paths.set_active(False, self._now())
         self._dirty.discard(conn)
+        if peer is not None:
+            self._paths.connection_removed(peer, conn, self._now())
+            self._service_paths()
 
     def _now(self) -> float:
         assert self._loop is not None

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from fleet.mesh.disco import Addr
-from fleet.mesh.socket import UdpSocket
+from fleet.mesh.udp import UdpSocket
 
 LOOPBACK = ("127.0.0.1", 0)
 

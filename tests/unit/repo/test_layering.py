@@ -40,6 +40,7 @@ LAYERS: tuple[Layer, ...] = (
         "utilities",
         (
             "fleet",
+            "fleet.background",
             "fleet.config",
             "fleet.deadline",
             "fleet.durable",
