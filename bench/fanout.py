@@ -168,9 +168,12 @@ class CoordinatorLog:
     accepted_admins: int = 0
     push_accepted: dict[int, float] = field(default_factory=dict)  # sequence -> epoch
     listening: str | None = None
+    events: dict[str, int] = field(default_factory=dict)  # count of each event name
 
     def __call__(self, event: dict[str, Any]) -> None:
         name = event.get("event")
+        key = str(name)
+        self.events[key] = self.events.get(key, 0) + 1
         if name == "mesh_accepted":
             if event.get("alpn") == alpn.AGENT:
                 self.accepted_agents += 1
@@ -538,18 +541,28 @@ class Bench:
         self.results["rss0_kib"] = rss_kib(coord.pid)
         started = load()
         at = time.time() + 1.0
+        pids = self.workers.pids
+        c0, w0 = cpu_seconds(coord.pid), sum(map(cpu_seconds, pids))
         await self.workers.send({"cmd": "start", "at": at, "ramp": self.args.ramp, "total": self.n})
         done = await until(
             lambda: self.fleet.welcomed_since(at) == self.n,
             self.args.connect_timeout + self.args.ramp + 1.0,
             self.tick,
         )
+        spent = time.time() - at
+        c1, w1 = cpu_seconds(coord.pid), sum(map(cpu_seconds, pids))
         welcomed = self.fleet.welcomed_since(at)
-        firsts = [t for t in self.fleet.last_welcome if t >= at]
+        firsts = sorted(t - at for t in self.fleet.last_welcome if t >= at)
         self.results["herd"] = {
             "all_connected": done,
-            "seconds": (max(firsts) - at) if done else math.nan,
+            "seconds": firsts[-1] if done else math.nan,
+            "half_seconds": percentile(firsts, 100 * 0.5 * self.n / len(firsts))
+            if len(firsts) >= self.n / 2
+            else math.nan,
             "connected": welcomed,
+            "coordinator_cpu_pct": 100 * (c1 - c0) / spent,
+            "agents_cpu_pct": 100 * (w1 - w0) / spent,
+            "coordinator_events": dict(coord.log.events),
             "accepted_per_agent": coord.log.accepted_agents / self.n,
             "accepted": coord.log.accepted_agents,
             "load": started,
@@ -658,6 +671,7 @@ class Bench:
             "back": len(back),
             "coordinator_start_seconds": start_seconds,
             "accepted_per_agent": coord.log.accepted_agents / self.n,
+            "coordinator_events": dict(coord.log.events),
             "load": started,
             "timeout": timeout,
         }
@@ -740,6 +754,14 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         value = _fmt(h["seconds"], " s") if h["all_connected"] else f"never ({h['timeout']:g} s)"
         rows.append(
             ("all connected", value, f"{how}; {h['connected']}/{r['n']} welcomed, load {h['load']}")
+        )
+        rows.append(
+            (
+                "  half connected",
+                _fmt(h["half_seconds"], " s"),
+                f"coordinator CPU {h['coordinator_cpu_pct']:.0f} %, agents' "
+                f"{h['agents_cpu_pct']:.0f} % during the herd",
+            )
         )
         rows.append(
             (
