@@ -645,7 +645,8 @@ class Bench:
         result = await self.fleetctl("status", "--json", timeout=self.args.admin_timeout + 30)
         rows = math.nan
         with contextlib.suppress(ValueError, TypeError):
-            rows = len(json.loads(result.out))
+            doc = json.loads(result.out)  # a list of rows, or an object holding "devices"
+            rows = len(doc["devices"] if isinstance(doc, dict) else doc)
         self.results["status"] = {
             "exit": result.code,
             "seconds": result.seconds,
