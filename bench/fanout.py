@@ -975,6 +975,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 async def _main(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     bench = Bench(args, root)
     bench.results["env"] = environment()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     try:
         await bench.run()
     except BenchError as exc:
@@ -1000,7 +1003,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="fleet-fanout-", dir=base))
     try:
         results = asyncio.run(_main(args, root))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM
         print("interrupted; every process the bench started was stopped", file=sys.stderr)
         return 130
     finally:
