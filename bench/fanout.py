@@ -107,20 +107,18 @@ class CliResult:
     seconds: float
 
 
-async def run_cli(
-    argv: Sequence[str], env: dict[str, str], timeout: float, stdin: bytes | None = None
-) -> CliResult:
+async def run_cli(argv: Sequence[str], env: dict[str, str], timeout: float) -> CliResult:
     """Run a CLI to its end (killed after `timeout`, then code -9)."""
     start = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         *argv,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env,
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
         proc.kill()
         out, err = await proc.communicate()
@@ -422,8 +420,8 @@ class Bench:
             *args,
         ]
 
-    async def fleetctl(self, *args: str, timeout: float, stdin: bytes | None = None) -> CliResult:
-        return await run_cli(self.fleetctl_argv(*args), self.env, timeout, stdin)
+    async def fleetctl(self, *args: str, timeout: float) -> CliResult:
+        return await run_cli(self.fleetctl_argv(*args), self.env, timeout)
 
     def tick(self) -> None:
         self.coord().poll()
@@ -890,30 +888,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--ramp",
         type=float,
+        metavar="SECONDS",
         default=0.0,
         help="spread the agents' first dial over SECONDS (default 0: all at once)",
     )
     parser.add_argument(
         "--connect-timeout",
         type=float,
+        metavar="SECONDS",
         default=120.0,
         help="seconds to wait for all agents to be welcomed (default 120)",
     )
     parser.add_argument(
         "--idle",
         type=float,
+        metavar="SECONDS",
         default=15.0,
         help="length of the idle CPU window in seconds (default 15)",
     )
     parser.add_argument(
         "--settle",
         type=float,
+        metavar="SECONDS",
         default=3.0,
         help="seconds to wait before measuring idle (default 3)",
     )
     parser.add_argument(
         "--push-timeout",
         type=float,
+        metavar="SECONDS",
         default=30.0,
         help="seconds after acceptance an agent may take to verify; also "
         "push --wait's --timeout (default 30)",
@@ -921,12 +924,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--restart-timeout",
         type=float,
+        metavar="SECONDS",
         default=120.0,
         help="seconds to wait for all agents after kill -9 (default 120)",
     )
     parser.add_argument("--no-restart", action="store_true", help="skip the kill -9 phase")
     parser.add_argument(
         "--enroll-sample",
+        metavar="DEVICES",
         type=int,
         default=50,
         help="devices enrolled one `fleetctl devices add` at a time when "
@@ -935,18 +940,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--enroll-timeout",
         type=float,
+        metavar="SECONDS",
         default=600.0,
         help="seconds allowed for `devices add --from` (default 600)",
     )
     parser.add_argument(
         "--admin-timeout",
         type=float,
+        metavar="SECONDS",
         default=60.0,
         help="fleetctl --timeout for each reply (default 60)",
     )
     parser.add_argument(
         "--start-timeout",
         type=float,
+        metavar="SECONDS",
         default=120.0,
         help="seconds for the coordinator and the workers to start (default 120)",
     )
@@ -960,6 +968,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--work-dir",
+        metavar="DIR",
         type=Path,
         default=None,
         help="where keys, state and logs go (default: a new directory "
