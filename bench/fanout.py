@@ -576,6 +576,7 @@ class Bench:
         await asyncio.sleep(self.args.idle)
         c1, w1, t1 = cpu_seconds(coord.pid), sum(map(cpu_seconds, pids)), time.monotonic()
         rss = rss_kib(coord.pid)
+        workers_rss = sum(map(rss_kib, pids))
         connected = sum(1 for n in self.fleet.welcomes if n > 0)
         self.tick()
         self.results["idle"] = {
@@ -583,6 +584,7 @@ class Bench:
             "coordinator_cpu_pct": 100 * (c1 - c0) / (t1 - t0),
             "agents_cpu_pct": 100 * (w1 - w0) / (t1 - t0),
             "rss_kib": rss,
+            "workers_rss_per_agent_kib": workers_rss / self.n,
             "rss_per_agent_kib": (rss - self.results["rss0_kib"]) / connected
             if connected
             else math.nan,
