@@ -564,7 +564,7 @@ class Bench:
             "accepted_per_agent": coord.log.accepted_agents / self.n,
             "accepted": coord.log.accepted_agents,
             "load": started,
-            "timeout": self.args.connect_timeout,
+            "timeout": self.args.connect_timeout + self.args.ramp,
         }
 
     async def idle(self) -> None:
@@ -767,8 +767,9 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(
             (
                 "connections accepted per agent",
-                _fmt(h["accepted_per_agent"]),
-                f"{h['accepted']} QUIC connections (mesh_accepted, agent ALPN)",
+                _fmt(h["accepted_per_agent"]) if h["accepted"] or not h["connected"] else "-",
+                f"{h['accepted']} QUIC connections (mesh_accepted, agent ALPN), "
+                f"{h['coordinator_events'].get('agent_hello', 0)} Hellos (agent_hello)",
             )
         )
     i = r.get("idle", {})
