@@ -188,8 +188,16 @@ class CoordinatorLog:
 class Coordinator:
     """`fleet coordinator` through the CLI; restartable on the same port, state and key."""
 
-    def __init__(self, root: Path, env: dict[str, str], trust_root: str, extra: list[str]):
+    def __init__(
+        self,
+        root: Path,
+        env: dict[str, str],
+        trust_root: str,
+        extra: list[str],
+        profile: Path | None = None,
+    ) -> None:
         self.root = root
+        self.profile = profile  # cProfile output, one file per run (PROFILE.RUN)
         self.env = env
         self.key = root / "coordinator.key"
         self.args = [
@@ -225,9 +233,13 @@ class Coordinator:
         log_path = self.root / f"coordinator-{self.runs}.log"
         self._scan = LogScan(log_path, self.log)
         start = time.monotonic()
+        profiler = []
+        if self.profile is not None:
+            profiler = ["-m", "cProfile", "-o", f"{self.profile}.{self.runs}"]
         with log_path.open("wb") as log_file:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
+                *profiler,
                 "-m",
                 "fleet",
                 "coordinator",
@@ -679,7 +691,9 @@ class Bench:
 
     async def run(self) -> None:
         trust_root, agents = await self.keys()
-        self.coordinator = Coordinator(self.root, self.env, trust_root, self.args.coordinator_arg)
+        self.coordinator = Coordinator(
+            self.root, self.env, trust_root, self.args.coordinator_arg, self.args.profile
+        )
         await self.coord().start(self.args.start_timeout)
         await self.enroll(agents)
         await asyncio.sleep(self.args.settle)
@@ -976,6 +990,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="where keys, state and logs go (default: a new directory "
         "under /dev/shm, else the temp dir)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="run the coordinator under cProfile, written to FILE.RUN when a run ends by "
+        "SIGTERM (not the run killed by kill -9: use --no-restart to profile the herd)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
