@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.relay import cpu_seconds
+from bench.proc import cpu_seconds
 from fleet.coordinator import registry
 from fleet.coordinator.database import Database
 from fleet.identity import Identity

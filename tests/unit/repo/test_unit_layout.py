@@ -3,7 +3,8 @@
 A test file is tests/unit/<package>/test_<module>.py (fleet/netaddr.py: tests/unit/
 test_netaddr.py), or test_<module>_<aspect>.py when one module's tests are split by aspect
 (agent/test_verify_capabilities.py). Repo-wide checks (docs, layering, layout) live in
-tests/unit/repo/, which mirrors nothing: its files are listed here. Every folder is a package
+tests/unit/repo/, which mirrors nothing: its files are listed here. tests/unit/bench/ and
+tests/unit/harness/ mirror the top-level bench/ and harness/ packages. Every folder is a package
 (an empty __init__.py), so that files of the same name in two folders can both be imported.
 docs/architecture.md ("## Tests") states the same rule.
 """
@@ -15,6 +16,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[3]
 UNIT = REPO / "tests" / "unit"
 REPO_WIDE = "repo"
+# tests/unit/bench/ and tests/unit/harness/ mirror the top-level packages of those names.
+OTHER_PACKAGES = ("bench", "harness")
 
 # tests/unit/repo/: checks of the repository as a whole, which no fleet module holds.
 REPO_WIDE_TESTS = frozenset(
@@ -60,7 +63,11 @@ def layout_problems(unit: Path, package: Path, repo_wide: frozenset[str]) -> lis
             if test.name not in repo_wide:
                 problems.append(f"{shown}: not in REPO_WIDE_TESTS (repo-wide checks only)")
             continue
-        problem = mirror_problem(test, unit, package)
+        top = test.relative_to(unit).parts[0]
+        if top in OTHER_PACKAGES and (unit / top).is_dir():
+            problem = mirror_problem(test, unit / top, package.parent / top)
+        else:
+            problem = mirror_problem(test, unit, package)
         if problem is not None:
             problems.append(f"{shown}: {problem}")
     return problems
