@@ -31,12 +31,12 @@ from typing import Any
 
 from bench import attack_mesh, audit_poisoning, killed_activation
 from fleet.log import setup_logging
-from tests.attack.decoders import TARGETS
-from tests.attack.floods import FLOODS, FloodLab, measure
-from tests.attack.fuzzing import fuzz
-from tests.attack.kill_loop import run_kill_loop
-from tests.attack.test_packet_loss import FLEETCTL_TIMEOUT
-from tests.attack.test_quic_flood import CAP, CPU_SHARE, LATENCY_RATIO, RSS_GROWTH_MB
+from harness.attack.decoders import TARGETS
+from harness.attack.floods import FLOODS, FloodLab, measure
+from harness.attack.fuzzing import fuzz
+from harness.attack.kill_loop import run_kill_loop
+from harness.attack.packet_loss import FLEETCTL_TIMEOUT
+from harness.attack.quic_flood import CAP, CPU_SHARE, LATENCY_RATIO, RSS_GROWTH_MB
 
 Row = dict[str, Any]
 Scenario = Callable[[argparse.Namespace, Path], Awaitable[list[Row]]]

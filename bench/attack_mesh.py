@@ -1,11 +1,11 @@
 """Mesh attacks, long versions: `python -m bench.attack_mesh` (root for the loss part).
 
 1. Half-open QUIC flood (issue 10, item 2): a real coordinator and relay; one fresh key signs a
-   disco Ping, then COUNT Initials with new connection ids at RATE/s (tests/attack/quic_flooder.py),
-   once ignoring Retry and once answering it. Per flood: connections the coordinator answered
-   (server state) and the most alive at once, Retries sent, `fleetctl status` latency before /
-   during (median, max) / after and their ratio, the coordinator's CPU during the flood, RSS
-   before / during / after.
+   disco Ping, then COUNT Initials with new connection ids at RATE/s
+   (harness/attack/quic_flooder.py), once ignoring Retry and once answering it. Per flood:
+   connections the coordinator answered (server state) and the most alive at once, Retries
+   sent, `fleetctl status` latency before / during (median, max) / after and their ratio, the
+   coordinator's CPU during the flood, RSS before / during / after.
 2. UDP loss (issue 10, item 6): relay and coordinator on the wan of the NAT lab, fleetctl and
    three agents each in a namespace dropping that share of UDP both ways (iptables statistic;
    TCP to the relay refused, so the lossy link is the only way). Per loss: each agent's time
@@ -24,9 +24,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.attack.test_packet_loss import lossy_fleet, measure
-from tests.attack.test_quic_flood import under_flood
-from tests.fleetlab import FleetLab
+from harness.attack.packet_loss import lossy_fleet, measure
+from harness.attack.quic_flood import under_flood
+from harness.fleetlab import FleetLab
 
 
 async def floods(count: int, rate: float) -> list[dict[str, Any]]:

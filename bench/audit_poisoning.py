@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 
 from fleet.identity import Identity, load_identity
-from tests.attack.test_audit_poisoning import PER_REFUSAL, Attacked, framed, send_raw
-from tests.cli import run_fleet
-from tests.integration.test_coordinator import Lab
+from harness.attack.audit_poisoning import PER_REFUSAL, Attacked, framed, send_raw
+from harness.cli import run_fleet
+from harness.coordinator_process import Lab
 
 
 async def run(requests: int, size: int, keys: int) -> dict[str, float | int]:

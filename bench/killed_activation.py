@@ -2,8 +2,8 @@
 
 Run: python -m bench.killed_activation [--cycles 20] [--seed 1]
 Real `fleet relay` (TLS), `fleet coordinator` and one `fleet agent` with a chroot Nix store
-and a signed binary cache over HTTP (tests/fleetlab.py). Each cycle pushes a holding system
-(tests/attack/activation_kill.py) and SIGKILLs the agent at a random moment: soon after the
+and a signed binary cache over HTTP (harness/fleetlab.py). Each cycle pushes a holding system
+(harness/attack/activation_kill.py) and SIGKILLs the agent at a random moment: soon after the
 push (downloading or switching), mid-switch with the switch's process group (a cgroup kill),
 the agent alone (the switch outlives it), or mid-switch and again during the re-run; in a
 quarter of the cycles the re-run fails. Then the agent restarts and the final status is
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.attack.activation_kill import (
+from harness.attack.activation_kill import (
     FAIL_VAR,
     HOLD_VAR,
     build_holding,
@@ -32,8 +32,8 @@ from tests.attack.activation_kill import (
     kill_agent,
     wait_for,
 )
-from tests.fleetlab import Agent, FleetLab
-from tests.nixlab import Builder, fill_cache, serve_directory
+from harness.fleetlab import Agent, FleetLab
+from harness.nixlab import Builder, fill_cache, serve_directory
 
 MODES = ("soon", "mid-switch", "agent-alone", "twice")
 NAME = "kiosk-1"

@@ -28,7 +28,7 @@ import structlog
 from fleet.identity import Identity
 from fleet.mesh import Connection, Endpoint, MeshConfig
 from fleet.relay.client import relay_client_factory
-from tests.integration.relay_process import start_relay
+from harness.relay_process import start_relay
 
 ALPN = "fleet/bench/1"
 CHUNK = 1 << 20

@@ -1,4 +1,4 @@
-"""The NAT matrix: `python -m bench.nat` (root; builds the NAT lab of tests/natlab.py).
+"""The NAT matrix: `python -m bench.nat` (root; builds the NAT lab of harness/natlab.py).
 
 For each scenario: a real `fleet relay` (TLS + STUN) in the wan namespace, a serving node
 behind one NAT and a client behind another; the client connects through the relay, waits up
@@ -6,7 +6,7 @@ to 2 s for a direct path, then sends SIZE bytes. Prints a table and one JSON lin
 scenario: success, final path, time to first byte and to the direct path (from the start of
 connecting), and throughput on the final path.
 
-Then scenario 8 of issue 4, the update chain (tests/natfleet.py; needs nix-bin): relay and
+Then scenario 8 of issue 4, the update chain (harness/natfleet.py; needs nix-bin): relay and
 binary cache in the wan, three agents behind an endpoint-independent, a symmetric and a
 UDP-blocking NAT, the coordinator public or at home behind a NAT. Per run: time from
 `fleetctl push --wait` to its exit with every device applied, and each device's path.
@@ -23,10 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests import fleetlab
-from tests.natfleet import NatWorld, push_wait, settled_paths, three_kinds
-from tests.natlab import Lab, LabError, Namespace, NatKind, start_node, start_relay
-from tests.nixlab import Builder, FakeSystem
+from harness import fleetlab
+from harness.natfleet import NatWorld, push_wait, settled_paths, three_kinds
+from harness.natlab import Lab, LabError, Namespace, NatKind, start_node, start_relay
+from harness.nixlab import Builder, FakeSystem
 
 Topology = Callable[[Lab], tuple[Namespace, Namespace, bool]]  # client, server, direct expected
 

@@ -18,18 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.proc import cpu_seconds
 from fleet.identity import Identity, NodeId
 from fleet.relay import RelayClient
-from tests.integration.relay_process import RelayProcess, start_relay
-
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (fields 14 and 15)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+from harness.relay_process import RelayProcess, start_relay
 
 
 def own_cpu_seconds() -> float:

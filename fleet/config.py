@@ -1,4 +1,9 @@
-"""Daemon settings from a TOML file with command-line flags winning over it."""
+"""The TOML helpers every role's settings loader (fleet/<role>/settings.py) shares.
+
+Each role has one loader of the same shape: `KNOWN` (the settings), `from_mapping(values)`
+(check them) and `load(config_file, flags)` (merge TOML and flags, flags winning, then check),
+all failing with the one `SettingsError` below.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+EXIT_CONFIG = 78  # EX_CONFIG (sysexits.h): a daemon setting is wrong; restarting cannot help
 
-class ConfigError(Exception):
-    """A configuration file that cannot be used; the message names file and key."""
+
+class SettingsError(ValueError):
+    """A setting (flag, environment or configuration file) that cannot be used; the message
+    names it. A daemon exits with `exit_code` (EX_CONFIG); fleetctl keeps its own codes."""
+
+    exit_code = EXIT_CONFIG
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -19,13 +29,13 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         with p.open("rb") as f:
             return tomllib.load(f)
     except FileNotFoundError as exc:
-        raise ConfigError(f"{p}: no such configuration file") from exc
+        raise SettingsError(f"{p}: no such configuration file") from exc
     except OSError as exc:  # a directory, no permission
-        raise ConfigError(f"{p}: cannot read the configuration file: {exc.strerror}") from exc
+        raise SettingsError(f"{p}: cannot read the configuration file: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{p}: invalid TOML: not UTF-8 text ({exc.reason})") from exc
+        raise SettingsError(f"{p}: invalid TOML: not UTF-8 text ({exc.reason})") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: invalid TOML: {exc}") from exc
+        raise SettingsError(f"{p}: invalid TOML: {exc}") from exc
 
 
 def merge_settings(
@@ -44,7 +54,7 @@ def merge_settings(
         for key, value in load_toml(config_file).items():
             norm = key.replace("-", "_")
             if norm not in known_set:
-                raise ConfigError(
+                raise SettingsError(
                     f"{config_file}: unknown setting {key!r}; known: "
                     + ", ".join(sorted(k.replace("_", "-") for k in known_set))
                 )
@@ -67,4 +77,4 @@ def prepare_state_dir(directory: Path, setting: str = "--state-dir") -> None:
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as exc:
-        raise ConfigError(f"{setting} {directory}: {exc.strerror or exc}") from exc
+        raise SettingsError(f"{setting} {directory}: {exc.strerror or exc}") from exc

@@ -95,3 +95,22 @@ def setup_logging(
 
 def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
+
+
+class GrowthReport:
+    """When a log line of running totals is due: the count grew since the last line and
+    `interval` seconds have passed (the first growth is reported at once). For counters a
+    stranger can drive (refusals, turned-away connections): never one line per event, never
+    silence. Time is passed in."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._count = 0
+        self._at: float | None = None
+
+    def due(self, count: int, now: float) -> bool:
+        """Whether to log now; True marks the line as written."""
+        if count == self._count or (self._at is not None and now - self._at < self.interval):
+            return False
+        self._count, self._at = count, now
+        return True

@@ -41,7 +41,7 @@ let
         doCheck = false;
       });
       # Not in nixpkgs: a classic RFC 3489 STUN client, used only by the relay's STUN tests
-      # (tests/unit/test_stun_responder.py) as a client nobody here wrote.
+      # (tests/unit/stun/test_answerer.py) as a client nobody here wrote.
       pystun3 = pyfinal.buildPythonPackage rec {
         pname = "pystun3";
         version = "2.0.0";
@@ -80,6 +80,9 @@ python.pkgs.buildPythonApplication {
       ../pyproject.toml
       ../README.md
       ../fleet
+      # What the tests share with bench/ (harness/narinfos.py, ...); pyproject's package
+      # discovery keeps it out of the installed package.
+      ../harness
       ../tests
       ../docs
     ];
@@ -105,10 +108,10 @@ python.pkgs.buildPythonApplication {
     pytest-asyncio
     pytest-timeout
     hypothesis
-    # tests/unit/test_identity.py reads OpenSSH host keys made by ssh-keygen (mark `openssh`).
+    # tests/unit/identity/test_openssh.py reads OpenSSH host keys made by ssh-keygen (mark `openssh`).
     openssh
-    pyte # tests/unit/test_fleetctl_live.py replays the live views on a terminal emulator
-    pystun3 # tests/unit/test_stun_responder.py: a third-party STUN client
+    pyte # tests/unit/admin/test_live.py replays the live views on a terminal emulator
+    pystun3 # tests/unit/stun/test_answerer.py: a third-party STUN client
   ];
 
   # The unit tests only: the integration tests need real Nix, network namespaces and root,

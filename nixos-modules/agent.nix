@@ -83,6 +83,19 @@ in
       '';
     };
 
+    enrollTokenFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = "/run/secrets/fleet-enroll-token";
+      description = ''
+        An enrollment token file (`fleetctl enroll-token create`): on its first connection
+        the device presents it and the coordinator registers and approves it with the
+        token's tags, so no admin has to add it. The token is a bearer credential: give the
+        path as a string to a file provisioned outside the Nix store (agenix, sops-nix, a
+        provisioning step), mode 0600; the agent refuses a file others can read.
+      '';
+    };
+
     trustRoots = mkOption {
       type = types.listOf fleetTypes.nodeId;
       default = [ ];
@@ -129,6 +142,26 @@ in
       '';
     };
 
+    welcomeTimeout = mkOption {
+      type = fleetTypes.positiveSeconds;
+      default = 30;
+      description = ''
+        Seconds the agent waits for the coordinator's Welcome after its Hello before it gives
+        up on that connection. A coordinator too busy to answer in time says so (Busy, with a
+        retry-after the agent honours), so this rarely needs raising.
+      '';
+    };
+
+    reconnectSpread = mkOption {
+      type = fleetTypes.seconds;
+      default = 10;
+      description = ''
+        After a session with the coordinator ends (for example when it restarts), the first
+        redial waits a random time between 0 and this many seconds, so that a whole fleet does
+        not redial at the same moment.
+      '';
+    };
+
     settings = mkOption {
       type = types.submodule { freeformType = settingsFormat.type; };
       default = { };
@@ -142,7 +175,8 @@ in
         Settings of `fleet agent`, written as TOML and passed with `--config`. Keys are the
         command-line flags without the leading dashes (`log_level` or `log-level`); see
         `fleet agent --help`. The options above set `coordinator`, `relay`, `key`, `trust_root`, `tag`,
-        `substituter`, `trusted_public_key` and `state_dir` here.
+        `substituter`, `trusted_public_key`, `state_dir`, `welcome_timeout` and
+        `reconnect_spread` here.
       '';
     };
   };
@@ -195,6 +229,12 @@ in
         assertion = lib.hasPrefix "/" cfg.keyFile;
         message = "services.fleet.agent.keyFile must be an absolute path, not ${cfg.keyFile}.";
       }
+      {
+        assertion =
+          cfg.enrollTokenFile == null
+          || !lib.hasPrefix builtins.storeDir (toString cfg.enrollTokenFile);
+        message = "services.fleet.agent.enrollTokenFile is in the Nix store, readable by every user; the token is a bearer credential: give the path of a file provisioned outside the store (as a string).";
+      }
     ];
 
     warnings =
@@ -210,8 +250,13 @@ in
         substituter = cfg.substituters;
         trusted_public_key = cfg.trustedPublicKeys;
         state_dir = "/var/lib/${stateDirectory}";
+        welcome_timeout = cfg.welcomeTimeout;
+        reconnect_spread = cfg.reconnectSpread;
       }
       // lib.optionalAttrs (cfg.coordinator.nodeId != null) { coordinator = coordinatorAddr; }
+      // lib.optionalAttrs (cfg.enrollTokenFile != null) {
+        enroll_token = toString cfg.enrollTokenFile;
+      }
     );
 
     environment.systemPackages = [ cfg.package ];

@@ -116,6 +116,18 @@ in
       '';
     };
 
+    maxConnections = mkOption {
+      type = types.ints.positive;
+      default = 12288;
+      example = 30000;
+      description = ''
+        Mesh connections (established or in their handshake) the coordinator holds for agents
+        and unknown nodes; new ones beyond it are refused, counted and logged
+        (`mesh_admission_refused`). Admins known to the coordinator have a small reserve
+        beyond it, so `fleetctl` still gets in. The default fits 10,000 agents with headroom.
+      '';
+    };
+
     settings = mkOption {
       type = types.submodule { freeformType = settingsFormat.type; };
       default = { };
@@ -128,7 +140,7 @@ in
         Settings of `fleet coordinator`, written as TOML and passed with `--config`. Keys are
         the command-line flags without the leading dashes (`log_level` or `log-level`); see
         `fleet coordinator --help`. The options above set `listen`, `key`, `state_dir`,
-        `relay` and `trust_root` here.
+        `relay`, `trust_root` and `max_connections` here.
       '';
     };
   };
@@ -164,6 +176,7 @@ in
       state_dir = stateDirectory;
       relay = cfg.relays;
       trust_root = cfg.trustRoots;
+      max_connections = cfg.maxConnections;
     };
 
     networking.firewall.allowedUDPPorts = optional cfg.openFirewall cfg.port;

@@ -18,6 +18,14 @@ let
   hostPortPattern = "${hostPattern}:${portPattern}";
 in
 {
+  # A duration in seconds, an integer or a float (the agent reads either from TOML).
+  seconds = types.addCheck (types.either types.ints.unsigned types.float) (x: x >= 0) // {
+    description = "seconds (a number, 0 or more)";
+  };
+  positiveSeconds = types.addCheck (types.either types.ints.positive types.float) (x: x > 0) // {
+    description = "seconds (a number above 0)";
+  };
+
   nodeId = described "fleet node id (52 characters of a-z and 2-7, as `fleet id` prints it)" nodeIdPattern;
 
   hostPort = described "address HOST:PORT (IPv6 as [ADDRESS]:PORT)" hostPortPattern;

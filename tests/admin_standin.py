@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -35,15 +36,30 @@ from fleet.protocol.messages import (
     OkReply,
     Progress,
     PushAccepted,
+    PushLookup,
+    PushLookupReply,
+    PushRecord,
     PushRequest,
     Rejection,
+    StatusPage,
+    StatusQuery,
     StatusRequest,
     StatusSnapshot,
+    StatusSummary,
     StatusUpdate,
     SystemState,
 )
 from fleet.protocol.stream import recv_message, send_message
-from fleet.wire import ByteReader, Message, SignedEnvelope, Tag, WireError, verify_envelope
+from fleet.protocol.targeting import selects, target_tree
+from fleet.wire import (
+    ByteReader,
+    Message,
+    SignedEnvelope,
+    Tag,
+    WireError,
+    encode,
+    verify_envelope,
+)
 
 TIMEOUT = 5.0
 
@@ -99,10 +115,15 @@ class StandIn:
     silent: bool = False  # never answer
     received: list[Message] = field(default_factory=list)
     pushes: list[tuple[NodeId, Announcement]] = field(default_factory=list)
+    push_requests: list[PushRequest] = field(default_factory=list)  # their explicit ids, targets
     envelopes: list[SignedEnvelope] = field(default_factory=list)
     watchers: list[asyncio.Queue[DeviceStatus]] = field(default_factory=list)
     watching: asyncio.Event = field(default_factory=asyncio.Event)
     after_push: list[DeviceStatus] = field(default_factory=list)  # sent to watchers on push
+    page_size: int = 1000  # status rows per StatusPage
+    lost_answers: int = 0  # carry out this many pushes without ever answering them
+    push_replies: dict[bytes, Message] = field(default_factory=dict)  # request -> reply
+    status_queries: list[StatusQuery] = field(default_factory=list)
 
     def publish(self, status: DeviceStatus) -> None:
         self.statuses[status.node_id] = status
@@ -128,6 +149,9 @@ class StandIn:
             if self.refuse is not None:
                 await self._send(writer, self.refuse)
                 return
+            if isinstance(opened.body, PushRequest):
+                await self._push(opened.body, writer, encode(envelope))
+                return
             await self._answer(opened.body, writer)
         except (EOFError, WireError, ConnectionError):
             pass
@@ -141,14 +165,20 @@ class StandIn:
             await self._send(writer, OkReply())
         elif isinstance(body, NextSequence):
             await self._send(writer, NextSequenceReply(sequence=self.next_sequence))
-        elif isinstance(body, PushRequest):
-            await self._push(body, writer)
         elif isinstance(body, StatusRequest):
             await self._status(body, writer)
+        elif isinstance(body, StatusQuery):
+            await self._send(writer, self._status_page(body))
+        elif isinstance(body, PushLookup):
+            await self._send(writer, self._push_lookup(body.sequence))
         else:
             await self._send(writer, ErrorReply(code="invalid", message="unexpected request"))
 
-    async def _push(self, body: PushRequest, writer: _Writer) -> None:
+    async def _push(self, body: PushRequest, writer: _Writer, request: bytes) -> None:
+        """Like the coordinator: the very same request sent again gets the first reply."""
+        if request in self.push_replies:
+            await self._answer_or_lose(writer, self.push_replies[request])
+            return
         signer, announcement = verify_envelope(body.announcement, Tag.ANNOUNCEMENT, Announcement)
         if self.conflicts > 0:
             self.conflicts -= 1
@@ -158,11 +188,17 @@ class StandIn:
         if announcement.sequence < self.next_sequence:
             await self._send(writer, ErrorReply(code="conflict", message="sequence is stale"))
             return
+        if target_tree(body.devices).root != announcement.devices_root:
+            await self._send(writer, ErrorReply(code="invalid", message="ids not under the root"))
+            return
         self.pushes.append((signer, announcement))
+        self.push_requests.append(body)
         self.next_sequence = announcement.sequence + 1
-        await self._send(
-            writer, PushAccepted(sequence=announcement.sequence, devices=announcement.devices)
-        )
+        selected = [d.node_id for d in self.devices if selects(announcement.selector, d.tags)]
+        devices = tuple(dict.fromkeys((*body.devices, *selected)))
+        accepted = PushAccepted(sequence=announcement.sequence, devices=devices)
+        self.push_replies[request] = accepted
+        await self._answer_or_lose(writer, accepted)
         for status in self.after_push:
             self.publish(status)
 
@@ -181,6 +217,65 @@ class StandIn:
         finally:
             if body.watch:
                 self.watchers.remove(queue)
+
+    def _push_lookup(self, sequence: int) -> PushLookupReply:
+        found = [
+            (signer, a, body)
+            for (signer, a), body in zip(self.pushes, self.push_requests, strict=True)
+            if a.sequence == sequence
+        ]
+        record = None
+        if found:
+            signer, a, body = found[0]
+            record = PushRecord(
+                signer=signer,
+                store_path=a.store_path,
+                action=a.action,
+                targets=body.targets,
+                devices=next(
+                    len(r.devices)
+                    for r in self.push_replies.values()
+                    if isinstance(r, PushAccepted) and r.sequence == sequence
+                ),
+                issued_at=a.issued_at,
+                valid_until=a.valid_until,
+                accepted_at=a.issued_at,
+            )
+        highest = max((a.sequence for _, a in self.pushes), default=0)
+        return PushLookupReply(sequence=sequence, accepted=record, highest=highest)
+
+    async def _answer_or_lose(self, writer: _Writer, reply: Message) -> None:
+        if self.lost_answers > 0:  # carried out, but the answer never arrives
+            self.lost_answers -= 1
+            await asyncio.sleep(3600)
+        await self._send(writer, reply)
+
+    def _status_page(self, query: StatusQuery) -> StatusPage:
+        """Filters and pages as the coordinator applies them (`page_size` rows a page)."""
+        self.status_queries.append(query)
+        rows = sorted(
+            (
+                s
+                for s in self.statuses.values()
+                if (not query.states or s.state in query.states)
+                and (not query.offline or not s.online)
+                and all(tag in s.tags for tag in query.tags)
+            ),
+            key=lambda s: s.node_id.raw,
+        )
+        summary = None
+        if query.summary:
+            states = Counter(str(s.state) if s.state else "unknown" for s in rows)
+            summary = StatusSummary(
+                devices=len(rows),
+                online=sum(s.online for s in rows),
+                pending=sum(not s.approved for s in rows),
+                states=dict(sorted(states.items())),
+            )
+        after = query.after.raw if query.after is not None else b""
+        rest = [s for s in rows if s.node_id.raw > after]
+        page = rest[: min(query.limit, self.page_size)]
+        return StatusPage(devices=tuple(page), summary=summary, more=len(page) < len(rest))
 
     @staticmethod
     async def _send(writer: _Writer, message: Message) -> None:

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures. Nix fixtures build on tests/nixlab.py."""
+"""Shared pytest fixtures. Nix fixtures build on harness/nixlab.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fleet.nix import NixStore
-from tests.nixlab import Builder, FakeSystem, agent_store, fill_cache, serve_directory
+from harness.nixlab import Builder, FakeSystem, agent_store, fill_cache, serve_directory
 
 # Tests press Ctrl-C (SIGINT) on real fleetctl/demo processes. A shell that starts the suite
 # in the background without job control makes SIGINT ignored, and an ignored signal stays
@@ -24,7 +24,7 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 @pytest.fixture(autouse=True, scope="session")
 def _private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """fleetctl remembers audit checkpoints under $XDG_STATE_HOME/fleet: in tests, never the
-    user's (the CLI processes inherit this environment through tests/cli.py)."""
+    user's (the CLI processes inherit this environment through harness/cli.py)."""
     before = os.environ.get("XDG_STATE_HOME")
     os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("xdg-state"))
     yield

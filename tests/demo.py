@@ -1,4 +1,4 @@
-"""`scripts/demo`: a whole fleet on this machine, built on the test harness (tests/fleetlab.py).
+"""`scripts/demo`: a whole fleet on this machine, built on the test harness (harness/fleetlab.py).
 
 A relay, a coordinator and three agents (each with its own chroot Nix store; one reaches the
 coordinator only through the relay) run as real processes on 127.0.0.1. Two fake NixOS
@@ -24,8 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.fleetlab import FleetctlResult, FleetLab, LabError
-from tests.nixlab import Builder, fill_cache, serve_directory
+from harness.fleetlab import FleetctlResult, FleetLab, LabError
+from harness.nixlab import Builder, fill_cache, serve_directory
 
 TAG = "demo"
 DEVICES = ("kiosk-1", "kiosk-2", "router")

@@ -39,37 +39,18 @@ from fleet.wire import SignedEnvelope
 MAX_PAGES = 100_000  # a bound on the loop, far above any real log
 
 
-@dataclass(frozen=True)
-class FetchedLog:
-    entries: list[AuditEntry]
-    checkpoints: list[SignedEnvelope]
-
-
-async def fetch_log(client: AdminClient) -> FetchedLog:
-    """Every entry and checkpoint, page by page."""
+async def fetch_log(client: AdminClient) -> AuditExport:
+    """Every entry and checkpoint, page by page (the same shape as a read export)."""
     entries: list[AuditEntry] = []
     checkpoints: dict[bytes, SignedEnvelope] = {}
     after = 0
     for _ in range(MAX_PAGES):
         page = await client.audit_page(after)
-        for row in page.entries:
-            entries.append(
-                AuditEntry(
-                    row.id,
-                    row.time,
-                    row.actor,
-                    row.action,
-                    row.outcome,
-                    row.detail,
-                    row.request,
-                    row.prev_hash,
-                    row.hash,
-                )
-            )
+        entries.extend(page.entries)
         for checkpoint in page.checkpoints:
             checkpoints.setdefault(checkpoint.payload, checkpoint)
         if not page.more:
-            return FetchedLog(entries, list(checkpoints.values()))
+            return AuditExport(client.coordinator, entries, list(checkpoints.values()))
         if not page.entries or page.entries[-1].id <= after:
             raise ProtocolViolation("the coordinator's audit pages do not advance")
         after = page.entries[-1].id
@@ -209,9 +190,13 @@ def summary(entry: AuditEntry) -> str:
             kind += f"/{detail['capability']}"
         return f"{kind}: {detail.get('reason', '')}"
     if entry.action == "push":
+        # `resolved`: every device the push reached (its ids and its selector's devices);
+        # entries from before announcement v3 have only `devices`.
+        count = detail.get("resolved", len(detail.get("devices", [])))
+        selector = "".join(f" tag:{tag}" for tag in detail.get("selector", []))
         return (
             f"sequence {detail.get('sequence')} {detail.get('store_path')} to "
-            f"{len(detail.get('devices', []))} device(s)"
+            f"{count} device(s){selector and ' by' + selector}"
         )
     if entry.action == "grant":
         return (

@@ -5,6 +5,12 @@ use; an in-memory pair in tests). `fleet.admin.connect.open_admin_client` sets u
 Endpoint and the connection. Every wait is bounded by `timeout`, except waiting for the next
 status change of a watch, which is bounded by the connection itself: the mesh keeps it alive
 with keepalives and ends it when the coordinator goes silent for its idle timeout.
+
+A request that changes something (fleet.protocol.permissions: not read-only) whose answer
+does not come in time is sent again, the very same signed bytes with the same nonce, up to
+`attempts` times: the coordinator answers a repeat with the reply it gave the first time, so
+a push that was committed while its answer was lost is reported accepted, once. When no
+attempt is answered the client raises OutcomeUnknown: never "failed" for what may be done.
 """
 
 from __future__ import annotations
@@ -13,39 +19,62 @@ import asyncio
 from collections.abc import AsyncGenerator
 from typing import Protocol, TypeVar
 
-from fleet.admin.errors import CoordinatorRefused, CoordinatorUnreachable, ProtocolViolation
+from fleet.admin.errors import (
+    CoordinatorRefused,
+    CoordinatorUnreachable,
+    OutcomeUnknown,
+    ProtocolViolation,
+)
 from fleet.capability import EMPTY_CHAIN, Chain, SignedRevocation
 from fleet.identity import Identity, NodeId
+from fleet.log import get_logger
 from fleet.protocol.admin import make_admin_request
 from fleet.protocol.messages import (
+    AgentState,
     AuditPage,
     AuditQuery,
     CertificateChain,
     CertificateLookup,
     DeviceAdd,
+    DeviceAddBatch,
     DeviceApprove,
+    DeviceBatchAdded,
+    DeviceEntry,
     DeviceInfo,
     DeviceList,
     DeviceListReply,
     DeviceRemove,
+    DeviceStatus,
+    EnrollTokenRevoke,
     ErrorReply,
     GrantRecord,
     NextSequence,
     NextSequenceReply,
     OkReply,
     PushAccepted,
+    PushLookup,
+    PushLookupReply,
     PushRequest,
     RevokeRequest,
+    StatusPage,
+    StatusQuery,
     StatusRequest,
     StatusSnapshot,
+    StatusSummary,
     StatusUpdate,
     TargetCheck,
     TargetCheckReply,
 )
+from fleet.protocol.permissions import ADMIN_ACTIONS
 from fleet.protocol.stream import recv_message, send_message
 from fleet.wire import ByteReader, Message, SignedEnvelope, WireError
 
 M = TypeVar("M", bound=Message)
+
+log = get_logger(__name__)
+
+ATTEMPTS = 3  # sends of one changing request whose answer does not come in time
+STATUS_PAGE = 5000  # status rows asked for per request (the coordinator may send fewer)
 
 
 class StreamWriter(Protocol):
@@ -77,8 +106,10 @@ class AdminClient:
         timeout: float,
         transport_errors: tuple[type[BaseException], ...] = (),
         chain: Chain = EMPTY_CHAIN,
+        attempts: int = ATTEMPTS,
     ) -> None:
         self.identity = identity
+        self.attempts = attempts
         self.chain = chain  # the admin's capability chain, sent with every request
         self._transport_errors = BASE_TRANSPORT_ERRORS + transport_errors
         self.coordinator = coordinator
@@ -93,6 +124,15 @@ class AdminClient:
     async def add_device(self, node_id: NodeId, name: str, tags: tuple[str, ...]) -> None:
         await self.call(DeviceAdd(node_id=node_id, name=name, tags=tags), OkReply)
 
+    async def add_devices(
+        self, entries: tuple[DeviceEntry, ...], *, skip_existing: bool
+    ) -> DeviceBatchAdded:
+        batch = DeviceAddBatch(devices=entries, skip_existing=skip_existing)
+        return await self.call(batch, DeviceBatchAdded)
+
+    async def revoke_enroll_token(self, token_id: bytes) -> None:
+        await self.call(EnrollTokenRevoke(token_id=token_id), OkReply)
+
     async def approve_device(self, node_id: NodeId) -> None:
         await self.call(DeviceApprove(node_id=node_id), OkReply)
 
@@ -102,8 +142,19 @@ class AdminClient:
     async def next_sequence(self) -> int:
         return (await self.call(NextSequence(), NextSequenceReply)).sequence
 
-    async def push(self, announcement: SignedEnvelope) -> PushAccepted:
-        return await self.call(PushRequest(announcement=announcement), PushAccepted)
+    async def push(
+        self,
+        announcement: SignedEnvelope,
+        *,
+        devices: tuple[NodeId, ...],
+        targets: tuple[str, ...],
+        legacy: SignedEnvelope | None = None,
+    ) -> PushAccepted:
+        """Push an Announcement v3 with its explicit ids and the targets as typed."""
+        request = PushRequest(
+            announcement=announcement, devices=devices, targets=targets, legacy=legacy
+        )
+        return await self.call(request, PushAccepted)
 
     async def record_grant(self, chain: Chain) -> None:
         await self.call(GrantRecord(chain=chain), OkReply)
@@ -122,6 +173,50 @@ class AdminClient:
 
     async def status(self) -> StatusSnapshot:
         return await self.call(StatusRequest(watch=False), StatusSnapshot)
+
+    async def push_status(self, sequence: int) -> PushLookupReply:
+        return await self.call(PushLookup(sequence=sequence), PushLookupReply)
+
+    async def status_query(
+        self,
+        *,
+        states: tuple[AgentState, ...] = (),
+        tags: tuple[str, ...] = (),
+        offline: bool = False,
+        rows: bool = True,
+        page: int = STATUS_PAGE,
+    ) -> tuple[tuple[DeviceStatus, ...], StatusSummary]:
+        """The rows matching the filters (read page by page; none unless `rows`) and the
+        summary of all of them (from the first page)."""
+        query = StatusQuery(
+            states=states,
+            tags=tags,
+            offline=offline,
+            after=None,
+            limit=page if rows else 0,
+            summary=True,
+        )
+        found: list[DeviceStatus] = []
+        summary: StatusSummary | None = None
+        while True:
+            reply = await self.call(query, StatusPage)
+            summary = summary or reply.summary
+            found.extend(reply.devices)
+            if not rows or not reply.more:
+                break
+            if not reply.devices:
+                raise ProtocolViolation("the coordinator sent an empty status page with more")
+            query = StatusQuery(
+                states=states,
+                tags=tags,
+                offline=offline,
+                after=reply.devices[-1].node_id,
+                limit=page,
+                summary=False,
+            )
+        if summary is None:
+            raise ProtocolViolation("the coordinator sent no status summary")
+        return tuple(found), summary
 
     async def watch(self) -> AsyncGenerator[StatusSnapshot | StatusUpdate, None]:
         """The current snapshot, then a StatusUpdate for every change, until closed.
@@ -147,13 +242,42 @@ class AdminClient:
             writer.close()
 
     async def call(self, body: Message, expected: type[M]) -> M:
-        """Send one signed request and return its reply; ErrorReply -> CoordinatorRefused."""
+        """Send one signed request and return its reply; ErrorReply -> CoordinatorRefused.
+
+        A changing request is sent again, unchanged, when its answer does not come in time
+        (OutcomeUnknown after the last attempt); a read is sent once.
+        """
         what = type(body).__name__
+        envelope = self._request(body)
+        action = ADMIN_ACTIONS.get(type(body))
+        attempts = 1 if action is None or action.read_only else max(1, self.attempts)
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self._send(envelope, expected, what)
+            except _NoAnswer as exc:
+                if attempts == 1:
+                    raise CoordinatorUnreachable(str(exc)) from exc
+                if attempt < attempts:
+                    log.warning("admin_request_retry", request=what, attempt=attempt + 1)
+                    continue
+                raise OutcomeUnknown(
+                    f"no answer from the coordinator within {self.timeout:g} s to "
+                    f"{attempts} sends of the same {what}: it may or may not have been "
+                    "carried out"
+                ) from exc
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _send(self, envelope: SignedEnvelope, expected: type[M], what: str) -> M:
         reader, writer = await self._open()
         try:
             with self._translated(what):
-                await send_message(writer, self._request(body), timeout=self.timeout)
-                return await self._reply(reader, expected, timeout=self.timeout)
+                await send_message(writer, envelope, timeout=self.timeout)
+                try:
+                    return await self._reply(reader, expected, timeout=self.timeout)
+                except TimeoutError:
+                    raise _NoAnswer(
+                        f"no answer from the coordinator within {self.timeout:g} s ({what})"
+                    ) from None
         finally:
             writer.close()
 
@@ -190,6 +314,10 @@ class AdminClient:
         return _Translate(what, self.timeout, self._transport_errors)
 
 
+class _NoAnswer(Exception):
+    """A request was sent and its reply did not come in time (it may have been received)."""
+
+
 class _Translate:
     """Turns transport and wire failures into the admin errors a person can act on."""
 
@@ -207,7 +335,7 @@ class _Translate:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
         if exc is None or isinstance(
-            exc, CoordinatorRefused | ProtocolViolation | CoordinatorUnreachable
+            exc, CoordinatorRefused | ProtocolViolation | CoordinatorUnreachable | _NoAnswer
         ):
             return
         if isinstance(exc, TimeoutError):

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
+from fleet.config import SettingsError as SettingsError  # settings: the one type of all roles
 from fleet.identity import NodeId
 
 
 class AdminError(Exception):
     """Base: something an admin command could not do."""
-
-
-class SettingsError(AdminError):
-    """Missing or malformed settings (coordinator, key, relay, config file)."""
 
 
 class TargetError(AdminError):
@@ -27,6 +24,11 @@ class AmbiguousTarget(TargetError):
 
 class CoordinatorUnreachable(AdminError):
     """No connection to the coordinator, or it went silent, within the timeout."""
+
+
+class OutcomeUnknown(CoordinatorUnreachable):
+    """A request that changes something was sent but never answered: it may have been
+    carried out. The message says how to find out."""
 
 
 class ProtocolViolation(AdminError):

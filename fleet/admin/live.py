@@ -44,13 +44,68 @@ def summary_line(tracker: PushTracker) -> str:
     return ", ".join(parts)
 
 
+LARGE_PUSH = 20  # more targets than this: counts and the failing devices, not every device
+
+
 def push_lines(tracker: PushTracker) -> list[str]:
-    """One line per device (label, then what it is doing about this push), then the summary."""
+    """One line per device (label, then what it is doing about this push), then the summary;
+    for a large push, what the pending devices are doing and only the devices that failed."""
+    if len(tracker.tracks) > LARGE_PUSH:
+        return push_overview(tracker)
     tracks = list(tracker.tracks.values())
     width = max((len(t.label) for t in tracks), default=0)
     lines = [f"{t.label.ljust(width)}  {tracker.state_text(t)}" for t in tracks]
     lines.append(summary_line(tracker))
     return lines
+
+
+def pending_line(tracker: PushTracker) -> str:
+    """`1000 devices; pending: 200 downloading, 10 offline` (or `none pending`)."""
+    pending = tracker.pending_counts()
+    doing = ", ".join(f"{n} {what}" for what, n in pending.items()) or "none"
+    return f"{len(tracker.tracks)} devices; pending: {doing}"
+
+
+def failure_lines(tracker: PushTracker) -> list[str]:
+    """The devices that did not apply the push (or timed out), each with why."""
+    failed = [t for t in tracker.failures() if t.outcome is not Outcome.PENDING]
+    width = max((len(t.label) for t in failed), default=0)
+    return [
+        f"{t.label.ljust(width)}  {t.outcome}" + (f": {t.reason}" if t.reason else "")
+        for t in failed
+    ]
+
+
+def push_overview(tracker: PushTracker) -> list[str]:
+    """A large push: what the pending devices do, the failing devices, then the summary."""
+    return [pending_line(tracker), *failure_lines(tracker), summary_line(tracker)]
+
+
+class PushDigest:
+    """A large push followed without a terminal: each device that fails, as it fails, and
+    the counts when they changed, at most every `interval` seconds (time passed in)."""
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self.interval = interval
+        self._reported: set[object] = set()
+        self._counts: str | None = None
+        self._at: float | None = None
+
+    def lines(self, tracker: PushTracker, now: float, *, final: bool = False) -> list[str]:
+        out = []
+        for track in tracker.failures():
+            if track.outcome is Outcome.PENDING or track.node_id in self._reported:
+                continue
+            self._reported.add(track.node_id)
+            out.append(
+                f"{track.label}: {track.outcome}" + (f": {track.reason}" if track.reason else "")
+            )
+        counts = f"{summary_line(tracker)} ({pending_line(tracker)})"
+        due = self._at is None or now - self._at >= self.interval
+        if counts != self._counts and (due or final):
+            self._counts, self._at = counts, now
+            out.append(counts)
+        return out
 
 
 def status_lines(statuses: Sequence[DeviceStatus], now: float) -> list[str]:

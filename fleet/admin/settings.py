@@ -5,6 +5,11 @@ config file
 (`--config FILE`, else `$XDG_CONFIG_HOME/fleet/fleetctl.toml` or ~/.config/fleet/fleetctl.toml
 when it exists). Pure: the caller passes the environment and the home directory in.
 
+The shape of every role's settings module (see fleet/config.py): `KNOWN` (the flags),
+`load(config_file, flags, env=..., home=...)`, and fleet.config.SettingsError for a setting
+that cannot be used; fleetctl has a third source, the environment, and no daemon to stop, so
+it reports the error with its own exit codes (docs/fleetctl.md).
+
 The binary caches and Nix keys `push` checks a closure against are spelled as in the agent's
 TOML (`substituter`, `trusted-public-key` or `trusted_public_key`), so the lines can be
 copied from a device's configuration.
@@ -17,8 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fleet.admin.errors import SettingsError
-from fleet.config import ConfigError, load_toml
+from fleet.config import SettingsError, load_toml
 from fleet.mesh.peer_addr import InvalidPeerAddr, PeerAddr
 from fleet.nix.keys import NixPublicKey
 from fleet.nix.narinfo import NarInfoError, parse_public_key
@@ -30,6 +34,7 @@ ENV_CERT = "FLEET_CERT"
 ENV_RELAY = "FLEET_RELAY"  # several relays: separated by commas or whitespace
 ENV_STATE_DIR = "FLEET_STATE_DIR"
 DEFAULT_TIMEOUT = 10.0
+KNOWN = ("coordinator", "key", "cert", "relay", "timeout")  # the flags `load` takes
 FILE_KEYS = (
     "coordinator", "key", "cert", "relay", "timeout", "substituter", "trusted-public-key",
     "state-dir",
@@ -59,10 +64,7 @@ def default_config_path(env: Mapping[str, str], home: Path) -> Path:
 
 
 def _file_values(path: Path) -> dict[str, Any]:
-    try:
-        raw = load_toml(path)
-    except ConfigError as exc:
-        raise SettingsError(str(exc)) from exc
+    raw = load_toml(path)
     values: dict[str, Any] = {}
     for key, value in raw.items():
         name = _FILE_ALIASES.get(key, key)
@@ -115,18 +117,23 @@ def resolve_credentials(
     )
 
 
-def resolve_settings(
-    *,
-    coordinator: str | None,
-    key: str | None,
-    relays: Sequence[str],
-    timeout: float | None,
+def load(
     config_file: str | None,
+    flags: Mapping[str, Any],
+    *,
     env: Mapping[str, str],
     home: Path,
-    cert: str | None = None,
 ) -> Settings:
-    """Merge the three sources; raises SettingsError naming what is missing or malformed."""
+    """Merge the three sources (`flags` by the names in KNOWN; None or empty: not given);
+    raises SettingsError naming what is missing or malformed."""
+    unknown = set(flags) - set(KNOWN)
+    if unknown:
+        raise ValueError(f"not fleetctl settings: {sorted(unknown)}")  # a caller's bug
+    coordinator: str | None = flags.get("coordinator")
+    key: str | None = flags.get("key")
+    cert: str | None = flags.get("cert")
+    relays: Sequence[str] = flags.get("relay") or ()
+    timeout: float | None = flags.get("timeout")
     file_values, source = _file_of(config_file, env, home)
 
     coord_text = coordinator or env.get(ENV_COORDINATOR) or file_values.get("coordinator")

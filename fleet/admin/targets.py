@@ -9,6 +9,10 @@ A key with `push` but not `read` is listed only the devices in its scope; when o
 targets resolves to nothing there, `resolve_push_targets` asks the coordinator (TargetCheck)
 whether it names devices outside the scope, so the error says what is true.
 
+A push names its targets to devices in two ways (fleet.protocol.targeting): `tag:NAME`
+targets become the signed selector, which each agent checks against its own tags; every other
+target becomes an explicit id under the signed Merkle root (`push_targets`).
+
 A short id is a prefix of a node id (tables show the first 10 characters, NodeId.short());
 it names a device only when exactly one known device has it. A name wins over a short id
 that happens to spell it. Where an id is signed into something that grants authority (a
@@ -18,10 +22,11 @@ certificate's subject or scope), only a full node id is accepted (see fleetctl g
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 from fleet.admin.errors import AmbiguousTarget, CoordinatorRefused, TargetError
 from fleet.identity import InvalidNodeId, NodeId
-from fleet.identity.labels import TAG_PREFIX
+from fleet.identity.labels import TAG_PREFIX, normalize_tags
 from fleet.identity.nodeid import NODE_ID_TEXT_LEN
 from fleet.protocol.messages import DeviceInfo, TargetCheckReply
 
@@ -163,3 +168,28 @@ async def resolve_push_targets(
                     f"(its scope is {reply.scope or 'empty'})"
                 )
     return resolve_targets(targets, devices)
+
+
+@dataclass(frozen=True, slots=True)
+class PushTargets:
+    """What a push names, as signed (selector, explicit ids) and as resolved now (devices)."""
+
+    typed: tuple[str, ...]  # as the admin typed them, for display and the audit log
+    devices: tuple[NodeId, ...]  # every approved device they name now, in order
+    explicit: tuple[NodeId, ...]  # named by name, node id or short id
+    selector: tuple[str, ...]  # the tags of `tag:NAME` targets, normalized
+
+
+async def push_targets(
+    targets: Sequence[str], devices: Sequence[DeviceInfo], check: CheckTargets
+) -> PushTargets:
+    """`resolve_push_targets`, split into the selector and the explicit ids it signs."""
+    typed = tuple(t.strip() for t in targets)
+    resolved = await resolve_push_targets(typed, devices, check)
+    named = [t for t in typed if not t.startswith(TAG_PREFIX)]
+    return PushTargets(
+        typed=typed,
+        devices=resolved,
+        explicit=resolve_targets(named, devices) if named else (),
+        selector=normalize_tags(t for t in typed if t.startswith(TAG_PREFIX)),
+    )

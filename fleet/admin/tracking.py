@@ -96,6 +96,23 @@ class PushTracker:
             found[track.outcome] += 1
         return found
 
+    def pending_counts(self) -> dict[str, int]:
+        """The devices still under way, by what they are doing: `offline`, `waiting` (not
+        started), `no status`, or their state (`downloading`, ...); most first."""
+        found: dict[str, int] = {}
+        for track in self.tracks.values():
+            if track.outcome is not Outcome.PENDING:
+                continue
+            status = track.status
+            if status is None:
+                doing = "no status"
+            elif status.sequence is None or status.sequence < self.sequence:
+                doing = "waiting" if status.online else "offline"
+            else:
+                doing = str(status.state)
+            found[doing] = found.get(doing, 0) + 1
+        return dict(sorted(found.items(), key=lambda kv: (-kv[1], kv[0])))
+
     def state_text(self, track: DeviceTrack) -> str:
         """What a device is doing about this push now, for a live view (no rate limit)."""
         status = track.status

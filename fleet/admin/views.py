@@ -14,7 +14,15 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from fleet.protocol.messages import DeviceInfo, DeviceStatus, Progress, Rejection
+from fleet.protocol.messages import (
+    AgentState,
+    DeviceInfo,
+    DeviceStatus,
+    Progress,
+    PushLookupReply,
+    Rejection,
+    StatusSummary,
+)
 
 JsonObject = dict[str, Any]
 
@@ -86,6 +94,39 @@ def status_json(status: DeviceStatus) -> JsonObject:
     }
 
 
+def summary_json(summary: StatusSummary) -> JsonObject:
+    """`fleetctl status --summary --json`: the matching devices counted."""
+    return {
+        "devices": summary.devices,
+        "online": summary.online,
+        "offline": summary.devices - summary.online,
+        "pending": summary.pending,
+        "states": dict(summary.states),
+    }
+
+
+def push_record_json(reply: PushLookupReply) -> JsonObject:
+    """`fleetctl push --status SEQ --json`: `accepted` false, or the push as accepted."""
+    record = reply.accepted
+    document: JsonObject = {
+        "sequence": reply.sequence,
+        "accepted": record is not None,
+        "highest": reply.highest,
+    }
+    if record is not None:
+        document.update(
+            store_path=record.store_path,
+            action=str(record.action),
+            targets=list(record.targets),
+            devices=record.devices,
+            signer=str(record.signer),
+            issued_at=iso_utc(record.issued_at),
+            valid_until=iso_utc(record.valid_until),
+            accepted_at=iso_utc(record.accepted_at),
+        )
+    return document
+
+
 def device_json(device: DeviceInfo) -> JsonObject:
     """One device of `fleetctl devices list --json`."""
     return {
@@ -140,6 +181,25 @@ def progress_text(progress: Progress | None) -> str:
     if progress.bytes_total:
         parts.append(f"{_mib(progress.bytes_done)}/{_mib(progress.bytes_total)} MiB")
     return ", ".join(parts)
+
+
+# The summary names states in the order of the update procedure.
+_STATE_ORDER = [str(state) for state in AgentState] + ["unknown"]
+
+
+def summary_text(summary: StatusSummary) -> str:
+    """`12 devices: 10 online, 2 offline; 9 applied, 1 failed, 2 unknown` (states by count)."""
+    noun = "device" if summary.devices == 1 else "devices"
+    text = (
+        f"{summary.devices} {noun}: {summary.online} online, "
+        f"{summary.devices - summary.online} offline"
+    )
+    if summary.pending:
+        text += f", {summary.pending} pending approval"
+    order = {name: i for i, name in enumerate(_STATE_ORDER)}
+    states = sorted(summary.states.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
+    counted = [f"{count} {state}" for state, count in states if count]
+    return text + ("; " + ", ".join(counted) if counted else "")
 
 
 def _state_cell(status: DeviceStatus, now: float) -> str:

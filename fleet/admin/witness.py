@@ -16,8 +16,8 @@ import binascii
 import json
 from pathlib import Path
 
-from fleet.agent.durable import replace_durably
 from fleet.audit import BadCheckpoint, open_checkpoint
+from fleet.durable import replace_durably
 from fleet.identity import NodeId
 from fleet.wire import SignedEnvelope, WireError, decode, encode
 

@@ -2,9 +2,10 @@
 
 `Agent` owns the Updater (procedure + state file), the mailbox of the newest accepted
 announcement and the outbox of messages for the coordinator (fleet.agent.outbox, created
-first and handed to the Updater). The connection side (session.py) hands every message from
-the coordinator to `receive()`, sends what it returns, and drains the outbox for what the
-agent says on its own (status); `run()` is the worker loop. The two run as sibling tasks, so
+first and handed to the Updater). The connection side (session.py) talks to it through one
+method and the outbox: it opens each session with the outbox's Hello, hands every message
+from the coordinator to `receive()`, sends what it returns, and drains the outbox for what
+the agent says on its own (status); `run()` is the worker loop. The two run as sibling tasks, so
 the device keeps working while the coordinator is unreachable.
 
 Supersession: a newer announcement cancels a download in progress (or a retry wait), never an
@@ -32,8 +33,10 @@ from fleet.protocol.messages import (
     AnnouncementRejected,
     AuditCheckpoint,
     Deliver,
+    DeliverV1,
     Hello,
     Revocations,
+    TargetProof,
     WitnessReport,
 )
 from fleet.wire import Message, SignedEnvelope
@@ -51,6 +54,7 @@ class Agent:
         *,
         tags: Iterable[str] = (),
         coordinator: NodeId | None = None,
+        enroll_token: SignedEnvelope | None = None,
         retry: Backoff | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -58,13 +62,14 @@ class Agent:
         self.trust_roots = frozenset(trust_roots)
         self.tags = tuple(tags)  # from local configuration: the scope check trusts only these
         self.clock = clock
+        self.enroll_token = enroll_token  # Tag.ENROLL_TOKEN: a bearer credential, never logged
         self.revocations = RevocationStore(state.directory, self.trust_roots)
         self.revocations.load(clock())
         self.witness = CheckpointWitness(state.directory, coordinator)  # None: not a witness
         self.witness.load()
         self.retry = retry or Backoff(initial=5.0, maximum=300.0)
         record = state.load()
-        self.outbox = Outbox(record.status.report(running_system(config.profile)))
+        self.outbox = Outbox(record.status.report(running_system(config.profile)), self.hello)
         self.updater = Updater(config, state, record, self.outbox.put_status, clock=clock)
         self._next: Accepted | None = None
         self._mail = asyncio.Event()
@@ -78,8 +83,11 @@ class Agent:
         """A message from the coordinator; returns the replies to send (a rejection, witness
         reports). Status goes to the outbox as it changes."""
         match message:
-            case Deliver(announcement=envelope):
-                rejected = self.on_deliver(envelope)
+            case Deliver(announcement=envelope, proof=proof):
+                rejected = self.on_deliver(envelope, proof)
+                return [rejected] if rejected is not None else []
+            case DeliverV1(announcement=envelope):
+                rejected = self.on_deliver(envelope, None)
                 return [rejected] if rejected is not None else []
             case Revocations(revocations=revocations):
                 self.on_revocations(revocations)
@@ -99,6 +107,7 @@ class Agent:
             state_since=status.since,
             tags=self.tags,
             checkpoint=self.witness.held,
+            enroll_token=self.enroll_token,
         )
 
     def floor(self) -> int:
@@ -108,8 +117,11 @@ class Agent:
             seqs.append(self._next.announcement.sequence)
         return max(seqs)
 
-    def on_deliver(self, envelope: SignedEnvelope) -> AnnouncementRejected | None:
-        """Verify a delivered announcement; queue it, or return the rejection to send."""
+    def on_deliver(
+        self, envelope: SignedEnvelope, proof: TargetProof | None = None
+    ) -> AnnouncementRejected | None:
+        """Verify a delivered announcement (with this device's target proof, if it came with
+        one); queue it, or return the rejection to send."""
         current = self._next.envelope if self._next is not None else self.updater.announcement
         try:
             accepted = verify_announcement(
@@ -118,6 +130,7 @@ class Agent:
                 device=self.node_id,
                 tags=self.tags,
                 revoked=self.revocations.ids(),
+                proof=proof,
                 floor=self.floor(),
                 current=current,
                 now=self.clock(),

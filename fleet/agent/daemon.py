@@ -4,12 +4,12 @@ sibling tasks, and an orderly shutdown that never interrupts an activation."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleet.agent.agent import Agent
 from fleet.agent.dial import MeshDialer
-from fleet.agent.session import CoordinatorSession
+from fleet.agent.session import CoordinatorSession, SessionConfig
 from fleet.agent.state import StateFile
 from fleet.agent.updater import ApplyConfig
 from fleet.daemon import run_until_signal
@@ -20,6 +20,7 @@ from fleet.mesh.peer_addr import PeerAddr
 from fleet.mesh.ping import PING_ALPN, serve_ping
 from fleet.netaddr import format_host_port
 from fleet.relay.client import relay_client_factory
+from fleet.wire import SignedEnvelope
 
 log = get_logger("fleet.agent")
 
@@ -34,6 +35,8 @@ class AgentSettings:
     apply: ApplyConfig
     listen: tuple[str, int]
     tags: tuple[str, ...] = ()
+    session: SessionConfig = field(default_factory=SessionConfig)  # timeouts, reconnect spread
+    enroll_token: SignedEnvelope | None = None  # presented in every Hello (ignored once known)
 
 
 async def run_agent(settings: AgentSettings) -> None:
@@ -50,6 +53,7 @@ async def _run(settings: AgentSettings, stop: asyncio.Event) -> None:
         StateFile(settings.state_dir),
         tags=settings.tags,
         coordinator=settings.coordinator.node_id,
+        enroll_token=settings.enroll_token,
     )
     async with Endpoint(
         settings.identity,
@@ -70,7 +74,9 @@ async def _run(settings: AgentSettings, stop: asyncio.Event) -> None:
             trust_roots=[r.short() for r in settings.trust_roots],
             tags=list(settings.tags),
         )
-        session = CoordinatorSession(agent, MeshDialer(endpoint, settings.coordinator))
+        session = CoordinatorSession(
+            agent, MeshDialer(endpoint, settings.coordinator), settings.session
+        )
         async with asyncio.TaskGroup() as tasks:
             work = tasks.create_task(agent.run(), name="agent-work")
             link = tasks.create_task(session.run(), name="agent-session")

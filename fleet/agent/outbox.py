@@ -1,23 +1,26 @@
 """The agent's outbox: what it has to tell the coordinator, kept across reconnects.
 
 Created first, before the Updater that publishes into it and the session that drains it,
-so every part holds the same one and none has to wait for it to exist.
+so every part holds the same one and none has to wait for it to exist. It opens every
+session too: `hello()` is the agent's Hello as of now (its `hello` is given at creation).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 
-from fleet.protocol.messages import AnnouncementRejected, StatusReport
+from fleet.protocol.messages import AnnouncementRejected, Hello, StatusReport
 from fleet.wire import Message
 
 
 class Outbox:
     """Messages for the coordinator, in order; on reconnect only the latest status matters."""
 
-    def __init__(self, latest: StatusReport, limit: int = 256) -> None:
+    def __init__(self, latest: StatusReport, hello: Callable[[], Hello], limit: int = 256) -> None:
         self.latest = latest
+        self.hello = hello  # what opens a session: the agent's state when it is sent
         self._queue: collections.deque[Message] = collections.deque(maxlen=limit)
         self._ready = asyncio.Event()
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from pathlib import Path
 
-from fleet.agent.durable import replace_durably
 from fleet.capability import BadRevocation, RevocationList, SignedRevocation
+from fleet.durable import replace_durably
 from fleet.identity import NodeId
 from fleet.log import get_logger
 from fleet.protocol.messages import Revocations

@@ -1,4 +1,7 @@
-"""Settings of `fleet agent`, checked once at start-up (flags and TOML merged before).
+"""Settings of `fleet agent`, checked once at start-up: `load(config_file, flags)`.
+
+The shape of every role's settings module (see fleet/config.py): `KNOWN`, `from_mapping`,
+`load`, and fleet.config.SettingsError for a setting that cannot be used.
 
 Everything that can be checked without the network is checked here, so a typo in a key, a
 cache URL, a node id or a relay URL stops the agent at once with a message naming the
@@ -12,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fleet.agent.session import DEFAULT_RECONNECT_SPREAD, DEFAULT_WELCOME_TIMEOUT
+from fleet.config import SettingsError, merge_settings
 from fleet.identity import InvalidNodeId, NodeId, normalize_tag, normalize_tags
 from fleet.mesh.peer_addr import InvalidPeerAddr, PeerAddr
 from fleet.netaddr import InvalidAddress, parse_host_port
@@ -26,11 +31,14 @@ KNOWN = (
     "state_dir",
     "trust_root",
     "tag",
+    "enroll_token",
     "substituter",
     "trusted_public_key",
     "nix_store",
     "profile",
     "listen",
+    "welcome_timeout",
+    "reconnect_spread",
     "log_level",
 )
 DEFAULT_KEY = Path("/etc/ssh/ssh_host_ed25519_key")
@@ -39,10 +47,6 @@ DEFAULT_LISTEN = "0.0.0.0:0"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 T = TypeVar("T")
-
-
-class SettingsError(ValueError):
-    """A setting that cannot be used; the message starts with its name."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,9 @@ class AgentConfig:
     profile: Path | None
     listen: tuple[str, int]
     log_level: str
+    welcome_timeout: float = DEFAULT_WELCOME_TIMEOUT  # seconds from Hello to Welcome (or Busy)
+    reconnect_spread: float = DEFAULT_RECONNECT_SPREAD  # first redial after a session ended
+    enroll_token: Path | None = None  # a token file for the first connection (read at start)
 
 
 def _flag(name: str) -> str:
@@ -95,11 +102,27 @@ def _each(settings: Mapping[str, Any], name: str, parse: Callable[[str], T]) -> 
     return parsed
 
 
+def _seconds(settings: Mapping[str, Any], name: str, default: float, *, zero: bool) -> float:
+    """A duration in seconds (a TOML integer or float); positive, or also 0 if `zero`."""
+    value = settings.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SettingsError(f"{_flag(name)}: expected seconds, got {value!r}")
+    if not (value >= 0 if zero else value > 0) or value == float("inf"):
+        bound = "at least 0" if zero else "positive"
+        raise SettingsError(f"{_flag(name)}: {value!r} seconds; must be {bound} and finite")
+    return float(value)
+
+
 def _node_id(text: str) -> NodeId:
     try:
         return NodeId.parse(text)
     except InvalidNodeId as exc:
         raise InvalidNodeId(f"{text!r}: {exc}") from None
+
+
+def load(config_file: str | Path | None, flags: Mapping[str, Any]) -> AgentConfig:
+    """TOML overlaid by the flags that were given, checked. Raises SettingsError."""
+    return from_mapping(merge_settings(config_file, flags, KNOWN))
 
 
 def from_mapping(settings: Mapping[str, Any]) -> AgentConfig:
@@ -148,4 +171,9 @@ def from_mapping(settings: Mapping[str, Any]) -> AgentConfig:
         profile=Path(profile) if profile else None,
         listen=listen,
         log_level=level,
+        welcome_timeout=_seconds(settings, "welcome_timeout", DEFAULT_WELCOME_TIMEOUT, zero=False),
+        reconnect_spread=_seconds(
+            settings, "reconnect_spread", DEFAULT_RECONNECT_SPREAD, zero=True
+        ),
+        enroll_token=Path(token) if (token := _text(settings, "enroll_token")) else None,
     )

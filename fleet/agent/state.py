@@ -17,9 +17,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fleet.agent.durable import replace_durably
 from fleet.agent.procedure import AgentRecord, Status
 from fleet.agent.switch_run import Purpose, SwitchRun
+from fleet.durable import replace_durably
 from fleet.protocol.messages import AgentState, Progress
 from fleet.wire import SignedEnvelope, WireError, decode, encode
 

@@ -6,8 +6,11 @@ So the agent checks, in this order, and refuses at the first failure (nothing el
 2. the signer's capability chain (inside the signed announcement) leads from one of the
    agent's own trust roots, is valid now, is not revoked (revocations the agent verified
    itself) and grants `push` (fleet.capability);
-3. this device's node id is in `devices`, and the device (with the tags the agent is
-   configured with, never tags from the coordinator) is inside the chain's scope;
+3. the announcement targets this device: one of its selector's tags is among the tags the
+   agent is configured with (never tags from the coordinator), or the proof delivered with
+   it shows this node id under the signed root of explicit ids (fleet.protocol.targeting;
+   a v2 announcement lists the id itself); and the device, with those tags, is inside the
+   chain's scope;
 4. the sequence is higher than anything applied or in progress (no replay, no downgrade);
 5. it has not expired (`valid_until` >= now);
 6. the store path is a well-formed top-level store path.
@@ -23,7 +26,8 @@ from dataclasses import dataclass
 
 from fleet.capability import CapabilityError, NotSubject, Permission, UnknownRoot, authority_of
 from fleet.identity import NodeId
-from fleet.protocol.messages import Announcement
+from fleet.protocol.messages import AnyAnnouncement, TargetProof
+from fleet.protocol.targeting import as_announcement, targets_device, why_not_targeted
 from fleet.vocabulary import InvalidStorePath, check_store_path
 from fleet.wire import SignedEnvelope, Tag, WireError, verify_envelope
 
@@ -43,7 +47,7 @@ class AnnouncementRefused(Exception):
 
 @dataclass(frozen=True)
 class Accepted:
-    announcement: Announcement
+    announcement: AnyAnnouncement
     envelope: SignedEnvelope
     duplicate: bool  # the very announcement already accepted: nothing new to do
 
@@ -64,14 +68,18 @@ def verify_announcement(
     now: float,
     tags: Iterable[str] = (),
     revoked: Set[bytes] = frozenset(),
+    proof: TargetProof | None = None,
 ) -> Accepted:
     """Accept or raise AnnouncementRefused.
 
     `floor` is the highest sequence applied or in progress; `current` is the envelope of
-    the announcement in progress (or last finished), used to recognise a duplicate delivery.
+    the announcement in progress (or last finished), used to recognise a duplicate delivery;
+    `proof` is what came with it in Deliver v2 (None: Deliver v1, or targeted by selector).
     """
+    tags = tuple(tags)
     try:
-        signer, announcement = verify_envelope(envelope, Tag.ANNOUNCEMENT, Announcement)
+        signer, message = verify_envelope(envelope, Tag.ANNOUNCEMENT)
+        announcement = as_announcement(message)
     except WireError as exc:
         raise AnnouncementRefused(0, "bad-signature", f"announcement refused: {exc}") from None
     except (ValueError, TypeError) as exc:  # __post_init__ checks of a signed but bad message
@@ -84,9 +92,12 @@ def verify_announcement(
         raise AnnouncementRefused(
             seq, _capability_code(exc), f"announcement {seq} is signed by {signer}: {exc}"
         ) from None
-    if not any(hmac.compare_digest(device.raw, d.raw) for d in announcement.devices):
+    if not targets_device(announcement, device, tags, proof):
         raise AnnouncementRefused(
-            seq, "not-for-us", f"announcement {seq} does not target this device ({device.short()})"
+            seq,
+            "not-for-us",
+            f"announcement {seq} does not target this device ({device.short()}): "
+            + why_not_targeted(announcement, tags),
         )
     try:
         authority.require(Permission.PUSH, device, tags)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fleet.agent.durable import replace_durably
 from fleet.audit import BadCheckpoint, Checkpoint, open_checkpoint
+from fleet.durable import replace_durably
 from fleet.identity import NodeId
 from fleet.log import get_logger
 from fleet.protocol.messages import WitnessReport

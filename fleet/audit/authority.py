@@ -20,8 +20,15 @@ from fleet.capability import (
     authority_of,
 )
 from fleet.identity import NodeId
-from fleet.protocol.messages import AdminRequest, Announcement, PushRequest, RevokeRequest
+from fleet.protocol.messages import (
+    AdminRequest,
+    EnrollToken,
+    PushRequest,
+    PushRequestV1,
+    RevokeRequest,
+)
 from fleet.protocol.permissions import AUDITED_ACTIONS
+from fleet.protocol.targeting import as_announcement
 from fleet.wire import Tag, WireError, decode, verify_envelope
 
 
@@ -43,11 +50,14 @@ class AuthorityReplay:
             )
             if action.needs is not None:
                 authority.require(action.needs)
-            if isinstance(body, PushRequest):
-                ann_signer, ann = verify_envelope(body.announcement, Tag.ANNOUNCEMENT, Announcement)
+            if isinstance(body, PushRequest | PushRequestV1):
+                ann_signer, message = verify_envelope(body.announcement, Tag.ANNOUNCEMENT)
+                ann = as_announcement(message)
                 authority_of(
                     ann_signer, ann.chain, self.trust_roots, entry.time, self.revoked.ids()
                 ).require(Permission.PUSH)
+            if isinstance(body, EnrollToken):  # its device is in scope by these tags only
+                authority.require_tags(body.tags)
             if isinstance(body, RevokeRequest):
                 self.revoked.add(body.revocation, self.trust_roots, entry.time)
         except CapabilityError as exc:

@@ -28,6 +28,8 @@ class ExportError(Exception):
 
 @dataclass(frozen=True)
 class AuditExport:
+    """An audit log as fetched from a coordinator or read from an export file."""
+
     coordinator: NodeId
     entries: list[AuditEntry]
     checkpoints: list[SignedEnvelope]

@@ -1,4 +1,4 @@
-"""Audit entries and the hash chain that links them.
+"""The hash chain that links audit entries (fleet.protocol.messages.AuditEntry).
 
 Each entry stores the hash of the entry before it and its own hash over its content and that
 previous hash, so editing, removing or reordering any entry breaks every hash after it. The
@@ -9,12 +9,13 @@ same bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from fleet.protocol.messages import AuditEntry as AuditEntry  # the one shape of an entry
 from fleet.wire import Message, encode
 
 GENESIS = bytes(32)  # prev_hash of the first entry
@@ -26,8 +27,8 @@ class Outcome:
     REFUSED = "refused"
 
 
-class AuditRecord(Message, type="fleet.audit.record", version=1):
-    """What one audit entry's hash covers."""
+class _Hashed(Message, type="fleet.audit.record", version=1):
+    """What an entry's hash covers: the entry without its hash, in this one encoding."""
 
     id: int
     time: float
@@ -39,47 +40,14 @@ class AuditRecord(Message, type="fleet.audit.record", version=1):
     prev_hash: bytes
 
 
-def record_hash(record: AuditRecord) -> bytes:
-    return hashlib.sha256(encode(record)).digest()
+def entry_hash(entry: AuditEntry) -> bytes:
+    """The hash an entry must carry: over its content and the previous entry's hash."""
+    content = {f.name: getattr(entry, f.name) for f in dataclasses.fields(_Hashed)}
+    return hashlib.sha256(encode(_Hashed(**content))).digest()
 
 
 def encode_detail(detail: Mapping[str, Any]) -> str:
     return json.dumps(dict(detail), sort_keys=True, separators=(",", ":"))
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    id: int
-    time: float
-    actor: str  # node id (text) of the authenticated connection
-    action: str
-    outcome: str
-    detail: str  # JSON object, exactly as hashed
-    request: bytes  # the actor's signed request, verbatim
-    prev_hash: bytes
-    hash: bytes
-
-    def details(self) -> dict[str, Any]:
-        try:
-            value = json.loads(self.detail)
-        except ValueError:
-            return {}
-        return value if isinstance(value, dict) else {}
-
-    def record(self) -> AuditRecord:
-        return AuditRecord(
-            id=self.id,
-            time=self.time,
-            actor=self.actor,
-            action=self.action,
-            outcome=self.outcome,
-            detail=self.detail,
-            request=self.request,
-            prev_hash=self.prev_hash,
-        )
-
-    def computed_hash(self) -> bytes:
-        return record_hash(self.record())
 
 
 def make_entry(
@@ -94,16 +62,15 @@ def make_entry(
     prev_hash: bytes,
 ) -> AuditEntry:
     """The next entry of a chain whose last hash is `prev_hash`."""
-    text = encode_detail(detail)
-    record = AuditRecord(
+    unhashed = AuditEntry(
         id=id,
         time=time,
         actor=actor,
         action=action,
         outcome=outcome,
-        detail=text,
+        detail=encode_detail(detail),
         request=request,
         prev_hash=prev_hash,
+        hash=b"",
     )
-    digest = record_hash(record)
-    return AuditEntry(id, time, actor, action, outcome, text, request, prev_hash, digest)
+    return dataclasses.replace(unhashed, hash=entry_hash(unhashed))

@@ -18,10 +18,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from fleet.audit.checkpoint import BadCheckpoint, Checkpoint, open_checkpoint
-from fleet.audit.record import GENESIS, AuditEntry, Outcome
+from fleet.audit.record import GENESIS, AuditEntry, Outcome, entry_hash
 from fleet.identity import NodeId
-from fleet.protocol.messages import AdminRequest
-from fleet.wire import SignedEnvelope, Tag, WireError, decode, verify_envelope
+from fleet.protocol.messages import AdminRequest, EnrollToken
+from fleet.protocol.permissions import ENROLL_ACTION
+from fleet.wire import SignedEnvelope, Tag, WireError, decode, encode, verify_envelope
 
 # Called for each accepted entry with its verified signer and request; returns a problem
 # (why this actor had no authority for it) or None.
@@ -56,9 +57,23 @@ class AuditReport:
 
 
 def signed_request(entry: AuditEntry) -> tuple[NodeId, AdminRequest]:
-    """The verified signer and request of an entry; ValueError says why there is none."""
+    """The verified signer and request of an entry; ValueError says why there is none.
+
+    An enrollment (action `enroll`) carries the admin's enrollment token instead, signed
+    with Tag.ENROLL_TOKEN; it is read as the request it stands for (addressee, time, chain
+    and the token as body), so it is checked like every other accepted entry.
+    """
     try:
         envelope = decode(entry.request, SignedEnvelope)
+        if entry.action == ENROLL_ACTION.name:
+            signer, token = verify_envelope(envelope, Tag.ENROLL_TOKEN, EnrollToken)
+            return signer, AdminRequest(
+                coordinator=token.coordinator,
+                issued_at=token.issued_at,
+                nonce=token.token_id,
+                body=encode(token),
+                chain=token.chain,
+            )
         return verify_envelope(envelope, Tag.ADMIN_REQUEST, AdminRequest)
     except WireError as exc:
         raise ValueError(f"its request is not a valid signed admin request: {exc}") from None
@@ -79,7 +94,7 @@ def walk_chain(entries: Iterable[AuditEntry]) -> Iterator[AuditEntry]:
             )
         if entry.prev_hash != prev:
             raise AuditVerifyError(entry.id, f"does not link to entry {entry.id - 1}")
-        if entry.computed_hash() != entry.hash:
+        if entry_hash(entry) != entry.hash:
             raise AuditVerifyError(entry.id, "content does not match its hash (edited)")
         yield entry
         prev = entry.hash

@@ -11,18 +11,15 @@ from typing import Any
 
 import click
 
+from fleet.agent import settings as agent_settings
 from fleet.agent.daemon import AgentSettings, run_agent
-from fleet.agent.settings import (
-    DEFAULT_KEY,
-    DEFAULT_STATE_DIR,
-    KNOWN,
-    SettingsError,
-    from_mapping,
-)
+from fleet.agent.enroll import read_token_file
+from fleet.agent.session import SessionConfig
+from fleet.agent.settings import DEFAULT_KEY, DEFAULT_STATE_DIR
 from fleet.agent.state import StateError
 from fleet.agent.updater import ApplyConfig
 from fleet.cli.common import ConfigurationError, load_key_or_fail
-from fleet.config import ConfigError, merge_settings, prepare_state_dir
+from fleet.config import SettingsError, prepare_state_dir
 from fleet.log import setup_logging
 from fleet.netaddr import format_host_port
 from fleet.nix import NixStore
@@ -51,16 +48,29 @@ from fleet.nix import NixStore
 @click.option("--nix-store", help="A chroot store directory (default: the system store).")
 @click.option("--profile", help="System profile (default /nix/var/nix/profiles/system).")
 @click.option("--listen", help="UDP HOST:PORT for the mesh (default 0.0.0.0:0).")
+@click.option(
+    "--welcome-timeout",
+    type=float,
+    help="Seconds to wait for the coordinator's Welcome after the Hello (default 30).",
+)
+@click.option(
+    "--reconnect-spread",
+    type=float,
+    help="After a session ends, the first redial waits a random 0..SECONDS (default 10), so "
+    "a fleet does not redial a restarted coordinator all at once.",
+)
+@click.option(
+    "--enroll-token",
+    type=click.Path(dir_okay=False),
+    help="An enrollment token file (fleetctl enroll-token create): registers this device.",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 def agent(config_file: str | None, **flags: Any) -> None:
     """Apply admin-signed system announcements from the coordinator and report status."""
     try:
-        checked = from_mapping(merge_settings(config_file, flags, KNOWN))
-    except (ConfigError, SettingsError) as exc:
-        raise ConfigurationError(str(exc)) from exc
-    try:
+        checked = agent_settings.load(config_file, flags)
         prepare_state_dir(checked.state_dir)
-    except ConfigError as exc:
+    except SettingsError as exc:
         raise ConfigurationError(str(exc)) from exc
     store = NixStore.chroot(checked.nix_store) if checked.nix_store else NixStore()
     setup_logging(checked.log_level)
@@ -70,6 +80,12 @@ def agent(config_file: str | None, **flags: Any) -> None:
             f"--coordinator: {identity.node_id.short()} is this device's own node id "
             f"(of {checked.key}); give the coordinator's"
         )
+    enroll_token = None
+    if checked.enroll_token is not None:
+        try:
+            enroll_token = read_token_file(checked.enroll_token)
+        except ValueError as exc:
+            raise ConfigurationError(f"--enroll-token: {exc}") from exc
     config = ApplyConfig(
         store=store,
         profile=checked.profile or store.system_profile,
@@ -88,6 +104,11 @@ def agent(config_file: str | None, **flags: Any) -> None:
                     apply=config,
                     listen=checked.listen,
                     tags=checked.tags,
+                    session=SessionConfig(
+                        welcome_timeout=checked.welcome_timeout,
+                        reconnect_spread=checked.reconnect_spread,
+                    ),
+                    enroll_token=enroll_token,
                 )
             )
         )

@@ -15,10 +15,10 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
+from fleet.config import EXIT_CONFIG as EXIT_CONFIG  # exit codes of the CLI
 from fleet.identity import Identity, InvalidNodeId, KeyFileError, NodeId, load_identity
 from fleet.netaddr import InvalidAddress, parse_host_port
 
-EXIT_CONFIG = 78  # EX_CONFIG (sysexits.h): a daemon setting is wrong; restarting cannot help
 ENV_TRACEBACK = "FLEET_TRACEBACK"  # set to 1 to see the traceback of an internal error
 
 P = ParamSpec("P")

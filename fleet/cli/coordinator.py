@@ -8,10 +8,11 @@ from typing import Any
 import click
 
 from fleet.cli.common import ConfigurationError, load_key_or_fail
-from fleet.config import ConfigError, merge_settings, prepare_state_dir
+from fleet.config import SettingsError, prepare_state_dir
 from fleet.coordinator import daemon
+from fleet.coordinator import settings as coordinator_settings
 from fleet.coordinator.database import DatabaseError
-from fleet.coordinator.settings import KNOWN, CoordinatorSettings, SettingsError, from_mapping
+from fleet.coordinator.settings import CoordinatorSettings
 from fleet.daemon import run_until_signal
 from fleet.identity import Identity
 from fleet.log import setup_logging
@@ -32,14 +33,20 @@ from fleet.log import setup_logging
     type=float,
     help="Seconds between signed checkpoints of the audit head (default 60).",
 )
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    help="Mesh connections from agents before new ones are refused (default 12288; known "
+    "admins have a reserve beyond it).",
+)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML settings.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 def coordinator(config_file: str | None, **flags: Any) -> None:
     """Keep the device registry, store signed pushes durably and deliver them to agents."""
     try:
-        settings = from_mapping(merge_settings(config_file, flags, KNOWN))
+        settings = coordinator_settings.load(config_file, flags)
         prepare_state_dir(settings.state_dir)
-    except (ConfigError, SettingsError) as exc:
+    except SettingsError as exc:
         raise ConfigurationError(str(exc)) from exc
     setup_logging(settings.log_level)
     identity = load_key_or_fail(settings.key)

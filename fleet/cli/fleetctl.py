@@ -44,15 +44,23 @@ from fleet.admin.cache_check import (
 )
 from fleet.admin.cache_reader import CacheReader
 from fleet.admin.client import AdminClient
+from fleet.admin.device_file import (
+    DeviceFile,
+    DeviceFileError,
+    check_batch_size,
+    parse_device_file,
+)
 from fleet.admin.duration import parse_duration
+from fleet.admin.enroll_token_file import write_token_file
 from fleet.admin.errors import (
     AdminError,
     AmbiguousTarget,
     CoordinatorRefused,
+    OutcomeUnknown,
     ProtocolViolation,
     TargetError,
 )
-from fleet.admin.live import InPlace, push_lines, status_lines
+from fleet.admin.live import LARGE_PUSH, InPlace, PushDigest, push_lines, status_lines
 from fleet.admin.push import PushPlan, push, wait_for_devices
 from fleet.admin.settings import (
     CacheSettings,
@@ -60,20 +68,23 @@ from fleet.admin.settings import (
     Settings,
     resolve_cache_settings,
     resolve_credentials,
-    resolve_settings,
     resolve_state_dir,
 )
+from fleet.admin.settings import load as load_settings
 from fleet.admin.store_path import resolve_system_path
-from fleet.admin.targets import find_device, is_short_id, resolve_push_targets
+from fleet.admin.targets import find_device, is_short_id, push_targets
 from fleet.admin.tracking import PushTracker
 from fleet.admin.views import (
     StatusBoard,
     device_json,
     device_table,
     iso_utc,
+    push_record_json,
     sort_key,
     status_json,
     status_table,
+    summary_json,
+    summary_text,
 )
 from fleet.admin.witness import CheckpointMemory, WitnessFileError
 from fleet.audit import (
@@ -92,6 +103,7 @@ from fleet.capability import (
     CapabilityError,
     Chain,
     ChainFileError,
+    Permission,
     Scope,
     authority_of,
     certificate_id,
@@ -105,6 +117,7 @@ from fleet.capability import (
     write_chain,
 )
 from fleet.cli.common import FleetGroup, load_key_or_fail, parse_node_id_or_fail
+from fleet.config import SettingsError
 from fleet.identity import (
     Identity,
     InvalidLabel,
@@ -116,9 +129,23 @@ from fleet.identity import (
 )
 from fleet.log import setup_logging
 from fleet.nix.substituters import InvalidSubstituter, check_substituter
-from fleet.protocol.messages import DeviceInfo, StatusSnapshot, Witness
+from fleet.protocol.enroll_token import MAX_USES as MAX_TOKEN_USES
+from fleet.protocol.enroll_token import (
+    TOKEN_ID_LEN,
+    format_token_file,
+    make_enroll_token,
+    parse_token_file,
+)
+from fleet.protocol.messages import (
+    AgentState,
+    DeviceBatchAdded,
+    DeviceInfo,
+    EnrollToken,
+    StatusSnapshot,
+    Witness,
+)
 from fleet.vocabulary import Action, InvalidStorePath
-from fleet.wire import SignedEnvelope
+from fleet.wire import SignedEnvelope, decode
 
 T = TypeVar("T")
 
@@ -142,17 +169,15 @@ class GlobalOptions:
 
 def _settings(options: GlobalOptions) -> Settings:
     try:
-        return resolve_settings(
-            coordinator=options.coordinator,
-            key=options.key,
-            cert=options.cert,
-            relays=options.relays,
-            timeout=options.timeout,
-            config_file=options.config_file,
-            env=os.environ,
-            home=Path.home(),
-        )
-    except AdminError as exc:
+        flags = {
+            "coordinator": options.coordinator,
+            "key": options.key,
+            "cert": options.cert,
+            "relay": options.relays,
+            "timeout": options.timeout,
+        }
+        return load_settings(options.config_file, flags, env=os.environ, home=Path.home())
+    except SettingsError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -165,7 +190,7 @@ def _credentials(options: GlobalOptions) -> Credentials:
             env=os.environ,
             home=Path.home(),
         )
-    except AdminError as exc:
+    except SettingsError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -347,19 +372,48 @@ def devices() -> None:
 
 
 @devices.command("add")
-@click.argument("node_id")
-@click.option("--name", required=True, help="A unique name for the device.")
+@click.argument("node_id", required=False)
+@click.option("--name", help="A unique name for the device.")
 @click.option("--tag", "tags", multiple=True, help="A tag to push to (tag:NAME); repeatable.")
+@click.option(
+    "--from",
+    "from_file",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Add every device of a CSV (id,name,tags) or JSON-lines file, all or none; - for stdin.",
+)
+@click.option(
+    "--skip-existing",
+    is_flag=True,
+    help="With --from: leave devices already registered as they are instead of refusing.",
+)
 @JSON_OPTION
 @click.pass_context
 def devices_add(
-    ctx: click.Context, node_id: str, name: str, tags: tuple[str, ...], as_json: bool
+    ctx: click.Context,
+    node_id: str | None,
+    name: str | None,
+    tags: tuple[str, ...],
+    from_file: str | None,
+    skip_existing: bool,
+    as_json: bool,
 ) -> None:
-    """Register and approve the device NODE_ID under NAME.
+    """Register and approve the device NODE_ID under NAME, or every device of --from FILE.
 
     NODE_ID is the device's full node id (`fleet id /etc/ssh/ssh_host_ed25519_key` on the
-    device), or the short id of a device that connected and is pending.
+    device), or the short id of a device that connected and is pending. With --from, the
+    whole file is one request and one transaction: a bad line, or a device already
+    registered (unless --skip-existing), refuses it all, naming the line.
     """
+    if from_file is not None:
+        listed, source = _device_file(from_file)  # what is wrong with the file, first
+        if node_id is not None or name is not None or tags:
+            raise click.UsageError("--from FILE takes no NODE_ID, --name or --tag")
+        _devices_add_file(ctx, listed, source, skip_existing, as_json)
+        return
+    if node_id is None or name is None:
+        raise click.UsageError("give NODE_ID and --name (or --from FILE)")
+    if skip_existing:
+        raise click.UsageError("--skip-existing goes with --from FILE")
     full = _full_id(node_id)
     if full is None and not is_short_id(node_id.strip()):
         parse_node_id_or_fail(node_id, "NODE_ID")  # a usage error saying what an id looks like
@@ -388,6 +442,42 @@ def devices_add(
         _print_json({"name": name, "id": str(node), "tags": list(tags), "approved": True})
     else:
         click.echo(f"added {name} ({node.short()})" + (f" tags {','.join(tags)}" if tags else ""))
+
+
+def _device_file(path: str) -> tuple[DeviceFile, str]:
+    """The checked entries of `devices add --from PATH` (- for stdin), and what to call it."""
+    source = "stdin" if path == "-" else path
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise click.ClickException(f"cannot read {source}: {why}") from exc
+    try:
+        listed = parse_device_file(text, source)
+        check_batch_size(listed)
+    except DeviceFileError as exc:
+        raise click.ClickException(str(exc)) from exc
+    return listed, source
+
+
+def _devices_add_file(
+    ctx: click.Context, listed: DeviceFile, source: str, skip_existing: bool, as_json: bool
+) -> None:
+
+    async def work(client: AdminClient) -> DeviceBatchAdded:
+        try:
+            return await client.add_devices(listed.entries, skip_existing=skip_existing)
+        except CoordinatorRefused as exc:
+            raise CoordinatorRefused(exc.code, listed.explain(exc.reason, source)) from exc
+
+    done = _run(ctx, work)
+    if as_json:
+        _print_json({"added": done.added, "skipped": [str(n) for n in done.skipped]})
+    else:
+        click.echo(
+            f"added {done.added} device{'s' if done.added != 1 else ''} from {source}"
+            + (f", skipped {len(done.skipped)} already registered" if done.skipped else "")
+        )
 
 
 @devices.command("approve")
@@ -471,14 +561,13 @@ def _valid_for(_ctx: click.Context, _param: click.Parameter, value: str) -> floa
 
 
 @main.command("push")
-@click.argument("store_path")
+@click.argument("store_path", required=False)
 @click.option(
     "--to",
     "targets",
     multiple=True,
-    required=True,
     metavar="TARGET",
-    help="A device name, node id or tag:NAME; repeatable.",
+    help="A device name, node id or tag:NAME; repeatable (required to push).",
 )
 @click.option(
     "--action",
@@ -524,11 +613,18 @@ def _valid_for(_ctx: click.Context, _param: click.Parameter, value: str) -> floa
     show_default=True,
     help="Seconds --wait waits for the devices.",
 )
+@click.option(
+    "--status",
+    "status_of",
+    type=click.IntRange(min=1),
+    metavar="SEQ",
+    help="Push nothing: show whether the push of sequence SEQ was accepted, and what it was.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 @click.pass_context
 def push_command(
     ctx: click.Context,
-    store_path: str,
+    store_path: str | None,
     targets: tuple[str, ...],
     action: str,
     caches: tuple[str, ...],
@@ -537,13 +633,25 @@ def push_command(
     valid_for: float,
     wait: bool,
     wait_timeout: float,
+    status_of: int | None,
     as_json: bool,
 ) -> None:
     """Announce that the TARGETs should run the system STORE_PATH (or ./result).
 
     Unless --no-cache-check, the whole closure must first be in one of the caches, signed
-    by a trusted key: otherwise nothing is numbered, signed or sent.
+    by a trusted key: otherwise nothing is numbered, signed or sent. When the coordinator
+    does not answer, the same signed push is sent again; if none is answered, the outcome
+    is unknown and `push --status SEQ` tells it.
     """
+    if status_of is not None:
+        if store_path is not None or targets or wait:
+            raise click.UsageError("--status SEQ takes no STORE_PATH, --to or --wait")
+        _push_status(ctx, status_of, as_json)
+        return
+    if store_path is None:
+        raise click.UsageError("Missing argument 'STORE_PATH'.")
+    if not targets:
+        raise click.UsageError("Missing option '--to'.")
     try:
         store_path = resolve_system_path(store_path)
     except InvalidStorePath as exc:
@@ -560,7 +668,7 @@ def push_command(
             env=os.environ,
             home=Path.home(),
         )
-    except AdminError as exc:
+    except SettingsError as exc:
         raise click.ClickException(str(exc)) from exc
     for url in cache.caches:
         try:
@@ -577,8 +685,7 @@ def push_command(
         known = await client.devices()
         plan = PushPlan(
             store_path=store_path,
-            devices=await resolve_push_targets(targets, known, client.check_targets),
-            targets=targets,
+            to=await push_targets(targets, known, client.check_targets),
             substituters=cache.caches,
             action=Action(action),
             valid_for=valid_for,
@@ -586,15 +693,28 @@ def push_command(
         accepted = await push(client, plan)
         names = {d.node_id: d.name or d.node_id.short() for d in known}
         labels = tuple(names.get(n, n.short()) for n in plan.devices)
+        large = len(labels) > LARGE_PUSH
         if not as_json:
+            listed = f"{', '.join(labels[:LARGE_PUSH])}, ..." if large else ", ".join(labels)
             click.echo(
                 f"pushed sequence {accepted.sequence}: {store_path} ({action}) "
-                f"to {len(labels)} device{'s' if len(labels) != 1 else ''}: {', '.join(labels)}"
+                f"to {len(labels)} device{'s' if len(labels) != 1 else ''}: {listed}"
             )
         if not wait:
             return accepted.sequence, tuple(str(n) for n in plan.devices), None
         tracker = PushTracker(accepted.sequence, plan.devices, names)
-        if as_json or not sys.stdout.isatty():
+        if large and not as_json and not sys.stdout.isatty():
+            digest = PushDigest()
+
+            def report(*, final: bool = False) -> None:
+                for line in digest.lines(tracker, time.monotonic(), final=final):
+                    click.echo(line)
+
+            await wait_for_devices(
+                client, tracker, timeout=wait_timeout, emit=lambda _line: None, changed=report
+            )
+            report(final=True)
+        elif as_json or not sys.stdout.isatty():
             await wait_for_devices(client, tracker, timeout=wait_timeout, emit=emit)
         else:  # a terminal: one line per device, redrawn in place, and a summary line
             view = InPlace(sys.stdout)
@@ -635,12 +755,40 @@ def push_command(
         if not as_json:
             click.echo(f"all {len(tracker.tracks)} devices applied sequence {sequence}")
         return
-    lines = [f"  {t.label}: {t.outcome}" + (f": {t.reason}" if t.reason else "") for t in failed]
+    lines = [
+        f"  {t.label}: {t.outcome}" + (f": {t.reason}" if t.reason else "")
+        for t in failed[:LARGE_PUSH]
+    ]
+    if len(failed) > LARGE_PUSH:
+        lines.append(
+            f"  ... and {len(failed) - LARGE_PUSH} more (`fleetctl status --json` has them all)"
+        )
     _fail(
         f"{len(failed)} of {len(tracker.tracks)} devices did not apply sequence {sequence}:\n"
         + "\n".join(lines),
         EXIT_NOT_APPLIED,
     )
+
+
+def _push_status(ctx: click.Context, sequence: int, as_json: bool) -> None:
+    """`push --status SEQ`: exit 0 and what was accepted, or exit 1 if nothing was."""
+    reply = _run(ctx, lambda c: c.push_status(sequence))
+    record = reply.accepted
+    if as_json:
+        _print_json(push_record_json(reply))
+    elif record is not None:
+        click.echo(
+            f"sequence {sequence} was accepted {iso_utc(record.accepted_at)}: "
+            f"{record.store_path} ({record.action}) to {record.devices} "
+            f"device{'s' if record.devices != 1 else ''} ({', '.join(record.targets)}), "
+            f"signed by {record.signer.short()}, valid until {iso_utc(record.valid_until)}"
+        )
+    if record is None:
+        _fail(
+            f"no push of sequence {sequence} was accepted (the highest accepted is "
+            f"{reply.highest or 'none'})",
+            1,
+        )
 
 
 def _check_cache(
@@ -698,18 +846,60 @@ def _check_cache(
 @main.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 @click.option("--watch", is_flag=True, help="Keep showing changes as they happen (Ctrl-C ends).")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([str(s) for s in AgentState]),
+    help="Only devices in this state; repeatable (any of them).",
+)
+@click.option("--tag", "tags", multiple=True, help="Only devices with this tag; repeatable (all).")
+@click.option("--offline", is_flag=True, help="Only devices that are not connected.")
+@click.option("--summary", "summary_only", is_flag=True, help="Only the counts, no table.")
 @click.pass_context
-def status_command(ctx: click.Context, as_json: bool, watch: bool) -> None:
-    """One row per device: link, update state, current and desired system, error."""
+def status_command(
+    ctx: click.Context,
+    as_json: bool,
+    watch: bool,
+    states: tuple[str, ...],
+    tags: tuple[str, ...],
+    offline: bool,
+    summary_only: bool,
+) -> None:
+    """One row per device: link, update state, current and desired system, error.
+
+    A summary line (devices online and offline, and per state) comes first; filters are
+    applied by the coordinator, and a large fleet is read page by page.
+    """
     if not watch:
-        snapshot = _run(ctx, lambda c: c.status())
+        wanted = tuple(AgentState(s) for s in states)
+        try:
+            tags = normalize_tags(tags)  # `kiosk` and `tag:kiosk` alike
+        except InvalidLabel as exc:
+            raise click.BadParameter(str(exc), param_hint="--tag") from exc
+        rows, summary = _run(
+            ctx,
+            lambda c: c.status_query(
+                states=wanted, tags=tags, offline=offline, rows=not summary_only
+            ),
+        )
         if as_json:
+            if summary_only:
+                _print_json(summary_json(summary))
+                return
             board = StatusBoard()
-            board.load(snapshot.devices)
+            board.load(rows)
             _print_json([status_json(s) for s in board.rows()])
         else:
-            click.echo(status_table(snapshot.devices, time.time()))
+            click.echo(summary_text(summary))
+            if not summary_only:
+                click.echo(status_table(rows, time.time()))
         return
+    if states or tags or offline or summary_only:
+        raise click.UsageError(
+            "--watch shows every device: --state, --tag, --offline and "
+            "--summary are for a one-off status"
+        )
     try:
         _run(ctx, lambda c: _watch(c, as_json=as_json, tty=sys.stdout.isatty()))
     except SystemExit as exc:
@@ -802,17 +992,31 @@ def _grant_json(chain: Chain, out: str) -> dict[str, Any]:
     }
 
 
-def _record(ctx: click.Context, chain: Chain) -> str | None:
-    """Report a grant to the coordinator; None when recorded, else why not (the error line)."""
+@dataclass(frozen=True)
+class NotRecorded:
+    why: str  # the error line
+    maybe: bool  # no send was answered: it may have been recorded after all
+
+
+def _record(ctx: click.Context, chain: Chain) -> NotRecorded | None:
+    """Report a grant to the coordinator; None when recorded, else why not."""
     try:
         _run(ctx, lambda c: c.record_grant(chain))
     except click.ClickException as exc:
-        return exc.format_message()
+        return NotRecorded(exc.format_message(), isinstance(exc.__cause__, OutcomeUnknown))
     return None
 
 
-def _not_recorded(out: str, cert_id: str, why: str) -> NoReturn:
+def _not_recorded(out: str, cert_id: str, failure: NotRecorded) -> NoReturn:
     """One line: what failed, what is still true, and the command that finishes the job."""
+    if failure.maybe:
+        _fail(
+            f"the grant was perhaps not recorded in the coordinator's audit log "
+            f"({failure.why}); `fleetctl audit` shows whether; the chain is valid and was "
+            f"written to {out} (certificate {cert_id}), so the subject can use it now",
+            EXIT_NOT_RECORDED,
+        )
+    why = failure.why
     _fail(
         f"the grant was NOT recorded in the coordinator's audit log ({why}); the chain is "
         f"valid and was written to {out} (certificate {cert_id}), so the subject can use it "
@@ -927,14 +1131,15 @@ def grant_command(
     except OSError as exc:
         raise click.ClickException(f"cannot write the chain to {out}: {exc.strerror}") from exc
     cert_id = format_id(certificate_id(chain.certificates[-1]))
-    why = _record(ctx, chain) if record else None
+    failure = _record(ctx, chain) if record else None
     if as_json:
-        recorded = record and why is None
+        recorded = record and failure is None
+        why = failure.why if failure is not None else None
         _print_json({**_grant_json(chain, out), "recorded": recorded, "record_error": why})
     else:
         click.echo(cert_id)
-    if why is not None:
-        _not_recorded(out, cert_id, why)
+    if failure is not None:
+        _not_recorded(out, cert_id, failure)
     if not as_json:
         click.echo(
             f"granted {','.join(actions)} on {granted_scope.describe()} to {subject_id} until "
@@ -944,6 +1149,126 @@ def grant_command(
             + ("" if record else " (not recorded: --no-record)"),
             err=True,
         )
+
+
+@main.group("enroll-token")
+def enroll_token() -> None:
+    """Tokens with which devices enroll themselves (`fleet agent --enroll-token FILE`)."""
+
+
+@enroll_token.command("create")
+@click.option(
+    "--tag", "tags", multiple=True, required=True, help="A tag enrolled devices get; repeatable."
+)
+@click.option("--expires", required=True, help="How long the token is valid: 90m, 12h, 7d, 2w.")
+@click.option(
+    "--uses",
+    type=click.IntRange(1, MAX_TOKEN_USES),
+    default=1,
+    show_default=True,
+    help="How many devices it may enroll.",
+)
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="The token file (mode 0600)."
+)
+@JSON_OPTION
+@click.pass_context
+def enroll_token_create(
+    ctx: click.Context, tags: tuple[str, ...], expires: str, uses: int, out: str, as_json: bool
+) -> None:
+    """Sign a token that registers and approves up to --uses devices with the tags --tag.
+
+    Needs the `devices` action and every tag in your scope. The file is a bearer
+    credential: anyone holding it can enroll a device of their own until it expires.
+    """
+    options = ctx.find_object(GlobalOptions)
+    assert options is not None
+    try:
+        clean = normalize_tags(tags)
+    except InvalidLabel as exc:
+        raise click.BadParameter(str(exc), param_hint="--tag") from None
+    try:
+        lifetime = parse_duration(expires)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--expires") from exc
+    settings = _settings(options)
+    identity = load_key_or_fail(settings.key)
+    own = _load_chain(settings.cert)
+    now = time.time()
+    mine = authority_of(identity.node_id, own, _issuer_authority(identity, own, now), now)
+    try:
+        mine.require(Permission.DEVICES)
+        mine.require_tags(clean)
+    except CapabilityError as exc:
+        raise click.ClickException(f"cannot sign this token: {exc}") from exc
+    if mine.not_after is not None and now + lifetime > mine.not_after:
+        raise click.BadParameter(
+            f"ends after your own certificate ({iso_utc(mine.not_after)})",
+            param_hint="--expires",
+        )
+    envelope = make_enroll_token(
+        identity, settings.coordinator.node_id, clean, lifetime=lifetime, uses=uses, chain=own
+    )
+    token = decode(envelope.payload, EnrollToken)
+    try:
+        write_token_file(out, format_token_file(envelope, token))
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the token to {out}: {exc.strerror}") from exc
+    if as_json:
+        _print_json(
+            {
+                "token": token.token_id.hex(),
+                "tags": list(token.tags),
+                "uses": token.uses,
+                "expires": iso_utc(token.expires_at),
+                "file": out,
+            }
+        )
+    else:
+        click.echo(
+            f"token {token.token_id.hex()[:12]} enrolls up to {uses} device(s) with tags "
+            f"{','.join(clean)} until {iso_utc(token.expires_at)}; written to {out} "
+            "(keep it secret)"
+        )
+
+
+@enroll_token.command("revoke")
+@click.argument("token")
+@JSON_OPTION
+@click.pass_context
+def enroll_token_revoke(ctx: click.Context, token: str, as_json: bool) -> None:
+    """Stop TOKEN (its file, or its id as `create` prints it) from enrolling more devices.
+
+    Devices it enrolled stay registered (remove them with `devices remove`).
+    """
+    token_id = _token_id(token)
+    _run(ctx, lambda client: client.revoke_enroll_token(token_id))
+    if as_json:
+        _print_json({"token": token_id.hex(), "revoked": True})
+    else:
+        click.echo(f"revoked token {token_id.hex()[:12]}")
+
+
+def _token_id(text: str) -> bytes:
+    """The id of a token given as its file or as the hex id `enroll-token create` prints."""
+    path = Path(text)
+    if path.is_file():
+        try:
+            envelope = parse_token_file(path.read_text(encoding="utf-8"), text)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise click.BadParameter(str(exc), param_hint="TOKEN") from exc
+        return decode(envelope.payload, EnrollToken).token_id
+    try:
+        token_id = bytes.fromhex(text.strip())
+    except ValueError:
+        token_id = b""
+    if len(token_id) != TOKEN_ID_LEN:
+        raise click.BadParameter(
+            f"{text[:70]!r} is neither a token file nor a token id "
+            f"({2 * TOKEN_ID_LEN} hex digits, as `enroll-token create --json` prints it)",
+            param_hint="TOKEN",
+        )
+    return token_id
 
 
 @main.command("record-grant")
@@ -1168,7 +1493,7 @@ def audit_verify(
             identity = load_key_or_fail(settings.key)
             roots = roots_of(identity.node_id, _load_chain(settings.cert))
 
-        async def fetch(client: AdminClient) -> tuple[auditing.FetchedLog, list[Witness]]:
+        async def fetch(client: AdminClient) -> tuple[AuditExport, list[Witness]]:
             # Witnesses first: every checkpoint they hold was then signed before the log is
             # read, so a checkpoint taken meanwhile cannot look like deleted entries.
             witnesses = await fetch_witnesses(client)
@@ -1228,7 +1553,7 @@ def _state_dir(options: GlobalOptions, flag: str | None) -> Path:
         return resolve_state_dir(
             state_dir=flag, config_file=options.config_file, env=os.environ, home=Path.home()
         )
-    except AdminError as exc:
+    except SettingsError as exc:
         _fail(str(exc), 1)
 
 

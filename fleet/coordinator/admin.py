@@ -12,12 +12,18 @@ its targets, the request nonce and its audit row in ONE transaction; `handle` re
 after that COMMIT (durable: WAL + synchronous=FULL), the adapter sends PushAccepted, and
 only THEN delivers it. Read-only requests are not administrative actions: only their nonce
 is kept, no audit row.
+
+Idempotence: the reply to a request that changed something (or was refused) is kept with its
+nonce, in the transaction that carried it out (fleet.coordinator.nonces). The very same signed
+request arriving again (fleetctl retries when an answer does not come in time) gets that reply
+again and changes nothing; another request reusing the nonce is refused as a replay.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -33,11 +39,20 @@ from fleet.capability import (
     format_id,
     verify_revocation,
 )
-from fleet.coordinator import announcements, audit, nonces, registry, trust, witnesses
+from fleet.coordinator import (
+    announcements,
+    audit,
+    enroll_tokens,
+    nonces,
+    registry,
+    trust,
+    witnesses,
+)
 from fleet.coordinator.announcements import StoredAnnouncement
 from fleet.coordinator.audit import Outcome
 from fleet.coordinator.database import Database, Transaction
 from fleet.coordinator.delivery import Delivery
+from fleet.coordinator.pushes import BadPush, OpenedPush, open_push
 from fleet.coordinator.refusals import (
     RefusalLimiter,
     RequestFacts,
@@ -48,33 +63,39 @@ from fleet.coordinator.registry import DeviceRecord, RegistryError
 from fleet.coordinator.status import StatusBoard
 from fleet.coordinator.trust import KnownRevocations
 from fleet.coordinator.watchers import StatusWatcher
-from fleet.identity import Identity, InvalidLabel, NodeId, normalize_tags
+from fleet.identity import Identity, InvalidLabel, NodeId, check_label, normalize_tags
 from fleet.identity.labels import TAG_PREFIX
 from fleet.log import get_logger
 from fleet.protocol.admin import MAX_CLOCK_SKEW, AdminRequestError, OpenedRequest
 from fleet.protocol.admin import open_admin_request as _open_admin_request
+from fleet.protocol.enroll_token import TOKEN_ID_LEN
 from fleet.protocol.messages import (
-    Announcement,
     AuditPage,
     AuditQuery,
-    AuditRow,
     AuditWitnesses,
     AuditWitnessesReply,
     CertificateChain,
     CertificateLookup,
     DeviceAdd,
+    DeviceAddBatch,
     DeviceApprove,
+    DeviceBatchAdded,
     DeviceList,
     DeviceListReply,
     DeviceRemove,
+    EnrollTokenRevoke,
     ErrorReply,
     GrantRecord,
     NextSequence,
     NextSequenceReply,
     OkReply,
     PushAccepted,
+    PushLookup,
+    PushLookupReply,
     PushRequest,
+    PushRequestV1,
     RevokeRequest,
+    StatusQuery,
     StatusRequest,
     StatusSnapshot,
     TargetCheck,
@@ -86,11 +107,9 @@ from fleet.wire import (
     MAX_FRAME,
     Message,
     SignedEnvelope,
-    Tag,
     WireError,
     decode,
     encode,
-    verify_envelope,
 )
 
 log = get_logger(__name__)
@@ -105,6 +124,7 @@ AUDIT_ROW_OVERHEAD = 256  # ids, time, hashes, encoding, and a checkpoint, per e
 # wire limit); anything longer cannot be a valid request and is refused unread.
 MAX_ADMIN_REQUEST = MAX_FRAME + 4096
 MAX_TARGET_CHECK = 64  # targets answered per TargetCheck
+OK = OkReply()
 
 
 class Refused(Exception):
@@ -114,6 +134,14 @@ class Refused(Exception):
         super().__init__(message)
         self.code = code
         self.detail = detail
+
+
+class Repeated(Exception):
+    """The very request was carried out (or refused) before: answer what it got then."""
+
+    def __init__(self, reply: Message) -> None:
+        super().__init__(type(reply).__name__)
+        self.reply = reply
 
 
 @dataclass(frozen=True)
@@ -202,6 +230,14 @@ class AdminDesk:
                 async with self.db.transaction() as tx:
                     await self._use_nonce(tx, opened)
             return await route.handle(self, request)
+        except Repeated as repeated:
+            log.info(
+                "admin_request_repeated",
+                actor=connection_id.short(),
+                action=action,
+                reply=type(repeated.reply).__name__,
+            )
+            return AdminResult(repeated.reply)
         except Refused as refusal:
             return await self._refuse(
                 refusal, RequestFacts.of(raw), connection_id, action, now, opened, certified, raw
@@ -279,20 +315,7 @@ class AdminDesk:
         more = await audit.any_after(self.db, high)
         checkpoints = await trust.checkpoints_between(self.db, low, high if more else 2**62)
         page = AuditPage(
-            entries=tuple(
-                AuditRow(
-                    id=e.id,
-                    time=e.time,
-                    actor=e.actor,
-                    action=e.action,
-                    outcome=e.outcome,
-                    detail=e.detail,
-                    request=e.request,
-                    prev_hash=e.prev_hash,
-                    hash=e.hash,
-                )
-                for e in entries
-            ),
+            entries=tuple(entries),
             checkpoints=tuple(checkpoints),
             more=more,
         )
@@ -348,8 +371,17 @@ class AdminDesk:
         await trust.remember_chain(tx, opened.chain, self.clock())
 
     async def _spend_nonce(self, tx: Transaction, opened: OpenedRequest) -> None:
-        if not await nonces.spend(tx, opened.nonce, opened.signer, opened.issued_at, self.clock()):
-            raise Refused("replay", "this request was already received (replayed nonce)")
+        """Spend the nonce; Repeated if this very request was answered before (the caller's
+        transaction is rolled back: nothing is done twice), Refused if it is a replay."""
+        digest = nonces.request_digest(encode(opened.envelope))
+        seen = await nonces.spend(
+            tx, opened.nonce, opened.signer, opened.issued_at, self.clock(), digest
+        )
+        if seen is None:
+            return
+        if seen.reply is not None:
+            raise Repeated(decode(seen.reply))  # kept by this coordinator: it decodes
+        raise Refused("replay", "this request was already received (replayed nonce)")
 
     # ------------------------------------------------------------------ refusals
 
@@ -411,8 +443,10 @@ class AdminDesk:
             detail["claimed"] = claimed
         async with self.db.transaction() as tx:
             if spend and opened is not None:
-                with contextlib.suppress(Refused):
+                with contextlib.suppress(Refused, Repeated):
                     await self._spend_nonce(tx, opened)
+                    reply = ErrorReply(code=refusal.code, message=str(refusal))
+                    await nonces.keep_reply(tx, opened.nonce, encode(reply))
             if admitted:
                 await audit.append(
                     tx,
@@ -426,9 +460,14 @@ class AdminDesk:
         return admitted
 
     async def _accepted(
-        self, tx: Transaction, request: Request[Any], detail: dict[str, Any]
+        self,
+        tx: Transaction,
+        request: Request[Any],
+        detail: dict[str, Any],
+        reply: Message = OK,
     ) -> None:
-        """The accepted request's audit row, in the transaction that carries it out."""
+        """The accepted request's audit row and its reply (kept with its nonce, for a repeat
+        of the request), in the transaction that carries it out."""
         await audit.append(
             tx,
             time=request.now,
@@ -438,6 +477,7 @@ class AdminDesk:
             detail=detail,
             request=request.raw,
         )
+        await nonces.keep_reply(tx, request.opened.nonce, encode(reply))
 
     # ------------------------------------------------------------------ reads
 
@@ -461,6 +501,32 @@ class AdminDesk:
             # after the snapshot and repeats a full row, which is harmless.
             watcher = self.status.watch()
         return AdminResult(StatusSnapshot(devices=await self.status.snapshot()), watcher=watcher)
+
+    async def _status_query(self, request: Request[StatusQuery]) -> AdminResult:
+        body = request.body
+        if body.limit < 0:
+            raise Refused("invalid", "a status page limit is not negative")
+        try:  # `kiosk` and `tag:kiosk` alike
+            body = dataclasses.replace(body, tags=normalize_tags(body.tags))
+        except InvalidLabel as exc:
+            raise Refused("invalid", str(exc)) from None
+        return AdminResult(await self.status.page(body))
+
+    async def _push_lookup(self, request: Request[PushLookup]) -> AdminResult:
+        """Whether a push was accepted: for readers, and for the key that signed it."""
+        record = await announcements.accepted(self.db, request.body.sequence)
+        if Permission.READ not in request.authority.actions:
+            require(request.authority, Permission.PUSH, signer=str(request.opened.signer))
+            if record is not None and record.signer != request.opened.signer:
+                raise Refused(
+                    "unauthorized",
+                    f"push {request.body.sequence} was signed by another key; looking it up "
+                    "needs the read permission",
+                )
+        highest = await announcements.max_sequence(self.db)
+        return AdminResult(
+            PushLookupReply(sequence=request.body.sequence, accepted=record, highest=highest)
+        )
 
     async def _certificate_lookup(self, request: Request[CertificateLookup]) -> AdminResult:
         chain = await trust.chain_of(self.db, request.body.certificate)
@@ -499,20 +565,15 @@ class AdminDesk:
 
     # ------------------------------------------------------------------ changes
 
-    async def _push(self, request: Request[PushRequest]) -> AdminResult:
+    async def _push(self, request: Request[PushRequest | PushRequestV1]) -> AdminResult:
         body, now = request.body, request.now
         try:
-            signer, ann = verify_envelope(body.announcement, Tag.ANNOUNCEMENT, Announcement)
+            push = open_push(body)
         except WireError as exc:
             raise Refused("invalid", f"announcement refused: {exc}") from None
-        detail: dict[str, Any] = {
-            "sequence": ann.sequence,
-            "store_path": ann.store_path,
-            "action": ann.action.value,
-            "devices": [str(d) for d in ann.devices],
-            "targets": list(ann.targets),
-            "signer": str(signer),
-        }
+        except BadPush as exc:
+            raise Refused("invalid", f"push refused: {exc}") from None
+        signer, ann, detail = push.signer, push.announcement, push.detail()
         signer_authority = await self._authority(signer, ann.chain, now, **detail)
         require(signer_authority, Permission.PUSH, **detail)
         try:
@@ -534,20 +595,30 @@ class AdminDesk:
                     highest=highest,
                     **detail,
                 )
-            known = await registry.approval_of(tx, ann.devices)
-            for device in dict.fromkeys(ann.devices):
+            known = await registry.approval_of(tx, push.explicit)
+            for device in push.explicit:
                 if known.get(device) is not True:
                     state = "pending approval" if device in known else "not registered"
                     raise Refused("not-found", f"target device {device} is {state}", **detail)
-            for device in dict.fromkeys(ann.devices):
-                record = await registry.get(tx, device)
-                tags = record.tags if record is not None else ()
+            targeted = await self._push_targets(tx, push, **detail)
+            for device, tags in targeted.items():
                 # Both the request's signer and the announcement's: usually the same key.
                 require(signer_authority, Permission.PUSH, device, tags, **detail)
                 require(request.authority, Permission.PUSH, device, tags, **detail)
             await trust.remember_chain(tx, ann.chain, now)
-            stored = await announcements.insert(tx, signer, body.announcement, ann, now)
-            await self._accepted(tx, request, detail)
+            stored = await announcements.insert(
+                tx,
+                signer,
+                push.envelope,
+                ann,
+                now,
+                devices=tuple(targeted),
+                targets=push.targets,
+                proofs=push.proofs,
+                legacy=push.legacy,
+            )
+            reply = PushAccepted(sequence=stored.sequence, devices=stored.devices)
+            await self._accepted(tx, request, {**detail, "resolved": len(targeted)}, reply)
         log.info(
             "push_accepted",
             sequence=stored.sequence,
@@ -555,9 +626,25 @@ class AdminDesk:
             store_path=stored.store_path,
             actor=request.actor.short(),
         )
-        return AdminResult(
-            PushAccepted(sequence=stored.sequence, devices=stored.devices), delivery=stored
-        )
+        return AdminResult(reply, delivery=stored)
+
+    async def _push_targets(
+        self, tx: Transaction, push: OpenedPush, **detail: Any
+    ) -> dict[NodeId, tuple[str, ...]]:
+        """Every device the push targets (its explicit ids, then the approved devices whose
+        registry tags meet its selector) -> its registry tags, for the scope checks."""
+        targeted: dict[NodeId, tuple[str, ...]] = {}
+        for device in push.explicit:
+            record = await registry.get(tx, device)
+            targeted[device] = record.tags if record is not None else ()
+        if push.selector:
+            for record in await registry.all_devices(tx):
+                if record.approved and push.selected(record.node_id, record.tags):
+                    targeted.setdefault(record.node_id, record.tags)
+        if not targeted:
+            tags = ", ".join(push.selector)
+            raise Refused("not-found", f"no approved device has a tag of {tags}", **detail)
+        return targeted
 
     async def _change_device(
         self, request: Request[DeviceAdd | DeviceApprove | DeviceRemove]
@@ -596,7 +683,84 @@ class AdminDesk:
         else:
             await self.delivery.approved(record)
         await self.status.publish([record.node_id])
-        return AdminResult(OkReply())
+        return AdminResult(OK)
+
+    async def _add_batch(self, request: Request[DeviceAddBatch]) -> AdminResult:
+        """Many devices in one transaction: every entry checked first, then all stored, or
+        none (the refusal names the 1-based `entry N`, which fleetctl tells as a line)."""
+        body, authority = request.body, request.authority
+        if not body.devices:
+            raise Refused("invalid", "a batch holds at least one device")
+        entries: list[tuple[NodeId, str, tuple[str, ...]]] = []
+        ids: set[NodeId] = set()
+        names: set[str] = set()
+        for index, entry in enumerate(body.devices, start=1):
+            try:
+                name = check_label(entry.name, "device name")
+                tags = normalize_tags(entry.tags)
+            except InvalidLabel as exc:
+                raise Refused("invalid", f"entry {index}: {exc}") from None
+            if entry.node_id in ids or name in names:
+                raise Refused("invalid", f"entry {index}: its id or name is in the batch twice")
+            ids.add(entry.node_id)
+            names.add(name)
+            self._entry_in_scope(authority, index, entry.node_id, tags)
+            entries.append((entry.node_id, name, tags))
+        async with self.db.transaction() as tx:
+            await self._use_nonce(tx, request.opened)
+            by_name, by_id = await registry.names_and_ids(tx)
+            added, skipped = [], []
+            for index, (node, name, tags) in enumerate(entries, start=1):
+                if node in by_id:
+                    if body.skip_existing:
+                        skipped.append(node)
+                        continue
+                    raise Refused(
+                        "conflict",
+                        f"entry {index}: device {node.short()} is already registered"
+                        + (f" as {by_id[node]!r}" if by_id[node] else "")
+                        + " (skip the devices already registered with --skip-existing)",
+                    )
+                holder = by_name.get(name)
+                if holder is not None:
+                    raise Refused(
+                        "conflict", f"entry {index}: the name {name!r} is taken by {holder.short()}"
+                    )
+                added.append((node, name, tags))
+            await registry.add_many(tx, added, request.now)
+            await self._accepted(
+                tx,
+                request,
+                {
+                    "added": len(added),
+                    "skipped": len(skipped),
+                    "request_sha256": hashlib.sha256(request.raw).hexdigest(),
+                    "tags": sorted({t for _, _, tags in added for t in tags}),
+                },
+            )
+        log.info(
+            "devices_added", added=len(added), skipped=len(skipped), actor=request.actor.short()
+        )
+        for node, _, _ in added:
+            if node in self.delivery.sessions:  # connected and pending: welcome it now
+                record = await registry.get(self.db, node)
+                if record is not None:
+                    await self.delivery.approved(record)
+        await self.status.publish([node for node, _, _ in added])
+        return AdminResult(DeviceBatchAdded(added=len(added), skipped=tuple(skipped)))
+
+    def _entry_in_scope(
+        self, authority: Authority, index: int, node: NodeId, tags: tuple[str, ...]
+    ) -> None:
+        """As `_device_in_scope` for a new device, naming the batch entry."""
+        try:
+            authority.require(Permission.DEVICES, node, tags)
+            if not authority.scope.contains(node):  # in scope only by its tags
+                authority.require_tags(tags)
+        except CapabilityError as exc:
+            raise Refused(
+                "unauthorized", f"entry {index}: {exc.code}: {exc}", capability=exc.code
+            ) from None
 
     async def _device_in_scope(
         self, tx: Transaction, authority: Authority, body: DeviceAdd | DeviceApprove | DeviceRemove
@@ -621,6 +785,19 @@ class AdminDesk:
                     ) from None
         elif existing is None and isinstance(body, DeviceApprove):
             require(authority, Permission.DEVICES, body.node_id)
+
+    async def _revoke_enroll_token(self, request: Request[EnrollTokenRevoke]) -> AdminResult:
+        """Any `devices` holder may stop a token: its id is known only to who saw the token,
+        and stopping one enrolls nobody."""
+        token_id = request.body.token_id
+        if len(token_id) != TOKEN_ID_LEN:
+            raise Refused("invalid", f"a token id is {TOKEN_ID_LEN} bytes")
+        async with self.db.transaction() as tx:
+            await self._use_nonce(tx, request.opened)
+            new = await enroll_tokens.revoke(tx, token_id, request.now)
+            await self._accepted(tx, request, {"token": token_id.hex(), "new": new})
+        log.info("enroll_token_revoked", token=token_id.hex()[:12], new=new)
+        return AdminResult(OkReply())
 
     async def _grant(self, request: Request[GrantRecord]) -> AdminResult:
         """Record a certificate the signer issued: it must verify and be issued by the signer."""
@@ -653,7 +830,7 @@ class AdminDesk:
             await trust.remember_chain(tx, chain, now)
             await self._accepted(tx, request, detail)
         log.info("grant_recorded", certificate=format_id(issued), subject=cert.subject.short())
-        return AdminResult(OkReply())
+        return AdminResult(OK)
 
     async def _revoke(self, request: Request[RevokeRequest]) -> AdminResult:
         body, now = request.body, request.now
@@ -673,7 +850,7 @@ class AdminDesk:
         log.info("certificate_revoked", certificate=detail["certificate"], new=new)
         if new:
             self.delivery.hand_out_revocation(body.revocation)
-        return AdminResult(OkReply())
+        return AdminResult(OK)
 
 
 def _route(
@@ -687,9 +864,12 @@ ROUTES: dict[type[Message], AdminRoute] = dict(
     [
         _route(NextSequence, AdminDesk._next_sequence),
         _route(PushRequest, AdminDesk._push),
+        _route(PushRequestV1, AdminDesk._push),
         _route(DeviceAdd, AdminDesk._change_device),
+        _route(DeviceAddBatch, AdminDesk._add_batch),
         _route(DeviceApprove, AdminDesk._change_device),
         _route(DeviceRemove, AdminDesk._change_device),
+        _route(EnrollTokenRevoke, AdminDesk._revoke_enroll_token),
         _route(DeviceList, AdminDesk._device_list),
         _route(StatusRequest, AdminDesk._status),
         _route(GrantRecord, AdminDesk._grant),
@@ -698,6 +878,8 @@ ROUTES: dict[type[Message], AdminRoute] = dict(
         _route(AuditQuery, AdminDesk._audit_read),
         _route(TargetCheck, AdminDesk._target_check),
         _route(AuditWitnesses, AdminDesk._audit_witnesses),
+        _route(StatusQuery, AdminDesk._status_query),
+        _route(PushLookup, AdminDesk._push_lookup),
     ]
 )
 if ROUTES.keys() != ADMIN_ACTIONS.keys():  # every admin request has its handler, and no more

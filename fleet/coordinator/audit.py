@@ -9,17 +9,16 @@ appended inside the caller's transaction: the action and its audit row commit to
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fleet.audit.record import (
     GENESIS,
     AuditEntry,
-    AuditRecord,
     Outcome,
     encode_detail,
     make_entry,
-    record_hash,
 )
 from fleet.audit.verifier import walk_chain
 from fleet.coordinator.announcements import Reader
@@ -29,7 +28,6 @@ __all__ = [
     "GENESIS",
     "SIZES",
     "AuditEntry",
-    "AuditRecord",
     "Outcome",
     "any_after",
     "append",
@@ -37,7 +35,6 @@ __all__ = [
     "entries_between",
     "entry_of_row",
     "head",
-    "record_hash",
     "sizes",
     "verify_chain",
 ]
@@ -99,17 +96,7 @@ async def append(
     await tx.execute(
         "INSERT INTO audit (id, time, actor, action, outcome, detail, request, prev_hash, hash)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            entry.id,
-            entry.time,
-            entry.actor,
-            entry.action,
-            entry.outcome,
-            entry.detail,
-            entry.request,
-            entry.prev_hash,
-            entry.hash,
-        ),
+        dataclasses.astuple(entry),  # the columns in the entry's field order
     )
     return entry
 

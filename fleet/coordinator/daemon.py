@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 
+from fleet.coordinator.admins import KnownAdmins
 from fleet.coordinator.database import Database
+from fleet.coordinator.hello_gate import HelloGate
+from fleet.coordinator.lossy import LossyService, lost_push_answers
 from fleet.coordinator.server import CoordinatorServer
 from fleet.coordinator.service import CoordinatorService
 from fleet.coordinator.settings import CoordinatorSettings
 from fleet.identity import Identity
 from fleet.log import get_logger
 from fleet.mesh import Endpoint
+from fleet.mesh.config import MeshConfig
 from fleet.mesh.ping import PING_ALPN, serve_ping
 from fleet.netaddr import format_host_port
 from fleet.protocol import alpn
@@ -30,14 +34,23 @@ async def run(settings: CoordinatorSettings, identity: Identity) -> None:
     db = await Database.open(settings.database)
     try:
         os.chmod(settings.database, 0o600)
-        service = CoordinatorService(db, identity.node_id, settings.trust_roots, signer=identity)
+        lose = lost_push_answers(os.environ)
+        kind = LossyService if lose else CoordinatorService
+        service = kind(db, identity.node_id, settings.trust_roots, signer=identity)
+        if isinstance(service, LossyService):
+            service.lost_answers = lose
+        admins = KnownAdmins(settings.trust_roots)
+        await admins.load(db)
         async with Endpoint(
             identity,
             bind=settings.listen,
             alpns=[alpn.AGENT, alpn.ADMIN, PING_ALPN],
             relay_urls=settings.relays,
             relay_factory=relay_client_factory,
+            config=MeshConfig(max_connections=settings.max_connections),
         ) as endpoint:
+            gate = HelloGate()
+            endpoint.set_admission(priority=admins.__contains__, busy=lambda: gate.saturated)
             host, port = endpoint.bound_address
             log.info(
                 "coordinator_listening",
@@ -47,13 +60,16 @@ async def run(settings: CoordinatorSettings, identity: Identity) -> None:
                 relays=[str(r) for r in settings.relays],
                 trust_roots=[a.short() for a in settings.trust_roots],
                 state=str(settings.database),
+                max_connections=settings.max_connections,
+                known_admins=len(admins),
             )
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(serve_ping(endpoint), name="ping")
                 tasks.create_task(
                     _checkpoints(service, settings.checkpoint_interval), name="checkpoints"
                 )
-                await CoordinatorServer(service).serve(endpoint)  # runs until cancelled
+                server = CoordinatorServer(service, gate=gate, admins=admins)
+                await server.serve(endpoint)  # runs until cancelled
     finally:
         await db.close()
 

@@ -26,10 +26,9 @@ from fleet.protocol.messages import (
     AnnouncementRejectedV1,
     AnyHello,
     AuditCheckpoint,
-    Deliver,
-    Hello,
     Revocations,
     StatusReport,
+    WitnessingHello,
     WitnessReport,
 )
 from fleet.wire import Message, SignedEnvelope, encode
@@ -60,18 +59,37 @@ class Delivery:
         self.sessions = sessions  # shared with the StatusBoard, which only reads it
 
     async def deliver(self, stored: StoredAnnouncement) -> None:
-        """Send a just-accepted announcement to every targeted device that is connected."""
-        payload = encode(Deliver(announcement=stored.envelope))
-        sent = 0
+        """Send a just-accepted announcement to every targeted device that is connected, each
+        with its own target proof (one encoding shared by all devices without one)."""
+        shared: dict[bool, bytes | None] = {}  # by reads_targets, for devices without a proof
+        sent = unreadable = 0
         for node in stored.devices:
             session = self.sessions.get(node)
-            if session is not None and session.offer(stored, payload):
+            if session is None:
+                continue
+            reads = session.reads_targets
+            if reads and node in stored.proofs and not stored.lists_devices:
+                payload: bytes | None = _encoded(stored.deliver_to(node, reads))
+            else:
+                if reads not in shared:
+                    shared[reads] = _encoded(stored.deliver_to(node, reads))
+                payload = shared[reads]
+            if payload is None and session.live:
+                unreadable += 1
+            if session.offer(stored, payload):
                 sent += 1
         log.info("push_delivered", sequence=stored.sequence, live=sent, targets=len(stored.devices))
+        if unreadable:
+            log.warning(
+                "push_not_for_old_agents",
+                sequence=stored.sequence,
+                devices=unreadable,
+                detail="no Announcement v2 for agents before Hello v4; upgrade those agents",
+            )
         await self.status.publish(stored.devices)
 
     def hand_out_checkpoint(self, envelope: SignedEnvelope) -> None:
-        """Send a new checkpoint to every live agent that can witness it (Hello v3)."""
+        """Send a new checkpoint to every live agent that can witness it (Hello v3 or later)."""
         payload = encode(AuditCheckpoint(checkpoint=envelope))
         for session in self.sessions.values():
             if session.can_witness:
@@ -107,7 +125,7 @@ class Delivery:
                     )
                     if device.approved:
                         await registry.save_hello(tx, node, hello, now)
-                        if isinstance(hello, Hello) and hello.checkpoint is not None:
+                        if isinstance(hello, WitnessingHello) and hello.checkpoint is not None:
                             await witnesses.record(tx, node, hello.checkpoint, self.node_id, now)
         except BaseException:
             self.drop(session, "coordinator error")
@@ -149,7 +167,9 @@ class Delivery:
         latest = await announcements.latest_for(self.db, session.node_id)
         revoked: RevocationList = await self.revocations.get()
         checkpoint = (
-            await witnesses.latest_checkpoint(self.db) if isinstance(session.hello, Hello) else None
+            await witnesses.latest_checkpoint(self.db)
+            if isinstance(session.hello, WitnessingHello)
+            else None
         )
         session.go_live(device.name, latest, revoked.signed(), checkpoint, self.clock())
 
@@ -213,6 +233,10 @@ class Delivery:
         session = self.sessions.get(node)
         if session is not None:
             self.drop(session, reason)
+
+
+def _encoded(message: Message | None) -> bytes | None:
+    return encode(message) if message is not None else None
 
 
 def _report_changed(last: StatusReport | None, report: StatusReport) -> bool:

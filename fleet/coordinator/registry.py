@@ -4,7 +4,7 @@ tags its agent reported, and the announcements it rejected."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from fleet.coordinator.announcements import Reader
@@ -170,6 +170,35 @@ async def add(
     return record
 
 
+async def add_many(
+    tx: Transaction, entries: Iterable[tuple[NodeId, str, tuple[str, ...]]], now: float
+) -> None:
+    """Register many approved devices (checked by the caller: labels, names free, none
+    registered) in one statement; a pending row of the same node is approved and named."""
+    await tx.executemany(
+        "INSERT INTO devices (node_id, name, tags, approved, added_at) VALUES (?, ?, ?, 1, ?)"
+        " ON CONFLICT (node_id) DO UPDATE SET"
+        " name = excluded.name, tags = excluded.tags, approved = 1",
+        [(str(node), name, json.dumps(list(tags)), now) for node, name, tags in entries],
+    )
+
+
+async def names_and_ids(db: Reader) -> tuple[dict[str, NodeId], dict[NodeId, str | None]]:
+    """name -> node of every named device, and node -> name of every registered device
+    (approved, or named: a pending device that only connected is not registered)."""
+    rows = await db.fetchall(
+        "SELECT node_id, name FROM devices WHERE approved = 1 OR name IS NOT NULL"
+    )
+    by_name: dict[str, NodeId] = {}
+    by_id: dict[NodeId, str | None] = {}
+    for row in rows:
+        node = NodeId.parse(row["node_id"])
+        by_id[node] = row["name"]
+        if row["name"] is not None:
+            by_name[row["name"]] = node
+    return by_name, by_id
+
+
 async def approve(tx: Transaction, node: NodeId) -> DeviceRecord:
     if await tx.execute("UPDATE devices SET approved = 1 WHERE node_id = ?", (str(node),)) == 0:
         raise RegistryError(
@@ -311,3 +340,57 @@ async def approval_of(db: Reader, nodes: Iterable[NodeId]) -> dict[NodeId, bool]
         for row in rows:
             found[by_text[row["node_id"]]] = bool(row["approved"])
     return found
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ",".join("?" * len(values))  # only "?"s: values stay parameters
+
+
+async def status_index(
+    db: Reader, states: Sequence[str], tags: Sequence[str]
+) -> list[tuple[str, bool, str | None]]:
+    """(node id text, approved, reported state) of every device in one of `states` (any,
+    also none, when empty) with every tag of `tags`, in node id text order. Nothing is
+    parsed: this is the cheap pass over the whole registry that status pages filter."""
+    where, params = [], list(states)
+    if states:
+        where.append(f"s.state IN ({_marks(states)})")
+    for tag in tags:
+        where.append("EXISTS (SELECT 1 FROM json_each(d.tags) WHERE value = ?)")
+        params.append(tag)
+    rows = await db.fetchall(
+        "SELECT d.node_id, d.approved, s.state FROM devices d"  # noqa: S608
+        " LEFT JOIN device_status s USING (node_id)"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY d.node_id",
+        params,
+    )
+    return [(str(r["node_id"]), bool(r["approved"]), r["state"]) for r in rows]
+
+
+async def devices_of(db: Reader, nodes: Sequence[str]) -> list[DeviceRecord]:
+    """The registry entries of `nodes` (node id texts, at most a page), in node id order."""
+    rows = await db.fetchall(
+        f"SELECT * FROM devices WHERE node_id IN ({_marks(nodes)}) ORDER BY node_id",  # noqa: S608
+        list(nodes),
+    )
+    return [_device(r) for r in rows]
+
+
+async def reports_of(db: Reader, nodes: Sequence[str]) -> dict[str, LastReport]:
+    rows = await db.fetchall(
+        f"SELECT * FROM device_status WHERE node_id IN ({_marks(nodes)})",  # noqa: S608
+        list(nodes),
+    )
+    return {str(r["node_id"]): _report(r) for r in rows}
+
+
+async def rejections_of(db: Reader, nodes: Sequence[str]) -> dict[str, Rejection]:
+    """node id text -> its highest-sequence rejection, for those of `nodes` that have one."""
+    rows = await db.fetchall(
+        "SELECT r.* FROM rejections r JOIN"  # noqa: S608
+        " (SELECT node_id, max(sequence) AS sequence FROM rejections"
+        f" WHERE node_id IN ({_marks(nodes)}) GROUP BY node_id) m USING (node_id, sequence)",
+        list(nodes),
+    )
+    return {str(r["node_id"]): _rejection(r) for r in rows}

@@ -3,6 +3,10 @@
 One TaskGroup owns everything: an accept loop per ALPN and one task per connection, each of
 which owns its own per-stream tasks. A connection's failure (timeout, garbage, reset) ends
 that connection only; nothing an agent or admin sends can escape its handler.
+
+Admission: agents' Hellos pass the HelloGate (bounded, queued, "busy, retry after" for a
+second connection of a device being welcomed or a queue too long to wait in); admins' requests
+do not, and the admins known so far may use the mesh's reserved slots (KnownAdmins).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fleet.coordinator.admin import MAX_ADMIN_REQUEST, AdminResult
+from fleet.coordinator.admins import KnownAdmins
+from fleet.coordinator.hello_gate import HelloGate, Ticket, TurnedAway
 from fleet.coordinator.refusals import RequestFacts
 from fleet.coordinator.service import CoordinatorService
 from fleet.coordinator.sessions import AgentSession
@@ -24,6 +30,8 @@ from fleet.log import get_logger
 from fleet.protocol import alpn
 from fleet.protocol.agent_session import Sender, SessionPhase, is_legal, opens_session
 from fleet.protocol.messages import (
+    AnyHello,
+    Busy,
     ErrorReply,
     StatusUpdate,
 )
@@ -81,6 +89,9 @@ class ServerLimits:
     admin_streams: int = 16  # concurrent requests per admin connection
 
 
+BUSY_LINGER = 5.0  # seconds an agent answered Busy has to read it and close
+
+
 class MeshAgentLink:
     """AgentLink over a mesh connection: a bounded queue drained by the connection's task."""
 
@@ -126,9 +137,19 @@ def _describe(exc: BaseException) -> str:
 
 
 class CoordinatorServer:
-    def __init__(self, service: CoordinatorService, limits: ServerLimits | None = None) -> None:
+    def __init__(
+        self,
+        service: CoordinatorService,
+        limits: ServerLimits | None = None,
+        *,
+        gate: HelloGate | None = None,
+        admins: KnownAdmins | None = None,
+    ) -> None:
         self.service = service
         self.limits = limits or ServerLimits()
+        self.gate = gate or HelloGate()
+        self.admins = admins if admins is not None else KnownAdmins(service.trust_roots)
+        self._turns: dict[Ticket, asyncio.Future[None]] = {}  # queued Hellos' wake-ups
 
     async def serve(self, listener: Listener) -> None:
         """Accept agents and admins until cancelled."""
@@ -172,7 +193,7 @@ class CoordinatorServer:
             log.info("agent_dropped", peer=conn.remote_id.short(), reason=_describe(exc))
             return
         link = MeshAgentLink(conn, writer, limits.agent_queue)
-        session = await self.service.agent_hello(link, hello)
+        session = await self._admitted_hello(conn, reader, writer, link, hello)
         if session is None:
             return
         try:
@@ -185,6 +206,77 @@ class CoordinatorServer:
         finally:
             log.info("agent_disconnected", peer=conn.remote_id.short(), reason=link.reason)
             await self.service.agent_gone(session)
+
+    async def _admitted_hello(
+        self,
+        conn: MeshConnection,
+        reader: asyncio.StreamReader,
+        writer: StreamWriter,
+        link: MeshAgentLink,
+        hello: AnyHello,
+    ) -> AgentSession | None:
+        """The Hello through the gate: Busy (None), or its turn and then the service's answer."""
+        loop = asyncio.get_running_loop()
+        ticket = self.gate.arrive(conn.remote_id, loop.time())
+        if isinstance(ticket, TurnedAway):
+            await self._busy(conn, reader, writer, ticket, loop.time())
+            return None
+        timed_out = False
+        try:
+            if ticket.started is None:
+                turn = self._turns[ticket] = loop.create_future()
+                # Bounded: the gate turns newcomers away beyond max_wait, so this is slack.
+                slack = self.gate.limits.max_wait * 2 + self.limits.hello_timeout
+                try:
+                    async with asyncio.timeout(slack):
+                        await turn
+                except TimeoutError:
+                    timed_out = True
+            if not timed_out:
+                return await self.service.agent_hello(link, hello)
+        finally:
+            self._turns.pop(ticket, None)
+            self._wake(self.gate.finish(ticket, loop.time()))
+        late = TurnedAway(self.gate.limits.max_wait, "waited too long for its turn")
+        await self._busy(conn, reader, writer, late, loop.time())  # its place is freed first
+        return None
+
+    def _wake(self, started: list[Ticket]) -> None:
+        """Let the Hellos the gate just started go on."""
+        for ticket in started:
+            waiter = self._turns.get(ticket)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    async def _admin_request(self, work: Awaitable[AdminResult]) -> AdminResult:
+        """Handle an admin request ahead of agents: the gate lets fewer Hellos run meanwhile."""
+        self.gate.admin_started()
+        try:
+            return await work
+        finally:
+            self._wake(self.gate.admin_finished(asyncio.get_running_loop().time()))
+
+    async def _busy(
+        self,
+        conn: MeshConnection,
+        reader: asyncio.StreamReader,
+        writer: StreamWriter,
+        away: TurnedAway,
+        now: float,
+    ) -> None:
+        """Answer Busy instead of a Welcome, and let the agent close (a close of ours could
+        overtake the answer); the caller closes the connection after BUSY_LINGER anyway."""
+        peer = conn.remote_id.short()
+        log.info("agent_busy", peer=peer, retry_after=away.retry_after, reason=away.reason)
+        if self.gate.report_due(now):
+            log.warning("coordinator_hellos_turned_away", **self.gate.stats())
+        with contextlib.suppress(Exception):
+            busy = Busy(retry_after=away.retry_after, reason=away.reason)
+            await send_message(writer, busy, timeout=self.limits.send_timeout)
+            writer.write_eof()
+            async with asyncio.timeout(BUSY_LINGER):
+                while await reader.read(4096):
+                    pass
 
     async def _agent_receive(
         self, session: AgentSession, reader: asyncio.StreamReader, link: MeshAgentLink
@@ -234,7 +326,9 @@ class CoordinatorServer:
             else:
                 if raw is None:
                     return
-                result = await self.service.handle_admin(raw, conn.remote_id)
+                result = await self._admin_request(self.service.handle_admin(raw, conn.remote_id))
+                if not isinstance(result.reply, ErrorReply):
+                    self.admins.add(conn.remote_id)  # authenticated: may use reserved slots
             try:
                 await send_message(writer, result.reply, timeout=self.limits.send_timeout)
                 if result.watcher is None:

@@ -26,6 +26,7 @@ from fleet.coordinator.admin import (
 from fleet.coordinator.announcements import StoredAnnouncement
 from fleet.coordinator.database import Database
 from fleet.coordinator.delivery import Delivery
+from fleet.coordinator.enrollment import Enrollment
 from fleet.coordinator.refusals import RefusalLimiter, RefusalLimits, RequestFacts
 from fleet.coordinator.sessions import AgentLink, AgentSession
 from fleet.coordinator.status import StatusBoard
@@ -78,6 +79,9 @@ class CoordinatorService:
             clock=clock,
             max_pending=max_pending,
         )
+        self.enrollment = Enrollment(
+            db, node_id, self.trust_roots, self.known_revocations, self.refusals, clock=clock
+        )
         self.admin = AdminDesk(
             db,
             node_id,
@@ -121,6 +125,7 @@ class CoordinatorService:
         await self.delivery.deliver(stored)
 
     async def agent_hello(self, link: AgentLink, hello: AnyHello) -> AgentSession | None:
+        await self.enrollment.hello(link.remote_id, hello)  # an unknown device's token
         return await self.delivery.agent_hello(link, hello)
 
     async def agent_message(self, session: AgentSession, message: Message) -> None:

@@ -29,12 +29,12 @@ from fleet.log import get_logger
 from fleet.protocol.messages import (
     AnyHello,
     AuditCheckpoint,
-    Deliver,
     Hello,
     Progress,
     Revocations,
     StatusReport,
     Welcome,
+    WitnessingHello,
 )
 from fleet.wire import SignedEnvelope, encode
 
@@ -145,21 +145,29 @@ class AgentSession:
             best = self.parked
         self.parked = None
         if best is not None and best.sequence > self.delivered:
+            message = best.deliver_to(self.node_id, self.reads_targets)
             if best.expired(now):
                 log.info("announcement_expired", device=self.node_id.short(), seq=best.sequence)
+            elif message is None:
+                log.warning(
+                    "announcement_not_for_old_agent",
+                    device=self.node_id.short(),
+                    sequence=best.sequence,
+                    detail="no Announcement v2 for agents before Hello v4; upgrade the agent",
+                )
             else:
                 self.delivered = best.sequence
-                self.link.send(encode(Deliver(announcement=best.envelope)))
+                self.link.send(encode(message))
                 log.info("announcement_sent", device=self.node_id.short(), sequence=best.sequence)
         if checkpoint is not None:
             self.witness(encode(AuditCheckpoint(checkpoint=checkpoint)))
         return True
 
-    def offer(self, announcement: StoredAnnouncement, payload: bytes) -> bool:
-        """A just-accepted push for this device: sent if LIVE and newer, parked if WELCOMING;
-        whether it was sent."""
+    def offer(self, announcement: StoredAnnouncement, payload: bytes | None) -> bool:
+        """A just-accepted push for this device, encoded for it (None: nothing this agent can
+        read): sent if LIVE and newer, parked if WELCOMING; whether it was sent."""
         if self.phase is Phase.LIVE:
-            if announcement.sequence > self.delivered:
+            if payload is not None and announcement.sequence > self.delivered:
                 self.delivered = announcement.sequence
                 self.link.send(payload)
                 return True
@@ -170,9 +178,14 @@ class AgentSession:
         return False
 
     @property
+    def reads_targets(self) -> bool:
+        """Whether the agent reads Deliver v2 and Announcement v3 (it said Hello v4)."""
+        return isinstance(self.hello, Hello)
+
+    @property
     def can_witness(self) -> bool:
-        """Whether checkpoints go to this agent: LIVE and new enough (Hello v3)."""
-        return self.phase is Phase.LIVE and isinstance(self.hello, Hello)
+        """Whether checkpoints go to this agent: LIVE and new enough (Hello v3 or later)."""
+        return self.phase is Phase.LIVE and isinstance(self.hello, WitnessingHello)
 
     def witness(self, payload: bytes) -> None:
         """Send an encoded AuditCheckpoint; the agent may answer with WITNESS_REPORTS."""

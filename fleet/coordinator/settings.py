@@ -1,4 +1,8 @@
-"""Settings of `fleet coordinator`, validated once at start-up (flags and TOML merged before)."""
+"""Settings of `fleet coordinator`, checked once at start-up: `load(config_file, flags)`.
+
+The shape of every role's settings module (see fleet/config.py): `KNOWN`, `from_mapping`,
+`load`, and fleet.config.SettingsError for a setting that cannot be used.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fleet.config import SettingsError, merge_settings
 from fleet.identity import InvalidNodeId, NodeId
+from fleet.mesh.config import DEFAULT_MAX_CONNECTIONS
 from fleet.netaddr import InvalidAddress, parse_host_port
 from fleet.relay.url import InvalidRelayUrl, RelayUrl
 
-KNOWN = ("key", "listen", "relay", "state_dir", "trust_root", "checkpoint_interval", "log_level")
+KNOWN = (
+    "key",
+    "listen",
+    "relay",
+    "state_dir",
+    "trust_root",
+    "checkpoint_interval",
+    "max_connections",
+    "log_level",
+)
 DEFAULT_CHECKPOINT_INTERVAL = 60.0
 DB_NAME = "coordinator.db"
-
-
-class SettingsError(ValueError):
-    """A setting that cannot be used; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +40,8 @@ class CoordinatorSettings:
     trust_roots: tuple[NodeId, ...]
     log_level: str = "info"
     checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL  # seconds between audit checkpoints
+    # Mesh connections from agents and unknown nodes; known admins have a reserve beyond it.
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     @property
     def database(self) -> Path:
@@ -49,6 +62,11 @@ def parse_listen(text: Any) -> tuple[str, int]:
         return parse_host_port(text, any_port=True, ip_only=True)
     except InvalidAddress as exc:
         raise SettingsError(f"listen: {exc}") from None
+
+
+def load(config_file: str | Path | None, flags: Mapping[str, Any]) -> CoordinatorSettings:
+    """TOML overlaid by the flags that were given, checked. Raises SettingsError."""
+    return from_mapping(merge_settings(config_file, flags, KNOWN))
 
 
 def from_mapping(settings: Mapping[str, Any]) -> CoordinatorSettings:
@@ -77,6 +95,11 @@ def from_mapping(settings: Mapping[str, Any]) -> CoordinatorSettings:
         raise SettingsError(f"checkpoint-interval: {interval!r} is not seconds") from None
     if not interval > 0:
         raise SettingsError("checkpoint-interval must be positive")
+    max_connections = settings.get("max_connections", DEFAULT_MAX_CONNECTIONS)
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+        raise SettingsError(f"max-connections: {max_connections!r} is not a whole number")
+    if max_connections < 1:
+        raise SettingsError("max-connections must be at least 1")
     relays = []
     for text in _as_list(settings.get("relay", []), "relay"):
         try:
@@ -94,4 +117,5 @@ def from_mapping(settings: Mapping[str, Any]) -> CoordinatorSettings:
         trust_roots=tuple(dict.fromkeys(roots)),
         log_level=level,
         checkpoint_interval=interval,
+        max_connections=max_connections,
     )

@@ -4,11 +4,17 @@ A row joins the registry (fleet.coordinator.registry), the device's last report,
 latest announcement for it and its latest rejection, with what its live session knows
 (online, path, progress, last message). Watchers (`fleetctl status --watch`) get fresh rows
 for the devices that changed, computed only when someone watches.
+
+A fleet of any size is read in pages (StatusQuery -> StatusPage): the filters are applied
+here, on the registry and the reports, before any row is built; a page holds at most
+STATUS_PAGE rows and about STATUS_PAGE_BYTES of them (at least one row), far below the
+message cap (fleet.protocol.stream.MESSAGE_CAP), and the summary counts every matching row.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from fleet.coordinator import announcements, registry
@@ -18,9 +24,22 @@ from fleet.coordinator.sessions import AgentSession, Phase
 from fleet.coordinator.watchers import StatusWatcher
 from fleet.identity import NodeId
 from fleet.log import get_logger
-from fleet.protocol.messages import DesiredSystem, DeviceInfo, DeviceStatus, Rejection
+from fleet.protocol.messages import (
+    DesiredSystem,
+    DeviceInfo,
+    DeviceStatus,
+    Rejection,
+    StatusPage,
+    StatusQuery,
+    StatusSummary,
+)
 
 log = get_logger(__name__)
+
+STATUS_PAGE = 5000  # rows per StatusPage at most ...
+STATUS_PAGE_BYTES = 2 << 20  # ... and at most this many bytes of them (at least one row)
+ROW_OVERHEAD = 256  # a row's encoding beyond its text: ids, numbers, framing (an upper bound)
+UNKNOWN_STATE = "unknown"  # the summary's key for devices that never reported a state
 
 
 class StatusBoard:
@@ -53,6 +72,50 @@ class StatusBoard:
                 rejections.get(str(d.node_id)),
             )
             for d in devices
+        )
+
+    async def page(self, query: StatusQuery) -> StatusPage:
+        """The rows matching `query` after its cursor, in node id text order (tags
+        normalized by the caller), and their summary when asked for.
+
+        One cheap pass over the registry filters (states and tags in SQL, `offline` here,
+        nothing parsed); only the page's own rows are then read in full and built.
+        """
+        index = await registry.status_index(
+            self.db, [str(state) for state in query.states], query.tags
+        )
+        live = {str(node) for node in self.sessions if self._live(node) is not None}
+        if query.offline:
+            index = [entry for entry in index if entry[0] not in live]
+        summary = self._summary(index, live) if query.summary else None
+        after = str(query.after) if query.after is not None else ""
+        rest = [entry[0] for entry in index if entry[0] > after]
+        wanted = rest[: min(max(query.limit, 0), STATUS_PAGE)]
+        if not wanted:
+            return StatusPage(devices=(), summary=summary, more=bool(rest))
+        reports = await registry.reports_of(self.db, wanted)
+        desired = await announcements.desired_of(self.db, wanted)
+        rejections = await registry.rejections_of(self.db, wanted)
+        rows: list[DeviceStatus] = []
+        size = 0
+        for device in await registry.devices_of(self.db, wanted):
+            key = str(device.node_id)
+            row = self._row(device, reports.get(key), desired.get(key), rejections.get(key))
+            size += row_size(row)
+            if rows and size > STATUS_PAGE_BYTES:
+                break
+            rows.append(row)
+        more = len(rows) < len(rest)  # (a device removed meanwhile is skipped, not repeated)
+        return StatusPage(devices=tuple(rows), summary=summary, more=more)
+
+    @staticmethod
+    def _summary(index: list[tuple[str, bool, str | None]], live: set[str]) -> StatusSummary:
+        states = Counter(state or UNKNOWN_STATE for _, _, state in index)
+        return StatusSummary(
+            devices=len(index),
+            online=sum(1 for node, _, _ in index if node in live),
+            pending=sum(1 for _, approved, _ in index if not approved),
+            states=dict(sorted(states.items())),
         )
 
     async def status_of(self, node: NodeId) -> DeviceStatus | None:
@@ -129,6 +192,23 @@ class StatusBoard:
             error=report.error if report is not None else None,
             rejection=rejection,
         )
+
+
+def row_size(row: DeviceStatus) -> int:
+    """An upper bound of the bytes a row takes in a page: its text, and ROW_OVERHEAD (cheap:
+    encoding every row to measure it cost as much as reading it)."""
+    texts = [row.name, row.path, row.error, *row.tags, *(row.agent_tags or ())]
+    if row.current is not None:
+        texts.append(row.current.store_path)
+    if row.desired is not None:
+        texts.append(row.desired.store_path)
+    if row.rejection is not None:
+        texts += [row.rejection.code, row.rejection.reason]
+    size = ROW_OVERHEAD + 8 * (len(row.tags) + len(row.agent_tags or ()))
+    for text in texts:
+        if text is not None:
+            size += len(text) if text.isascii() else len(text.encode())
+    return size
 
 
 def removed_row(node: NodeId) -> DeviceStatus:

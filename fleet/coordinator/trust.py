@@ -80,6 +80,22 @@ async def chain_of(db: Reader, cert_id: bytes) -> Chain | None:
     return chain
 
 
+async def certificate_subjects(db: Reader, limit: int) -> list[NodeId]:
+    """Node ids that certificates seen here were issued to (admins), newest first."""
+    rows = await db.fetchall(
+        "SELECT subject, max(first_seen) AS seen FROM certificates"
+        " GROUP BY subject ORDER BY seen DESC LIMIT ?",
+        (limit,),
+    )
+    out = []
+    for row in rows:
+        try:
+            out.append(NodeId.parse(str(row["subject"])))
+        except ValueError:
+            continue
+    return out
+
+
 async def store_revocation(
     tx: Transaction, signed: SignedRevocation, certificate: bytes, revoker: str, now: float
 ) -> bool:

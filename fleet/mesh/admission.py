@@ -8,6 +8,16 @@ packets; the relay already authenticates the sender's node id) and in total. Und
 (more than `retry_threshold` half-open) a new connection must first echo a QUIC Retry token
 (RFC 9000 8.1), which costs us no state and proves the client receives at its address.
 
+The same decision enforces the connection limit (established and half-open together), and
+both the limit and the total half-open cap keep a reserve that only *priority* nodes may use
+(the coordinator marks its admins: fleetctl still gets in while ten thousand agents
+connect). And it applies back-pressure: while the owner says it is `busy` (the coordinator:
+its queue of Hellos is long), new connections from other nodes are not started at all, so
+no handshake is spent on a connection that would only be told to come back later; the
+client's Initials are retransmitted, then it backs off and dials again. Every refusal is
+counted by kind; `report_due` says when a (rate-limited) log line with the totals is due, so
+reaching a limit is never silent.
+
 The token is ours alone (HMAC-SHA256 with a per-endpoint random key) and binds the source (IP
 and port, or "relay"), the claimed node, the client's original destination connection id, the
 connection id we chose for the Retry, and the time; it is valid for RETRY_TOKEN_LIFETIME.
@@ -20,13 +30,14 @@ import hashlib
 import hmac
 import os
 import struct
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from aioquic.quic.packet import encode_quic_retry
 
 from fleet.identity import NodeId
+from fleet.log import GrowthReport
 from fleet.mesh.disco import Addr
 
 RETRY_TOKEN_LIFETIME = 10.0  # clients echo a Retry token within one round trip
@@ -44,6 +55,9 @@ class AdmissionLimits:
     max_half_open: int
     retry_threshold: int | None  # None: never ask for a Retry; 0: always
     retry_threshold_per_node: int | None = None  # the same, counting this node's only
+    max_connections: int | None = None  # connections (any state) for ordinary nodes
+    reserved_connections: int = 0  # beyond max_connections, for priority nodes only
+    reserved_half_open: int = 0  # beyond max_half_open, for priority nodes only
 
 
 class Verdict(enum.Enum):
@@ -77,14 +91,34 @@ def _source_bytes(source: Addr | None) -> bytes:
 class Admission:
     """Counts half-open server connections and decides on each new Initial."""
 
-    def __init__(self, limits: AdmissionLimits, *, key: bytes | None = None) -> None:
+    def __init__(
+        self,
+        limits: AdmissionLimits,
+        *,
+        key: bytes | None = None,
+        priority: Callable[[NodeId], bool] | None = None,
+        busy: Callable[[], bool] | None = None,
+    ) -> None:
         self.limits = limits
         self._key = key or os.urandom(32)
         self._per_node: dict[NodeId, int] = {}
         self._per_ip: dict[str, int] = {}
         self.half_open = 0
-        self.refused = {"node": 0, "ip": 0, "total": 0, "token": 0}
+        self.refused = {
+            "node": 0,
+            "ip": 0,
+            "total": 0,
+            "token": 0,
+            "connections": 0,
+            "busy": 0,
+        }
         self.retries_sent = 0
+        self.priority_admitted = 0  # accepted only thanks to a reserve
+        # Which nodes may use the reserves (set by the owner, e.g. the coordinator's admins).
+        self.priority: Callable[[NodeId], bool] = priority or _nobody
+        # Whether the owner is too busy for new ordinary connections (back-pressure).
+        self.busy: Callable[[], bool] = busy or _never
+        self._report = GrowthReport()  # at most one log line of refusal totals per 10 s
 
     # -- decisions --------------------------------------------------------------------------
 
@@ -98,23 +132,46 @@ class Admission:
         source_cid: bytes,
         token: bytes,
         now: float,
+        connections: int = 0,
     ) -> Decision:
-        """Decide on an Initial with an unknown destination cid from `node` at `source`."""
+        """Decide on an Initial with an unknown destination cid from `node` at `source`;
+        `connections`: how many the endpoint holds now (any state)."""
         limits = self.limits
-        if self.half_open >= limits.max_half_open:
-            return self._refuse("total", "too many half-open connections")
+        cap = limits.max_connections
+        over_total = self.half_open >= limits.max_half_open
+        over_limit = cap is not None and connections >= cap
+        if over_total or over_limit:
+            # Only a priority node may take a reserved slot, and only while one is left.
+            priority = self.priority(node)
+            if (
+                cap is not None
+                and over_limit
+                and (not priority or connections >= cap + limits.reserved_connections)
+            ):
+                return self._refuse("connections", "connection limit reached")
+            if over_total and (
+                not priority or self.half_open >= limits.max_half_open + limits.reserved_half_open
+            ):
+                return self._refuse("total", "too many half-open connections")
+        if self.busy() and not self.priority(node):
+            return self._refuse("busy", "too busy for new connections")
         if self._per_node.get(node, 0) >= limits.max_half_open_per_node:
             return self._refuse("node", f"too many half-open connections from {node.short()}")
         ip = source[0] if source is not None else None
         if ip is not None and self._per_ip.get(ip, 0) >= limits.max_half_open_per_ip:
-            return self._refuse("ip", f"too many half-open connections from {ip}")
+            # An admin may sit behind the same NAT as many devices: the reserve holds here too.
+            if not self.priority(node) or (
+                self._per_ip[ip] >= limits.max_half_open_per_ip + limits.reserved_half_open
+            ):
+                return self._refuse("ip", f"too many half-open connections from {ip}")
+            over_total = True  # admitted from the reserve
         if token:
             original = self._validate(token, node, source, destination_cid, now)
             if original is None:
                 # Not ours, stale, or for another path of the same client: drop silently
                 # (an INVALID_TOKEN close would kill a client whose other copy is valid).
                 return self._refuse("token", "invalid retry token")
-            return Decision(Verdict.ACCEPT, original_cid=original, retry_cid=destination_cid)
+            return self._accept(original, destination_cid, over_total or over_limit)
         if self._under_pressure(node):
             retry_cid = os.urandom(RETRY_CID_LENGTH)
             packet = encode_quic_retry(
@@ -126,7 +183,12 @@ class Admission:
             )
             self.retries_sent += 1
             return Decision(Verdict.RETRY, retry=packet)
-        return Decision(Verdict.ACCEPT, original_cid=destination_cid)
+        return self._accept(destination_cid, None, over_total or over_limit)
+
+    def _accept(self, original: bytes, retry_cid: bytes | None, reserved: bool) -> Decision:
+        if reserved:
+            self.priority_admitted += 1
+        return Decision(Verdict.ACCEPT, original_cid=original, retry_cid=retry_cid)
 
     def _under_pressure(self, node: NodeId) -> bool:
         total, per_node = self.limits.retry_threshold, self.limits.retry_threshold_per_node
@@ -137,6 +199,21 @@ class Admission:
     def _refuse(self, kind: str, reason: str) -> Decision:
         self.refused[kind] += 1
         return Decision(Verdict.DROP, reason)
+
+    # -- reporting --------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Half-open connections now, and what was refused (by kind), retried or reserved."""
+        return {
+            "half_open": self.half_open,
+            "retries_sent": self.retries_sent,
+            "priority_admitted": self.priority_admitted,
+            **{f"refused_{kind}": n for kind, n in self.refused.items()},
+        }
+
+    def report_due(self, now: float) -> bool:
+        """Whether a log line with the totals is due (refusals grew; rate-limited)."""
+        return self._report.due(sum(self.refused.values()), now)
 
     # -- slots ------------------------------------------------------------------------------
 
@@ -185,6 +262,14 @@ class Admission:
         if not 0 <= now - issued_ms / 1000 <= RETRY_TOKEN_LIFETIME:
             return None
         return odcid
+
+
+def _nobody(node: NodeId) -> bool:
+    return False
+
+
+def _never() -> bool:
+    return False
 
 
 def _decrement(counts: dict[_K, int], key: _K) -> None:

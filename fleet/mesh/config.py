@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from fleet.mesh.paths import PathTiming
 from fleet.mesh.reflexive import StunTiming
 
+DEFAULT_MAX_CONNECTIONS = 12_288  # 10,000 agents on one coordinator, with headroom
+
 
 @dataclass(frozen=True, slots=True)
 class MeshConfig:
@@ -22,7 +24,13 @@ class MeshConfig:
     max_stream_data: int = 4 << 20  # QUIC per-stream flow-control window
     disco_max_age: float = 120.0  # tolerated clock difference for signed disco packets
     accept_backlog: int = 64  # handshaken connections waiting for accept()
-    max_connections: int = 4096
+    # Connections (established and half-open) from ordinary nodes: fits 10,000 agents with
+    # headroom. Beyond it, `reserved_connections` more are kept for priority nodes only (the
+    # coordinator's admins), and `reserved_half_open` more half-open ones beyond each of the
+    # total and per-IP caps below. Refusals are counted and logged (rate-limited).
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    reserved_connections: int = 64
+    reserved_half_open: int = 16
     # Admission of new server connections (anyone may sign a disco Ping with a fresh key, so
     # nothing here may grow with what a stranger sends). A connection is half-open until its
     # TLS handshake completes; one that has not completed within `handshake_timeout` is

@@ -134,12 +134,14 @@ class Endpoint:
                 max_half_open=cfg.max_half_open,
                 retry_threshold=cfg.retry_threshold,
                 retry_threshold_per_node=cfg.retry_threshold_per_node,
+                max_connections=cfg.max_connections,
+                reserved_connections=cfg.reserved_connections,
+                reserved_half_open=cfg.reserved_half_open,
             )
         )
         self._half_open: dict[Connection, float] = {}  # server connections, oldest first
         self.handshakes_timed_out = 0
-        self._refusals_logged = 0
-        self._refusals_logged_at = -1e9
+        self._refusals_reported = 0  # refusals in the last summary logged
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -280,14 +282,20 @@ class Endpoint:
                 await self._relays[url].wait_connected(timeout)
 
     def admission_stats(self) -> dict[str, int]:
-        """Half-open server connections now, and what admission refused or retried so far."""
-        admission = self._admission
+        """Connections and half-open ones now, and what admission refused or retried so far."""
         return {
-            "half_open": admission.half_open,
-            "retries_sent": admission.retries_sent,
+            "connections": len(self._conn_peer),
             "handshakes_timed_out": self.handshakes_timed_out,
-            **{f"refused_{kind}": n for kind, n in admission.refused.items()},
+            **self._admission.stats(),
         }
+
+    def set_admission(
+        self, *, priority: Callable[[NodeId], bool], busy: Callable[[], bool]
+    ) -> None:
+        """Which nodes may use the reserved slots and pass while the owner is `busy` (admins),
+        and when it is too busy to start connections from others (fleet.mesh.admission)."""
+        self._admission.priority = priority
+        self._admission.busy = busy
 
     def add_path_listener(self, listener: Callable[[PathChanged], None]) -> None:
         """Call `listener` on every path change to any peer (for status and `fleet ping`)."""
@@ -639,7 +647,6 @@ class Endpoint:
             or size < MIN_INITIAL_SIZE
             or not self._alpns
             or self._closing
-            or len(self._conn_peer) >= self.config.max_connections
         ):
             return None
         now = self._now()
@@ -651,6 +658,7 @@ class Endpoint:
             source_cid=header.source_cid,
             token=header.token,
             now=now,
+            connections=len(self._conn_peer),
         )
         if decision.verdict is Verdict.RETRY:
             if source is not None:
@@ -835,8 +843,8 @@ class Endpoint:
     def _half_open_deadline(self) -> float | None:
         if self._half_open:
             return next(iter(self._half_open.values())) + self.config.handshake_timeout
-        if sum(self._admission.refused.values()) != self._refusals_logged:
-            return self._refusals_logged_at + 10.0  # the next refusal summary
+        if sum(self._admission.refused.values()) != self._refusals_reported:
+            return self._now() + 1.0  # until the admission's rate-limited summary is out
         return None
 
     # -- bookkeeping ------------------------------------------------------------------------
@@ -893,10 +901,9 @@ class Endpoint:
             self.handshakes_timed_out += 1
             conn.abandon("handshake timeout")
             self._remove_connection(conn)
-        refused = sum(self._admission.refused.values())
-        if refused != self._refusals_logged and now - self._refusals_logged_at >= 10.0:
-            self._refusals_logged, self._refusals_logged_at = refused, now
-            log.warning("mesh_half_open_refused", **self.admission_stats())
+        if self._admission.report_due(now):
+            self._refusals_reported = sum(self._admission.refused.values())
+            log.warning("mesh_admission_refused", **self.admission_stats())
 
     def _remove_connection(self, conn: Connection) -> None:
         self._settle(conn)

@@ -9,7 +9,7 @@ stream's data is unacknowledged (`drain()` backpressure), why a connection is cl
 whose bursts match asyncio's timer resolution (`TimerAwarePacer`).
 
 `check_internals()` runs at import and fails loudly if an aioquic upgrade moved any of it;
-tests/unit/test_tls_hooks.py checks the behaviour end to end.
+tests/unit/mesh/test_tls_hooks.py checks the behaviour end to end.
 """
 
 from __future__ import annotations

@@ -4,10 +4,12 @@ Both ends check against it: the coordinator's adapter (fleet.coordinator.server)
 connection whose agent sends anything else, and the agent (fleet.agent.session) ignores,
 with a warning, what a coordinator should not have sent. The session, on the control stream:
 
-    OPENING      agent: a Hello (any version)           coordinator: Welcome
+    OPENING      agent: a Hello (any version)           coordinator: Welcome, or Busy
+                                                         (then it closes; dial again later)
     ESTABLISHED  agent: StatusReport, WitnessReport,    coordinator: Welcome (approval
-                 AnnouncementRejected (v1 and v2)        changed), Deliver, Revocations,
-                                                         AuditCheckpoint
+                 AnnouncementRejected (v1 and v2)        changed), Deliver (v2 to Hello v4
+                                                         agents, v1 to older ones),
+                                                         Revocations, AuditCheckpoint
 
 An agent that is not approved yet is ESTABLISHED too: the coordinator sends it nothing but a
 later Welcome, and ignores what it reports (fleet.coordinator.sessions).
@@ -23,10 +25,13 @@ from fleet.protocol.messages import (
     AnnouncementRejectedV1,
     AnyHello,
     AuditCheckpoint,
+    Busy,
     Deliver,
+    DeliverV1,
     Hello,
     HelloV1,
     HelloV2,
+    HelloV3,
     Revocations,
     StatusReport,
     Welcome,
@@ -46,8 +51,8 @@ class Sender(enum.Enum):
 
 
 LEGAL: dict[tuple[SessionPhase, Sender], tuple[type[Message], ...]] = {
-    (SessionPhase.OPENING, Sender.AGENT): (Hello, HelloV2, HelloV1),
-    (SessionPhase.OPENING, Sender.COORDINATOR): (Welcome,),
+    (SessionPhase.OPENING, Sender.AGENT): (Hello, HelloV3, HelloV2, HelloV1),
+    (SessionPhase.OPENING, Sender.COORDINATOR): (Welcome, Busy),
     (SessionPhase.ESTABLISHED, Sender.AGENT): (
         StatusReport,
         AnnouncementRejected,
@@ -57,6 +62,7 @@ LEGAL: dict[tuple[SessionPhase, Sender], tuple[type[Message], ...]] = {
     (SessionPhase.ESTABLISHED, Sender.COORDINATOR): (
         Welcome,
         Deliver,
+        DeliverV1,
         Revocations,
         AuditCheckpoint,
     ),

@@ -95,12 +95,14 @@ class _Link(asyncio.Protocol):
                 if not data:
                     self.flush()
                     return
-            events = self.session.receive_data(data, self.loop.time())
+            session = self.session
+            session.receive_data(data, self.loop.time())
         except _ConnectionErrors as exc:
             self.fail(exc)
             return
         on_packet = self.client._on_packet
-        for event in events:
+        next_event = session.next_event
+        while (event := next_event()) is not None:
             if type(event) is PacketReceived:
                 try:
                     on_packet(event.src, event.data)

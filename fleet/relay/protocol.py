@@ -1,5 +1,9 @@
 """The relay protocol as two sans-IO state machines: bytes and time in, events and bytes out.
 
+Like aioquic's QuicConnection: `receive_data(data, now)` and `handle_timer(now)` feed a session,
+`next_event()` hands out what happened one event at a time (None when there is nothing more),
+`data_to_send()` the bytes for the peer and `get_timer()` when to call `handle_timer` next.
+
 Frames are `type (1 byte) | length (4 bytes, big-endian) | payload`, binary rather than msgpack
 because every forwarded QUIC packet crosses this codec twice. docs/relay.md is the reference;
 the constants below are the normative values.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import hmac
 import os
 import struct
+from collections import deque
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 
@@ -243,6 +248,7 @@ class RelayServerSession:
             raise ValueError(f"a challenge is {CHALLENGE_LEN} bytes")
         self._src_raw = b""
         self._buf = bytearray()
+        self._events: deque[ServerEvent] = deque()
         self._out: list[bytes] = []
         self._out_size = 0
         self._handshake_deadline = now + self.config.handshake_timeout
@@ -282,24 +288,28 @@ class RelayServerSession:
 
     # input
 
-    def receive_data(self, data: bytes, now: float) -> list[ServerEvent]:
+    def receive_data(self, data: bytes, now: float) -> None:
         """Parse every complete frame in `data` (plus what was left over before)."""
         if self.state is ServerState.CLOSED:
-            return []
+            return
         try:
-            return self._receive(data, now)
+            self._receive(data, now)
         except RelayProtocolError as exc:
             self._fail(exc)
             raise
 
-    def _receive(self, data: bytes, now: float) -> list[ServerEvent]:
+    def next_event(self) -> ServerEvent | None:
+        """The oldest event not yet handed out, or None."""
+        return self._events.popleft() if self._events else None
+
+    def _receive(self, data: bytes, now: float) -> None:
         if self._buf:
             self._buf += data
             data = bytes(self._buf)
             self._buf.clear()
         view = memoryview(data)
         end_of_data = len(data)
-        events: list[ServerEvent] = []
+        events = self._events
         append = events.append
         unpack = HEADER.unpack_from
         pack = HEADER.pack
@@ -345,9 +355,8 @@ class RelayServerSession:
             bucket.tokens = tokens
         if off < end_of_data:
             self._buf += view[off:]
-        return events
 
-    def _over_limit(self, size: int, now: float, events: list[ServerEvent]) -> None:
+    def _over_limit(self, size: int, now: float, events: deque[ServerEvent]) -> None:
         events.append(PacketDropped("rate_limit", size))
         assert self._abuse is not None
         if self._abuse.add(size, now) > self.config.abuse_limit:
@@ -356,7 +365,7 @@ class RelayServerSession:
             )
 
     def _control(
-        self, frame_type: int, payload: memoryview, now: float, events: list[ServerEvent]
+        self, frame_type: int, payload: memoryview, now: float, events: deque[ServerEvent]
     ) -> None:
         if self.state is ServerState.AWAITING_AUTH:
             if frame_type != FrameType.CLIENT_AUTH:
@@ -464,6 +473,7 @@ class RelayServerSession:
         else:
             self.close(f"{exc.reason}: {exc}")
         self._buf.clear()
+        self._events.clear()  # what came before the fault in the same data is not acted on
 
 
 # -- client session -------------------------------------------------------------------------
@@ -498,6 +508,7 @@ class RelayClientSession:
         self._identity = identity
         self._relay_id = relay_id
         self._buf = bytearray()
+        self._events: deque[ClientEvent] = deque()
         self._out: list[bytes] = []
         self._out_size = 0
         self._handshake_deadline = now + self.config.handshake_timeout
@@ -536,23 +547,29 @@ class RelayClientSession:
 
     # input
 
-    def receive_data(self, data: bytes, now: float) -> list[ClientEvent]:
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Parse every complete frame in `data` (plus what was left over before)."""
         if self.state is ClientState.CLOSED:
-            return []
+            return
         try:
-            return self._receive(data, now)
+            self._receive(data, now)
         except RelayProtocolError:
             self.state = ClientState.CLOSED
             self._buf.clear()
+            self._events.clear()
             raise
 
-    def _receive(self, data: bytes, now: float) -> list[ClientEvent]:
+    def next_event(self) -> ClientEvent | None:
+        """The oldest event not yet handed out, or None."""
+        return self._events.popleft() if self._events else None
+
+    def _receive(self, data: bytes, now: float) -> None:
         if self._buf:
             self._buf += data
             data = bytes(self._buf)
             self._buf.clear()
         end_of_data = len(data)
-        events: list[ClientEvent] = []
+        events = self._events
         unpack = HEADER.unpack_from
         off = 0
         while end_of_data - off >= HEADER_LEN:
@@ -575,11 +592,10 @@ class RelayClientSession:
             else:
                 self._control(frame_type, memoryview(data)[body:end], now, events)
                 if self.state is ClientState.CLOSED:
-                    return events
+                    return
             off = end
         if off < end_of_data:
             self._buf += memoryview(data)[off:]
-        return events
 
     def _node_id(self, raw: bytes) -> NodeId:
         node_id = self._ids.get(raw)
@@ -590,7 +606,7 @@ class RelayClientSession:
         return node_id
 
     def _control(
-        self, frame_type: int, payload: memoryview, now: float, events: list[ClientEvent]
+        self, frame_type: int, payload: memoryview, now: float, events: deque[ClientEvent]
     ) -> None:
         state = self.state
         if frame_type == FrameType.CLOSE:

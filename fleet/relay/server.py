@@ -29,7 +29,6 @@ from fleet.relay.protocol import (
     PacketForward,
     RelayProtocolError,
     RelayServerSession,
-    ServerEvent,
     ServerSessionConfig,
     ServerState,
 )
@@ -103,12 +102,11 @@ class _Connection(asyncio.Protocol):
                 self.flush()
                 return
         try:
-            events = session.receive_data(data, self.loop.time())
+            session.receive_data(data, self.loop.time())
         except RelayProtocolError as exc:
             self.close(exc.reason, str(exc))
             return
-        if events:
-            self.server._dispatch(self, events)
+        self.server._dispatch(self, session)
         self.flush()
         self._reschedule()
 
@@ -302,20 +300,20 @@ class RelayServer:
             seconds=round(conn.loop.time() - conn.opened, 3),
         )
 
-    def _dispatch(self, conn: _Connection, events: list[ServerEvent]) -> None:
-        """Act on a batch of session events; flush each touched destination once."""
+    def _dispatch(self, conn: _Connection, session: RelayServerSession) -> None:
+        """Act on the events of one receive; flush each touched destination once."""
         clients = self._clients
         high_water = self.config.write_high_water
         metrics = self.metrics
         touched: set[_Connection] = set()
         forwarded = forwarded_bytes = 0
-        for event in events:
+        next_event = session.next_event
+        while (event := next_event()) is not None:
             if type(event) is PacketForward:
                 dst = clients.get(event.dst)
                 if dst is None:
                     metrics.drops["no_destination"] += 1
-                    assert conn.session is not None
-                    conn.session.peer_gone(event.dst, conn.loop.time())
+                    session.peer_gone(event.dst, conn.loop.time())
                 elif dst.buffered() > high_water:
                     metrics.drops["destination_buffer_full"] += 1
                 else:

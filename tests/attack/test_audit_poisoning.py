@@ -13,12 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sqlite3
-import struct
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,56 +23,18 @@ import pytest
 from fleet.coordinator import audit
 from fleet.coordinator.database import Database
 from fleet.identity import Identity, load_identity
-from fleet.mesh import Endpoint
-from fleet.protocol import alpn
 from fleet.protocol.admin import make_admin_request
-from fleet.protocol.messages import DeviceList, ErrorReply
-from fleet.protocol.stream import recv_message
+from fleet.protocol.messages import DeviceList
 from fleet.wire import encode
-from tests.cli import cli_env, fleetctl_argv, run_fleet
-from tests.integration.test_coordinator import CoordinatorProcess, Lab
+from harness.attack.audit_poisoning import PER_REFUSAL, Attacked, framed, send_raw
+from harness.cli import run_fleet
+from harness.coordinator_process import Lab
 
 GARBAGE = 12  # requests, as in the issue
 GARBAGE_SIZE = 900 * 1024
 OVER_CAP = (1_200_000, 9 << 20)  # over the 1 MiB request cap, and over the 8 MiB message cap
-PER_REFUSAL = 2048  # bytes an audit entry of a refusal may take at most (content)
 NORMAL = 10.0  # seconds an audit command may take on a loaded two-core machine (0.8 s idle)
 STORE = "/nix/store/" + "d" * 32 + "-nixos-system-v3"
-
-
-@dataclass
-class Attacked:
-    lab: Lab
-    coord: CoordinatorProcess
-
-    @property
-    def db(self) -> Path:
-        return self.lab.state_dir / "coordinator.db"
-
-    def fleetctl(
-        self, *args: str, key: Path | None = None, cert: Path | None = None
-    ) -> tuple[subprocess.CompletedProcess[str], float]:
-        host, port = self.coord.address
-        who = ["--key", str(key or self.lab.admin_key)]
-        if cert is not None:
-            who += ["--cert", str(cert)]
-        argv = fleetctl_argv(
-            "--coordinator", f"{self.coord.node_id}@{host}:{port}", *who, "--timeout", "20", *args
-        )
-        started = time.monotonic()
-        done = subprocess.run(argv, capture_output=True, text=True, env=cli_env(), timeout=90)
-        return done, time.monotonic() - started
-
-    def stored(self) -> tuple[int, int]:
-        """(entries, bytes of their request and detail) in the audit table, read-only."""
-        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
-        try:
-            count, size = conn.execute(
-                "SELECT count(*), coalesce(sum(length(request) + length(detail)), 0) FROM audit"
-            ).fetchone()
-        finally:
-            conn.close()
-        return int(count), int(size)
 
 
 @pytest.fixture
@@ -88,30 +47,6 @@ def attacked(tmp_path: Path) -> Iterator[Attacked]:
     for running in lab.running:
         if running.proc.poll() is None:
             running.stop()
-
-
-async def send_raw(
-    coord: CoordinatorProcess, attacker: Identity, frames: list[bytes], timeout: float = 30
-) -> list[ErrorReply]:
-    """Each frame on its own stream of one connection; the coordinator's reply to each."""
-    replies = []
-    async with Endpoint(attacker, bind=("127.0.0.1", 0)) as ep:
-        conn = await ep.connect(coord.node_id, alpn.ADMIN, addrs=[coord.address], timeout=10)
-        try:
-            for frame in frames:
-                reader, writer = await conn.open_bi()
-                writer.write(frame)
-                reply = await recv_message(reader, timeout=timeout)
-                assert isinstance(reply, ErrorReply), reply
-                replies.append(reply)
-                writer.close()
-        finally:
-            await conn.close()
-    return replies
-
-
-def framed(payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + payload
 
 
 async def test_an_uncertified_key_cannot_poison_the_audit_log(attacked: Attacked) -> None:

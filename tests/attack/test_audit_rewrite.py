@@ -1,6 +1,6 @@
 """Attack (issue 10, item 5): whoever controls the coordinator's database rewrites its audit log.
 
-Real processes through the CLI (tests/fleetlab.py): a relay, a coordinator, one agent and
+Real processes through the CLI (harness/fleetlab.py): a relay, a coordinator, one agent and
 fleetctl. Admin actions fill the log; `fleetctl audit verify` passes and remembers the signed
 checkpoint; an export is kept; the agent receives the checkpoint. Then the coordinator is
 stopped and its SQLite file rewritten the way an attacker with the database would: one entry
@@ -26,7 +26,7 @@ import pytest
 from fleet.audit import GENESIS, make_entry, open_checkpoint
 from fleet.identity import NodeId, write_new_key
 from fleet.wire import SignedEnvelope, decode
-from tests.fleetlab import FleetLab, read_log_events
+from harness.fleetlab import FleetLab, read_log_events
 
 FAKE_CACHE = "http://127.0.0.1:9"  # nothing is pushed: the agent never fetches
 FAKE_NIX_KEY = "cache-1:" + base64.b64encode(bytes(32)).decode()

@@ -1,4 +1,4 @@
-"""Attack: floods at the relay and the coordinator from outsiders (tests/attack/floods.py).
+"""Attack: floods at the relay and the coordinator from outsiders (harness/attack/floods.py).
 
 Expected: the daemons stay up, a real admin request during the flood takes less than
 MAX_RATIO times as long as in quiet (generous: CI catches a collapse, not noise), what the
@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from tests.attack.floods import FLOODS, Flood, FloodLab, measure
+from harness.attack.floods import FLOODS, Flood, FloodLab, measure
 
 SECONDS = 3.0
 MAX_RATIO = 10.0

@@ -1,4 +1,4 @@
-"""Attack: hostile bytes at every decoder of outside input (tests/attack/decoders.py).
+"""Attack: hostile bytes at every decoder of outside input (harness/attack/decoders.py).
 
 Expected: each input is accepted or refused with the decoder's documented error; no foreign
 exception, no input that takes long. CI runs a fixed seed and a bounded count; the long run is
@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from tests.attack.decoders import TARGETS
-from tests.attack.fuzzing import Mutator, Target, fuzz
+from harness.attack.decoders import TARGETS
+from harness.attack.fuzzing import Mutator, Target, fuzz
 
 COUNT = 20_000
 SEED = 10

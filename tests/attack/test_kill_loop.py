@@ -1,4 +1,4 @@
-"""Attack: kill -9 of the coordinator at random moments during pushes (tests/attack/kill_loop.py).
+"""Attack: kill -9 of the coordinator at random moments during pushes (harness/attack/kill_loop.py).
 
 Expected: 0 acknowledged pushes lost, every acknowledged sequence stored with the store path
 that push signed, no sequence acknowledged twice, and every cut-off push one clear line on stderr.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.attack.kill_loop import run_kill_loop
+from harness.attack.kill_loop import run_kill_loop
 
 CYCLES = 10
 SEED = 10

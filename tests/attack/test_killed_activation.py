@@ -3,7 +3,7 @@
 As systemd does on a crash or an OOM kill of the unit: SIGKILL to the agent and to the
 switch's process group (or to the agent alone, when the switch runs outside its cgroup and
 survives). Real `fleet relay`, `fleet coordinator` and `fleet agent` processes, a real chroot
-Nix store and a signed binary cache over HTTP (tests/fleetlab.py, tests/nixlab.py). The
+Nix store and a signed binary cache over HTTP (harness/fleetlab.py, harness/nixlab.py). The
 system pushed has a switch-to-configuration that logs each run and blocks while a file
 exists, so the test can kill the agent in the middle of it.
 
@@ -22,7 +22,7 @@ import pytest
 
 from fleet.agent.state import StateFile
 from fleet.agent.switch_run import process_start
-from tests.attack.activation_kill import (
+from harness.attack.activation_kill import (
     FAIL_VAR,
     HELD_EXIT_CODE,
     HOLD_VAR,
@@ -32,9 +32,9 @@ from tests.attack.activation_kill import (
     switch_children,
     wait_for,
 )
+from harness.fleetlab import Agent, FleetLab
+from harness.nixlab import Builder, FakeSystem, fill_cache, serve_directory
 from tests.conftest import Systems
-from tests.fleetlab import Agent, FleetLab
-from tests.nixlab import Builder, FakeSystem, fill_cache, serve_directory
 
 pytestmark = pytest.mark.nix
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.fleetlab import FleetLab
+from harness.nixlab import Builder
 from tests.conftest import NixCache
-from tests.fleetlab import FleetLab
-from tests.nixlab import Builder
 
 
 @pytest.fixture

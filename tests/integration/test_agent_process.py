@@ -19,9 +19,9 @@ from fleet.nix import NixEnv, NixStore, current_system
 from fleet.protocol import alpn
 from fleet.protocol.messages import (
     AgentState,
-    Announcement,
     AnnouncementRejected,
-    Deliver,
+    AnnouncementV2,
+    DeliverV1,
     Hello,
     StatusReport,
     Welcome,
@@ -29,10 +29,10 @@ from fleet.protocol.messages import (
 from fleet.protocol.stream import recv_message, send_message
 from fleet.vocabulary import Action
 from fleet.wire import Message, Tag, sign_envelope
-from tests.cli import cli_env, fleet_argv, run_fleet
+from harness.cli import cli_env, fleet_argv, run_fleet
+from harness.nixlab import SWITCH_LOG_VAR, Builder, switch_log_lines
+from harness.relay_process import read_log_events
 from tests.conftest import NixCache, Systems
-from tests.integration.relay_process import read_log_events
-from tests.nixlab import SWITCH_LOG_VAR, Builder, switch_log_lines
 
 pytestmark = pytest.mark.nix
 
@@ -88,14 +88,14 @@ class AgentRig:
             assert any(e.get("event") == "agent_started" for e in events)
             assert any(e.get("event") == "agent_stopped" for e in events)
 
-    def deliver(self, seq: int, path: str) -> Deliver:
+    def deliver(self, seq: int, path: str) -> DeliverV1:
         now = time.time()
-        ann = Announcement(
+        ann = AnnouncementV2(
             sequence=seq, devices=(NodeId.parse(self.node_id),), targets=("tag:lab",),
             store_path=path, substituters=(), action=Action.SWITCH,
             issued_at=now - 1, valid_until=now + 600,
         )  # fmt: skip
-        return Deliver(announcement=sign_envelope(self.admin, Tag.ANNOUNCEMENT, ann))
+        return DeliverV1(announcement=sign_envelope(self.admin, Tag.ANNOUNCEMENT, ann))
 
 
 async def accept_agent(ep: Endpoint) -> tuple[Connection, asyncio.StreamReader, StreamWriter]:

@@ -15,7 +15,7 @@ import pytest
 
 from fleet.cli.common import EXIT_CONFIG
 from fleet.identity import Identity
-from tests.cli import cli_env, fleet_argv, run_fleet
+from harness.cli import cli_env, fleet_argv, run_fleet
 
 ROOT = str(Identity.generate().node_id)
 COORDINATOR = str(Identity.generate().node_id)

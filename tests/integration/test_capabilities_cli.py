@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from fleet.identity import load_identity
-from tests.cli import cli_env, fleetctl_argv, run_fleet
-from tests.integration.test_coordinator import CoordinatorProcess, Lab
+from harness.cli import cli_env, fleetctl_argv, run_fleet
+from harness.coordinator_process import CoordinatorProcess, Lab
 
 STORE = "/nix/store/" + "d" * 32 + "-nixos-system-v2"
 

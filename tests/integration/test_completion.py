@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli import REPO, cli_env
+from harness.cli import REPO, cli_env
 
 SHELLS = {  # what each shell's script must contain to register the completion
     "bash": "complete -o nosort -F _{name}_completion {name}",

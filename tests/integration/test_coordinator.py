@@ -12,7 +12,6 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,15 +24,15 @@ from fleet.protocol.admin import make_admin_request
 from fleet.protocol.messages import (
     Action,
     AgentState,
-    Announcement,
-    Deliver,
+    AnnouncementV2,
+    DeliverV1,
     DeviceAdd,
     Hello,
     NextSequence,
     NextSequenceReply,
     OkReply,
     PushAccepted,
-    PushRequest,
+    PushRequestV1,
     StatusRequest,
     StatusSnapshot,
     SystemState,
@@ -41,74 +40,12 @@ from fleet.protocol.messages import (
 )
 from fleet.protocol.stream import recv_message, send_message
 from fleet.wire import Message, Tag, sign_envelope, verify_envelope
-from tests.cli import cli_env, fleet_argv, run_fleet
-from tests.integration.relay_process import read_log_events
+from harness.cli import cli_env, fleet_argv, run_fleet
+from harness.coordinator_process import CoordinatorProcess, Lab
+from harness.relay_process import read_log_events
 
 M = TypeVar("M", bound=Message)
 V2 = "/nix/store/" + "c" * 32 + "-nixos-system-v2"
-
-
-@dataclass
-class CoordinatorProcess:
-    proc: subprocess.Popen[bytes]
-    node_id: NodeId
-    address: tuple[str, int]
-    log_path: Path
-
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise
-
-
-@dataclass
-class Lab:
-    tmp: Path
-    admin: Identity
-    coordinator_key: Path
-    admin_key: Path
-    state_dir: Path
-    running: list[CoordinatorProcess]
-
-    def start(self, *extra: str, timeout: float = 20) -> CoordinatorProcess:
-        log_path = self.tmp / f"coordinator-{len(self.running)}.log"
-        argv = fleet_argv(
-            "coordinator",
-            "--key",
-            str(self.coordinator_key),
-            "--listen",
-            "127.0.0.1:0",
-            "--state-dir",
-            str(self.state_dir),
-            "--trust-root",
-            str(self.admin.node_id),
-            *extra,
-        )
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen(argv, stderr=log_file, stdout=subprocess.DEVNULL, env=cli_env())
-        deadline = time.monotonic() + timeout
-        while True:
-            for event in read_log_events(log_path):
-                if event.get("event") == "coordinator_listening":
-                    host, _, port = event["address"].rpartition(":")
-                    running = CoordinatorProcess(
-                        proc, NodeId.parse(event["node"]), (host, int(port)), log_path
-                    )
-                    self.running.append(running)
-                    return running
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError(f"coordinator did not start: {log_path.read_text()}")
-            time.sleep(0.05)
 
 
 @pytest.fixture
@@ -146,11 +83,11 @@ async def admin_request(
 
 async def push(
     ep: Endpoint, admin: Identity, coord: CoordinatorProcess, devices: list[NodeId]
-) -> PushRequest:
+) -> PushRequestV1:
     seq = await admin_request(ep, admin, coord, NextSequence())
     assert isinstance(seq, NextSequenceReply)
     now = time.time()
-    ann = Announcement(
+    ann = AnnouncementV2(
         sequence=seq.sequence,
         devices=tuple(devices),
         targets=tuple(str(d) for d in devices),
@@ -160,7 +97,7 @@ async def push(
         issued_at=now,
         valid_until=now + 600,
     )
-    request = PushRequest(announcement=sign_envelope(admin, Tag.ANNOUNCEMENT, ann))
+    request = PushRequestV1(announcement=sign_envelope(admin, Tag.ANNOUNCEMENT, ann))
     reply = await admin_request(ep, admin, coord, request)
     assert reply == PushAccepted(sequence=seq.sequence, devices=tuple(devices)), reply
     return request
@@ -213,10 +150,10 @@ async def test_push_is_delivered_live_and_shown_in_status(lab: Lab) -> None:
         assert await agent.recv(Welcome) == Welcome(approved=True, name="dev1")
 
         request = await push(admin_ep, lab.admin, coord, [agent_id.node_id])
-        deliver = await agent.recv(Deliver)
-        assert isinstance(deliver, Deliver)
+        deliver = await agent.recv(DeliverV1)
+        assert isinstance(deliver, DeliverV1)
         assert deliver.announcement == request.announcement  # verbatim
-        signer, ann = verify_envelope(deliver.announcement, Tag.ANNOUNCEMENT, Announcement)
+        signer, ann = verify_envelope(deliver.announcement, Tag.ANNOUNCEMENT, AnnouncementV2)
         assert (signer, ann.store_path) == (lab.admin.node_id, V2)
 
         status = await admin_request(admin_ep, lab.admin, coord, StatusRequest(watch=False))
@@ -240,14 +177,14 @@ async def test_offline_agent_gets_push_on_connect_and_pending_gets_nothing(lab: 
     async with endpoint(known) as ep:
         agent = await FakeAgent.connect(ep, coord)
         assert await agent.recv(Welcome) == Welcome(approved=True, name="later")
-        deliver = await agent.recv(Deliver)
-        assert isinstance(deliver, Deliver)
+        deliver = await agent.recv(DeliverV1)
+        assert isinstance(deliver, DeliverV1)
         assert deliver.announcement == request.announcement
     async with endpoint(stranger) as ep:
         agent = await FakeAgent.connect(ep, coord)
         assert await agent.recv(Welcome) == Welcome(approved=False, name=None)
         with pytest.raises(TimeoutError):
-            await agent.recv(Deliver, timeout=1.0)
+            await agent.recv(DeliverV1, timeout=1.0)
 
 
 async def test_kill_9_after_ack_then_restart_delivers(lab: Lab) -> None:
@@ -262,8 +199,8 @@ async def test_kill_9_after_ack_then_restart_delivers(lab: Lab) -> None:
     async with endpoint(agent_id) as ep:
         agent = await FakeAgent.connect(ep, again)
         assert await agent.recv(Welcome) == Welcome(approved=True, name="survivor")
-        deliver = await agent.recv(Deliver)
-        assert isinstance(deliver, Deliver)
+        deliver = await agent.recv(DeliverV1)
+        assert isinstance(deliver, DeliverV1)
         assert deliver.announcement == request.announcement
     assert again.stop() == 0
 

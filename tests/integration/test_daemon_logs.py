@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli import cli_env, fleet_argv, run_fleet
+from harness.cli import cli_env, fleet_argv, run_fleet
 
 LINE = re.compile(r"<(?P<priority>[0-7])>(?P<pairs>event=\S+( [a-z_]+=(\"[^\"]*\"|\S*))*)")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli import REPO, cli_env
+from harness.cli import REPO, cli_env
 
 pytestmark = pytest.mark.nix
 

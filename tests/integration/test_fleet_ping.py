@@ -13,8 +13,8 @@ from fleet.identity import Identity
 from fleet.mesh import Endpoint
 from fleet.mesh.ping import PING_ALPN, PingClient, serve_ping
 from fleet.relay.client import relay_client_factory
-from tests.cli import cli_env, fleet_argv
-from tests.integration.relay_process import RelayProcess, private_loopback, start_relay
+from harness.cli import cli_env, fleet_argv
+from harness.relay_process import RelayProcess, private_loopback, start_relay
 
 
 @pytest.fixture

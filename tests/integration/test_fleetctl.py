@@ -22,9 +22,9 @@ from fleet.protocol.alpn import ADMIN
 from fleet.protocol.messages import AgentState, DeviceInfo, ErrorReply
 from fleet.relay.client import relay_client_factory
 from fleet.vocabulary import Action
+from harness.cli import cli_env, fleetctl_argv
+from harness.relay_process import start_relay
 from tests.admin_standin import StandIn, desired, device_status
-from tests.cli import cli_env, fleetctl_argv
-from tests.integration.relay_process import start_relay
 from tests.terminal import Terminal
 
 STORE = "/nix/store/" + "f" * 32 + "-nixos-system-v2"
@@ -147,10 +147,11 @@ async def test_push_prints_the_sequence_and_sends_a_signed_announcement(fleet: F
     [(signer, announcement)] = fleet.standin.pushes
     assert signer == fleet.admin.node_id
     assert announcement.sequence == 5
-    assert list(announcement.devices) == kiosks
+    assert announcement.selector == ("kiosk",)  # signed as a tag, checked by each agent
+    assert announcement.devices_count == 0
     assert announcement.store_path == STORE
     assert announcement.action is Action.TEST
-    assert announcement.targets == ("tag:kiosk",)
+    assert fleet.standin.push_requests[-1].targets == ("tag:kiosk",)
 
 
 async def test_error_reply_is_shown_on_stderr(fleet: Fleet) -> None:

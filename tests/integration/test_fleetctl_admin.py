@@ -18,14 +18,10 @@ import pytest
 
 from fleet.capability import authority_of, certificates_of, format_id, read_chain
 from fleet.identity import Identity, NodeId, load_identity
-from tests.cli import fleetctl_argv
+from harness.cli import fleetctl_argv
+from harness.coordinator_process import CoordinatorProcess, Lab
 from tests.integration.test_capabilities_cli import fleetctl, keygen
-from tests.integration.test_coordinator import (
-    CoordinatorProcess,
-    FakeAgent,
-    Lab,
-    endpoint,
-)
+from tests.integration.test_coordinator import FakeAgent, endpoint
 from tests.integration.test_fleetctl import _fleetctl as fleetctl_async
 
 STORE = "/nix/store/" + "d" * 32 + "-nixos-system-v3"

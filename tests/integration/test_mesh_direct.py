@@ -93,7 +93,7 @@ async def test_wrong_expected_node_id_fails_clearly() -> None:
     ):
         # Bob answers at this address, but we asked for Carol. Bob ignores QUIC for Carol and
         # answers our Ping with a Pong signed as Bob: the error names who is really there.
-        # (A TLS-level mismatch is covered in tests/unit/test_tls_hooks.py.)
+        # (A TLS-level mismatch is covered in tests/unit/mesh/test_tls_hooks.py.)
         with pytest.raises(
             ConnectError, match=f"answered as node {bob.node_id}, not {carol.node_id}"
         ):

@@ -12,7 +12,7 @@ import pytest
 from fleet.identity import Identity
 from fleet.mesh import ConnectError, Endpoint
 from fleet.relay.client import relay_client_factory
-from tests.integration.relay_process import RelayProcess, start_relay
+from harness.relay_process import RelayProcess, start_relay
 
 ALPN = "fleet/test/1"
 LOOPBACK = ("127.0.0.1", 0)

@@ -14,8 +14,8 @@ import pytest
 from fleet.identity import Identity, NodeId, write_new_key
 from fleet.mesh import ConnectionLost, Endpoint, MeshConfig
 from fleet.mesh.ping import PING_ALPN, PingClient
-from tests.cli import cli_env
-from tests.fleetlab import Daemon
+from harness.cli import cli_env
+from harness.fleetlab import Daemon
 
 IDLE_TIMEOUT = 30.0  # MeshConfig's default: what the peers waited for before
 KEEPALIVE = 2.0  # the idle client's QUIC keepalive: it learns at its next one

@@ -1,7 +1,7 @@
 """NAT traversal in a real NAT lab (namespaces + iptables; root): issue 4 scenarios 1-6.
 
 Every test builds its own topology (unique namespace prefix) around a real `fleet relay`
-(TLS, STUN, metrics) in the wan namespace, runs real mesh programs (tests/natlab_node.py, or
+(TLS, STUN, metrics) in the wan namespace, runs real mesh programs (harness/natlab_node.py, or
 the real `fleet ping`) behind the NATs, and asserts the path the bytes really took: the relay's
 forwarded-bytes counter and the NAT routers' iptables counters, not only that data arrived.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.natlab import (
+from harness.natlab import (
     WAN_IP,
     Lab,
     LabProcess,

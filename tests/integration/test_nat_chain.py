@@ -1,7 +1,7 @@
 """The update chain through the NAT lab (root, real Nix): issue 4 scenarios 7 and 8.
 
-The end-to-end harness (tests/fleetlab.py) with every process placed in a namespace of
-tests/natlab.py (tests/natfleet.py): a real `fleet relay` (TLS, STUN, metrics) and the signed
+The end-to-end harness (harness/fleetlab.py) with every process placed in a namespace of
+harness/natlab.py (harness/natfleet.py): a real `fleet relay` (TLS, STUN, metrics) and the signed
 binary cache (HTTP) in the wan namespace; coordinator, agents and fleetctl behind NAT routers.
 Each test asserts what an admin sees (`fleetctl push --wait`, `status --json`), what each device
 did (its system profile, its switch log), and the path each coordinator connection really
@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
+from harness.fleetlab import Agent, FleetLab
+from harness.natfleet import NatWorld, push_wait, settled_paths, three_kinds
+from harness.natlab import Lab, NatKind, Router
+from harness.nixlab import Builder
 from tests.conftest import Systems
-from tests.fleetlab import Agent, FleetLab
-from tests.natfleet import NatWorld, push_wait, settled_paths, three_kinds
-from tests.natlab import Lab, NatKind, Router
-from tests.nixlab import Builder
 
 pytestmark = [pytest.mark.root, pytest.mark.nix]
 

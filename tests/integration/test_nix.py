@@ -32,8 +32,7 @@ from fleet.nix import (
     switch_generation,
 )
 from fleet.vocabulary import Action, InvalidStorePath
-from tests.conftest import NixCache, Systems
-from tests.nixlab import (
+from harness.nixlab import (
     BROKEN_EXIT_CODE,
     SWITCH_LOG_VAR,
     Builder,
@@ -41,7 +40,8 @@ from tests.nixlab import (
     serve_directory,
     unreachable_url,
 )
-from tests.nixlab import switch_log_lines as read_log
+from harness.nixlab import switch_log_lines as read_log
+from tests.conftest import NixCache, Systems
 
 pytestmark = pytest.mark.nix
 

@@ -11,6 +11,7 @@ daemon would run).
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -26,9 +27,14 @@ from click.testing import CliRunner
 import fleet.cli.agent
 import fleet.cli.coordinator
 import fleet.cli.relay
+from fleet.admin.enroll_token_file import write_token_file
 from fleet.agent.settings import KNOWN as AGENT_SETTINGS
 from fleet.coordinator.settings import KNOWN as COORDINATOR_SETTINGS
-from fleet.identity import write_new_key
+from fleet.identity import NodeId, write_new_key
+from fleet.protocol.enroll_token import format_token_file, make_enroll_token
+from fleet.protocol.messages import EnrollToken
+from fleet.relay.settings import KNOWN as RELAY_SETTINGS
+from fleet.wire import decode
 
 pytestmark = pytest.mark.nix
 
@@ -46,7 +52,7 @@ CACHE_KEY = "fleet-vm-test-1:BRBUqTnM6bXs36B64z9FVyKjgmekOd14u7LUrsMAqjY="
 KNOWN: dict[str, tuple[str, ...]] = {
     "agent": AGENT_SETTINGS,
     "coordinator": COORDINATOR_SETTINGS,
-    "relay": fleet.cli.relay.SETTINGS,
+    "relay": RELAY_SETTINGS,
 }
 
 # Settings a module writes for a CLI option that another branch is adding. Each entry fails
@@ -63,9 +69,12 @@ FULL: dict[str, dict[str, Any]] = {
         },
         "relays": [RELAY_URL],
         "keyFile": "/var/lib/fleet-agent/node.key",
+        "enrollTokenFile": "/run/secrets/fleet-enroll-token",
         "trustRoots": [ADMIN_ID],
         "substituters": ["https://cache.example.org"],
         "trustedPublicKeys": [CACHE_KEY],
+        "welcomeTimeout": 45,
+        "reconnectSpread": 2.5,
     },
     "coordinator": {
         "enable": True,
@@ -76,6 +85,7 @@ FULL: dict[str, dict[str, Any]] = {
         "stateDir": "fleet/coordinator",
         "relays": [RELAY_URL],
         "trustRoots": [ADMIN_ID],
+        "maxConnections": 30000,
     },
     "relay": {
         "enable": True,
@@ -156,9 +166,11 @@ def evaluation_error(role: str, options: dict[str, Any], package: str = "overlay
 
 
 def toml_value(value: Any) -> str:
-    """The TOML of the values the modules write: strings, integers, booleans, lists of them."""
+    """The TOML of the values the modules write: strings, numbers, booleans, lists of them."""
     if isinstance(value, bool | int | str):
         return json.dumps(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise AssertionError(f"the stub cannot write {value!r} as TOML")
@@ -263,8 +275,15 @@ def cli_settings(role: str, options: dict[str, Any], tmp_path: Path) -> dict[str
     for name in PENDING.get(role, {}):
         settings.pop(name, None)
     key = tmp_path / "node.key"
-    write_new_key(key)
+    identity = write_new_key(key)
     settings["key"] = str(key)
+    if "enroll_token" in settings:  # a real token file in its place, as for the key
+        token = tmp_path / "enroll-token"
+        envelope = make_enroll_token(
+            identity, NodeId.parse(COORDINATOR_ID), ("kiosk",), lifetime=60, uses=1
+        )
+        write_token_file(token, format_token_file(envelope, decode(envelope.payload, EnrollToken)))
+        settings["enroll_token"] = str(token)
     return settings
 
 
@@ -282,6 +301,9 @@ def test_agent_settings_start_the_agent(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert agent_settings.apply.substituters == ("https://cache.example.org",)
     assert agent_settings.apply.trusted_public_keys == (CACHE_KEY,)
     assert agent_settings.state_dir == Path("/var/lib/fleet-agent")
+    assert agent_settings.session.welcome_timeout == 45.0
+    assert agent_settings.session.reconnect_spread == 2.5
+    assert agent_settings.enroll_token is not None  # enrollTokenFile: read, in the Hello
 
 
 def test_coordinator_settings_start_the_coordinator(
@@ -296,6 +318,7 @@ def test_coordinator_settings_start_the_coordinator(
     assert coordinator_settings.state_dir == Path("/var/lib/fleet/coordinator")
     assert [str(a) for a in coordinator_settings.trust_roots] == [ADMIN_ID]
     assert [str(r) for r in coordinator_settings.relays] == [RELAY_URL]
+    assert coordinator_settings.max_connections == 30000
 
 
 def test_relay_settings_start_the_relay(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -539,6 +562,13 @@ AGENT = MINIMAL["agent"]
             "services.fleet.coordinator.relays",
         ),
         ("relay", {"enable": True, "stunPort": 70000}, "services.fleet.relay.stunPort"),
+        (
+            "coordinator",
+            {**MINIMAL["coordinator"], "maxConnections": 0},
+            "services.fleet.coordinator.maxConnections",
+        ),
+        ("agent", {**AGENT, "welcomeTimeout": 0}, "services.fleet.agent.welcomeTimeout"),
+        ("agent", {**AGENT, "reconnectSpread": -1}, "services.fleet.agent.reconnectSpread"),
     ],
 )
 def test_a_wrong_value_fails_evaluation_naming_the_option(

@@ -37,7 +37,7 @@ from fleet.cli.common import EXIT_CONFIG
 from fleet.cli.fleet import main as fleet_group
 from fleet.cli.fleetctl import main as fleetctl_group
 from fleet.identity import Identity
-from tests.cli import cli_env, fleet_argv, fleetctl_argv, run_fleet
+from harness.cli import cli_env, fleet_argv, fleetctl_argv, run_fleet
 
 CONCURRENCY = 4
 TIMEOUT = 0.5  # seconds fleetctl and ping wait for the unreachable peer
@@ -72,6 +72,7 @@ OFFLINE = {
     ("fleet", "coordinator"): "a server: waits for peers",
     ("fleet", "agent"): "a daemon: retries an unreachable coordinator by design",
     ("fleetctl", "org", "init"): "writes the trust root key",
+    ("fleetctl", "enroll-token", "create"): "signs a token file; nothing is sent",
 }
 
 DAEMONS = {("fleet", "relay"), ("fleet", "coordinator"), ("fleet", "agent")}
@@ -147,6 +148,9 @@ def bad_values(files: Files) -> dict[str, list[str]]:
         "ping_interval": ["-1"],
         "ping_timeout": ["-1"],
         "checkpoint_interval": ["0"],
+        "max_connections": ["0", "many"],
+        "welcome_timeout": ["0", "soon"],
+        "reconnect_spread": ["-1"],
         "state_dir": [str(files.not_a_key)],  # a file, not a directory
         "trust_root": ["not-a-node-id"],
         "trust_roots": ["not-a-node-id"],
@@ -164,6 +168,7 @@ def bad_values(files: Files) -> dict[str, list[str]]:
         "subject": ["not-a-node-id"],
         "store_path": ["/tmp/not-in-the-store", "/nix/store/short-name"],
         "valid_for": ["soon"],
+        "status_of": ["0", "seven"],  # push --status SEQ
         "expires": ["soon"],
         "since": ["the day before yesterday"],
         "allow": ["fly"],
@@ -172,6 +177,11 @@ def bad_values(files: Files) -> dict[str, list[str]]:
         "cert_id": ["not-hex"],
         "chain_file": [str(files.garbage_toml), str(files.missing)],
         "export_file": [str(files.garbage_toml), str(files.missing)],
+        "from_file": [str(files.garbage_toml), str(files.missing), str(files.root)],
+        "enroll_token": [str(files.garbage_toml), str(files.missing)],
+        "uses": ["0"],
+        "token": ["not-a-token", "ab" * 8],  # enroll-token revoke: neither a file nor an id
+        "create.tags": ["bad/tag"],
         "against_file": [str(files.garbage_toml), str(files.missing)],
     }
 
@@ -200,11 +210,14 @@ def valid_values(files: Files, command: Command) -> dict[str, str]:
         "caches": "http://127.0.0.1:1",
         "trusted_public_keys": NIX_KEY,
         "device": NODE,
+        "token": "ab" * 16,
         "chain_file": str(files.chain),
         "listen": "127.0.0.1:0",
         "bind": "127.0.0.1:0",
     }
-    if command[-1] in ("keygen", "init") or command[-1] == "grant":
+    if command[-1] == "create":  # enroll-token create
+        values.update(tags="kiosk", expires="1d")
+    if command[-1] in ("keygen", "init", "grant", "create"):
         values["out"] = values["path"] = files.new_path()
     if command[-1] in ("coordinator", "agent"):
         values["state_dir"] = files.new_path()
@@ -227,6 +240,8 @@ CONTEXT: dict[Command, tuple[str, ...]] = {
     ),
     ("fleet", "ping"): ("timeout", "count", "bind"),
     ("fleetctl", "audit", "verify"): ("trust_roots",),
+    ("fleetctl", "push"): ("store_path", "targets"),  # not required with --status SEQ
+    ("fleetctl", "devices", "add"): ("node_id", "name"),  # or --from FILE
 }
 
 FLEETCTL_GLOBALS = ("coordinator", "key", "timeout")
@@ -476,6 +491,19 @@ def test_an_unreachable_peer_is_one_line(files: Files) -> None:
             ),
         ),
     ]
+    # The bulk add, from a valid file: the same one line.
+    devices = files.root / "devices.csv"
+    devices.write_text(f"id,name,tags\n{NODE},kiosk-1,kiosk\n")
+    bulk = fleetctl_argv(
+        *("--coordinator", files.unreachable, "--key", str(files.key)),
+        *("--timeout", str(TIMEOUT), "devices", "add", "--from", str(devices)),
+    )
+    cases.append(
+        (
+            ("fleetctl", "devices", "add"),
+            Case("fleetctl devices add --from (unreachable)", bulk, False, "cannot reach"),
+        )
+    )
     for command, argv in through_relay:
         label = " ".join(command) + " (unreachable relay)"
         cases.append((command, Case(label, argv, offline_error=False, must_say="cannot reach")))

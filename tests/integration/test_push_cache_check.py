@@ -1,7 +1,7 @@
 """`fleetctl push` checks the binary cache before it signs, with every real part: systems built
 by real Nix into a chroot store, a `nix-build` result link, a binary cache Nix wrote and
 signed, served over HTTP, and real `fleet relay`, `fleet coordinator`, `fleet agent` and
-`fleetctl` processes (tests/fleetlab.py).
+`fleetctl` processes (harness/fleetlab.py).
 
 A refused push must not reach the coordinator at all: no sequence asked for, nothing stored
 or audited. That is read from the coordinator's own database (its admin request nonces, its
@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from fleet.identity import Identity
+from harness.fleetlab import FleetctlResult, FleetLab
+from harness.nixlab import Builder
 from tests.conftest import NixCache, Systems
-from tests.fleetlab import FleetctlResult, FleetLab
-from tests.nixlab import Builder
 
 pytestmark = pytest.mark.nix
 

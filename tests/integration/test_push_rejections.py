@@ -1,10 +1,12 @@
-"""What the admin is told when a device refuses a push, with every real part (tests/fleetlab.py):
+"""What the admin is told when a device refuses a push, with every real part (harness/fleetlab.py):
 `fleet relay`, `fleet coordinator`, `fleet agent`s with chroot Nix stores and a binary cache
 over HTTP, and `fleetctl` processes, one of them on a real pseudo-terminal.
 
 The refusal used is the one that used to fail quietly: a key scoped to `tag:lab` pushes to a
 device that the registry tags `lab` (so the coordinator accepts the push) while the agent's own
-`--tag`s, which are what it checks, do not include `lab`.
+`--tag`s, which are what it checks, do not include `lab`: pushed to `tag:lab`, the agent says
+the push is not for it (its own tags do not meet the selector); pushed to its name, that it is
+outside the key's scope.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from fleet.identity import write_new_key
+from harness.fleetlab import FleetLab
 from tests.conftest import Systems
-from tests.fleetlab import FleetLab
 from tests.integration.test_update_chain import pushed_sequence
 from tests.terminal import Terminal
 
@@ -80,7 +82,7 @@ async def test_a_refused_push_is_reported_at_once_with_its_reason(
     assert device_lines[1] == "kiosk-2  applied", text
     assert "1 applied, 0 failed, 1 rejected, 0 pending" in shown, text
     assert "kiosk-1: rejected: announcement" in text  # the error summary on stderr
-    assert "scope" in text
+    assert "meet none of tag:lab" in text
     assert "Traceback" not in text
     sequence = pushed_sequence(text)
     assert await right.profile() == v1
@@ -89,8 +91,8 @@ async def test_a_refused_push_is_reported_at_once_with_its_reason(
     row = (await lab.status())["kiosk-1"]
     rejection = row["rejection"]
     assert rejection is not None, row
-    assert (rejection["sequence"], rejection["code"]) == (sequence, "scope"), row
-    assert "scope" in rejection["reason"]
+    assert (rejection["sequence"], rejection["code"]) == (sequence, "not-for-us"), row
+    assert "its own tags (lobby) meet none of tag:lab" in rejection["reason"]
     assert rejection["time"].endswith("Z")
     table = await lab.fleetctl("status")
     assert table.code == 0, table
@@ -108,6 +110,7 @@ async def test_a_refused_push_is_reported_at_once_with_its_reason(
     assert "\x1b" not in again.out, again
     assert "kiosk-1: rejected: announcement" in again.out, again
     assert "kiosk-1: rejected: announcement" in again.err, again
+    assert "scope" in again.err, again  # named explicitly, it is the key's scope that refuses
     assert "timed-out" not in again.out + again.err, again
     as_json = await lab.fleetctl(
         "--cert", str(chain), "push", v2, "--to", "kiosk-1", "--wait", "--json", key=key

@@ -21,8 +21,8 @@ from fleet.relay.protocol import (
     ServerClosed,
 )
 from fleet.relay.tls import client_context
-from tests.cli import run_fleet
-from tests.integration.relay_process import RelayProcess, start_relay
+from harness.cli import run_fleet
+from harness.relay_process import RelayProcess, start_relay
 
 WAIT = 20.0  # generous bound for any single wait: the machine is shared
 
@@ -219,8 +219,11 @@ async def read_to_end(reader: asyncio.StreamReader) -> bytes:
 
 
 def close_reason(session: RelayClientSession, data: bytes) -> str:
-    events = session.receive_data(data, 0.0)
-    closes = [e.reason for e in events if isinstance(e, ServerClosed)]
+    session.receive_data(data, 0.0)
+    closes = []
+    while (event := session.next_event()) is not None:
+        if isinstance(event, ServerClosed):
+            closes.append(event.reason)
     assert closes, f"no Close frame in {data!r}"
     return closes[-1]
 

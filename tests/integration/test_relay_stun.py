@@ -21,8 +21,8 @@ from fleet import stun
 from fleet.identity import Identity
 from fleet.mesh import Endpoint, MeshConfig
 from fleet.relay.client import relay_client_factory
-from tests.cli import run_fleet
-from tests.integration.relay_process import RelayProcess, private_loopback, start_relay
+from harness.cli import run_fleet
+from harness.relay_process import RelayProcess, private_loopback, start_relay
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ from fleet.mesh import Endpoint
 from fleet.protocol import alpn
 from fleet.protocol.messages import (
     AgentState,
-    Announcement,
     AnnouncementRejected,
-    Deliver,
+    AnnouncementV2,
+    DeliverV1,
     Hello,
     Revocations,
     StatusReport,
@@ -25,23 +25,23 @@ from fleet.protocol.messages import (
 from fleet.protocol.stream import recv_message, send_message
 from fleet.vocabulary import Action
 from fleet.wire import ByteReader, Message, Tag, sign_envelope
+from harness.nixlab import switch_log_lines
 from tests.capability_kit import make_org
 from tests.conftest import NixCache
 from tests.integration.test_agent_process import AgentRig, accept_agent
-from tests.nixlab import switch_log_lines
 
 T = 30.0
 PATH = "/nix/store/" + "e" * 32 + "-nixos-system-evil"
 
 
-def deliver(device: str, sequence: int, who: Identity, chain: Chain) -> Deliver:
+def deliver(device: str, sequence: int, who: Identity, chain: Chain) -> DeliverV1:
     now = time.time()
-    ann = Announcement(
+    ann = AnnouncementV2(
         sequence=sequence, devices=(NodeId.parse(device),), targets=("lab-1",),
         store_path=PATH, substituters=(), action=Action.SWITCH,
         issued_at=now - 1, valid_until=now + 600, chain=chain,
     )  # fmt: skip
-    return Deliver(announcement=sign_envelope(who, Tag.ANNOUNCEMENT, ann))
+    return DeliverV1(announcement=sign_envelope(who, Tag.ANNOUNCEMENT, ann))
 
 
 async def next_rejection(reader: ByteReader) -> AnnouncementRejected:

@@ -1,6 +1,6 @@
 """The whole update chain with every real part: `fleet relay` (TLS), `fleet coordinator`,
 three `fleet agent`s with their own chroot Nix stores, a signed binary cache over HTTP, and
-`fleetctl` — each a separate process started through the CLI (tests/fleetlab.py).
+`fleetctl` — each a separate process started through the CLI (harness/fleetlab.py).
 
 Each test asserts what an admin sees (fleetctl's output, exit code and `status --json`) and
 what happened on the device (its system profile, and the log its switch script appends to).
@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from fleet.identity import write_new_key
+from harness.fleetlab import FleetLab
+from harness.nixlab import Builder
 from tests.conftest import Systems
-from tests.fleetlab import FleetLab
-from tests.nixlab import Builder
 
 pytestmark = pytest.mark.nix
 
@@ -205,14 +205,14 @@ def replay_oldest_announcement(database: Path) -> None:
     """Store announcement 1's signed envelope, verbatim, as a new highest sequence."""
     with contextlib.closing(sqlite3.connect(database)) as db, db:
         top = db.execute("SELECT max(sequence) FROM announcements").fetchone()[0]
-        columns = "signer, envelope, store_path, action, issued_at, valid_until, targets"
+        columns = "signer, envelope, store_path, action, issued_at, valid_until, targets, legacy"
         db.execute(
             f"INSERT INTO announcements (sequence, {columns}, received_at) "  # noqa: S608
             f"SELECT ?, {columns}, received_at FROM announcements WHERE sequence = 1",
             (top + 1,),
         )
         db.execute(
-            "INSERT INTO announcement_devices (node_id, sequence) "
-            "SELECT node_id, ? FROM announcement_devices WHERE sequence = 1",
+            "INSERT INTO announcement_devices (node_id, sequence, proof) "
+            "SELECT node_id, ?, proof FROM announcement_devices WHERE sequence = 1",
             (top + 1,),
         )

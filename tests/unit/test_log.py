@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from fleet.log import JournalRenderer, get_logger, journal_stream_is, setup_logging
+from fleet.log import GrowthReport, JournalRenderer, get_logger, journal_stream_is, setup_logging
 
 
 def render(level: str, event: str, **values: object) -> str:
@@ -91,3 +91,13 @@ def test_setup_logging_picks_the_journal_then_json(
     assert record["event"] == "started"
     assert record["level"] == "info"
     assert "timestamp" in record
+
+
+def test_growth_report_is_due_at_the_first_growth_then_at_most_once_per_interval() -> None:
+    report = GrowthReport(interval=10.0)
+    assert not report.due(0, 0.0)  # nothing counted yet
+    assert report.due(1, 1.0)
+    assert not report.due(5, 2.0)  # grew, but too soon
+    assert report.due(5, 11.0)
+    assert not report.due(5, 100.0)  # no growth, no line
+    assert report.due(6, 100.0)
