@@ -58,7 +58,11 @@ async def test_the_demo_pushes_two_generations_and_stops_on_ctrl_c(tmp_path: Pat
     tables = [block for block in output.split("$ fleetctl status\n")[1:]]
     assert len(tables) == 2, output
     for table, version in zip(tables, ("demo-1", "demo-2"), strict=True):
-        rows = [line.split() for line in table.splitlines()[1:4]]
+        lines_of = table.splitlines()
+        headers = [i for i, line in enumerate(lines_of) if line.split()[:1] == ["NAME"]]
+        assert headers, table
+        header = headers[0]
+        rows = [line.split() for line in lines_of[header + 1 : header + 4]]
         assert [row[0] for row in rows] == ["kiosk-1", "kiosk-2", "router"], table
         assert all(f"nixos-system-fleet-test-{version}" in " ".join(row) for row in rows), table
         assert all("applied" in row for row in rows), table
