@@ -83,6 +83,8 @@ python.pkgs.buildPythonApplication {
       # What the tests share with bench/ (harness/narinfos.py, ...); pyproject's package
       # discovery keeps it out of the installed package.
       ../harness
+      # bench/'s own statistics have unit tests (tests/unit/bench/); not installed either.
+      ../bench
       ../tests
       ../docs
     ];
